@@ -1,0 +1,119 @@
+//! The reference implementation of every kernel, written with plain burn tensor ops.
+//!
+//! It runs on every backend and under autodiff. Statistics and the softmax are computed in f32
+//! whatever the activation dtype, as the official implementation does.
+
+use burn::tensor::{DType, Tensor, activation, backend::Backend};
+
+use super::AttentionMask;
+
+/// See [`super::Kernels::rms_norm`].
+pub fn rms_norm<B: Backend>(x: Tensor<B, 3>, weight: Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {
+    let dtype = x.dtype();
+    let xf = x.cast(DType::F32);
+    let mean_square = xf.clone().square().mean_dim(2); // [b, s, 1]
+    let normed = xf * mean_square.add_scalar(eps).sqrt().recip();
+    normed.cast(dtype) * weight.unsqueeze::<3>()
+}
+
+/// See [`super::Kernels::add_rms_norm`].
+pub fn add_rms_norm<B: Backend>(
+    x: Tensor<B, 3>,
+    residual: Tensor<B, 3>,
+    weight: Tensor<B, 1>,
+    eps: f64,
+) -> (Tensor<B, 3>, Tensor<B, 3>) {
+    let sum = x + residual;
+    let normed = rms_norm(sum.clone(), weight, eps);
+    (sum, normed)
+}
+
+/// See [`super::Kernels::rope`].
+pub fn rope<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 3>, sin: Tensor<B, 3>) -> Tensor<B, 4> {
+    let [b, h, s, d] = x.dims();
+    let half = d / 2;
+    let x1 = x.clone().slice([0..b, 0..h, 0..s, 0..half]);
+    let x2 = x.clone().slice([0..b, 0..h, 0..s, half..d]);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    let cos = cos.unsqueeze_dim::<4>(1); // [b, 1, s, d]
+    let sin = sin.unsqueeze_dim::<4>(1);
+    x * cos + rotated * sin
+}
+
+/// The additive attention bias of a mask: 0 where a query may attend, the most negative
+/// finite f32 elsewhere (finite so that a fully masked padding row stays NaN-free, as in the
+/// official implementation).
+///
+/// # Shapes
+/// returns `[batch or 1, s, t]` in f32
+pub fn attention_bias<B: Backend>(
+    mask: &AttentionMask<B>,
+    s: usize,
+    t: usize,
+    device: &B::Device,
+) -> Tensor<B, 3> {
+    // true above the shifted diagonal: key slot j > query slot past_len + i
+    let causal =
+        Tensor::<B, 2, burn::tensor::Bool>::tril_mask([s, t], mask.past_len as i64, device)
+            .unsqueeze::<3>(); // [1, s, t]
+    let masked = match &mask.key_padding {
+        Some(padding) => {
+            let [b, tp] = padding.dims();
+            assert_eq!(tp, t, "key padding covers {tp} slots, attention has {t}");
+            let padding = padding.clone().unsqueeze_dim::<3>(1).expand([b, s, t]);
+            causal.expand([b, s, t]).bool_or(padding)
+        }
+        None => causal,
+    };
+    masked.float().cast(DType::F32) * f32::MIN
+}
+
+/// See [`super::Kernels::causal_attention`]. Grouped-query attention without repeating K/V: the
+/// `G` query heads of one KV head are stacked into the rows of one matmul.
+pub fn causal_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: &AttentionMask<B>,
+) -> Tensor<B, 4> {
+    let [b, nh, s, d] = q.dims();
+    let [_, nkv, t, _] = k.dims();
+    let groups = nh / nkv;
+    let dtype = q.dtype();
+    let scale = 1.0 / (d as f64).sqrt();
+
+    let q = q.reshape([b, nkv, groups * s, d]); // query head i = kv head i / G, group i % G
+    let scores = q
+        .matmul(k.swap_dims(2, 3))
+        .cast(DType::F32)
+        .mul_scalar(scale);
+    let scores = scores.reshape([b, nkv, groups, s, t]);
+    let bias = attention_bias(mask, s, t, &scores.device()); // [b or 1, s, t]
+    let bias_batch = bias.dims()[0];
+    let scores = scores + bias.reshape([bias_batch, 1, 1, s, t]);
+    let probs = activation::softmax(scores, 4).cast(dtype);
+    let out = probs.reshape([b, nkv, groups * s, t]).matmul(v); // [b, nkv, G*s, d]
+    out.reshape([b, nh, s, d])
+}
+
+/// See [`super::Kernels::swiglu`].
+pub fn swiglu<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3> {
+    activation::silu(gate) * up
+}
+
+/// See [`super::Kernels::dense`]. The input is flattened to one matrix so that the backend
+/// runs a single GEMM rather than one per batch row.
+pub fn dense<B: Backend>(
+    x: Tensor<B, 3>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, 3> {
+    let [b, s, input] = x.dims();
+    let [out, _] = weight.dims();
+    let y = x.reshape([b * s, input]).matmul(weight.transpose());
+    let y = match bias {
+        Some(bias) => y + bias.unsqueeze::<2>(),
+        None => y,
+    };
+    y.reshape([b, s, out])
+}

@@ -1,0 +1,96 @@
+//! The kernel layer: one trait for the model's hot paths.
+//!
+//! The model calls these functions instead of composing the math inline, so that a backend
+//! can replace any of them with a fused implementation. Every default method forwards to
+//! [`composite`], the reference written with plain burn tensor ops; a backend that overrides
+//! a method is tested against it.
+
+pub mod composite;
+
+use burn::tensor::{Bool, Tensor, backend::Backend};
+
+/// What a query may attend to.
+///
+/// Keys live in slots `0..t` (a KV cache, or the sequence itself); the `s` queries of this
+/// call sit at slots `past_len..past_len + s`. A query attends to a key when the key's slot is
+/// not after its own (causal) and the key is not padding.
+#[derive(Debug, Clone)]
+pub struct AttentionMask<B: Backend> {
+    /// Number of key slots before the first query (0 without a cache).
+    pub past_len: usize,
+    /// `[batch, t]`, `true` where the key slot is padding and must be ignored.
+    pub key_padding: Option<Tensor<B, 2, Bool>>,
+}
+
+impl<B: Backend> AttentionMask<B> {
+    /// Plain causal attention, no padding.
+    pub fn causal(past_len: usize) -> Self {
+        Self {
+            past_len,
+            key_padding: None,
+        }
+    }
+}
+
+/// The model's hot paths. Implemented by every backend the SDK supports; the default methods
+/// are the [`composite`] reference.
+pub trait Kernels: Backend {
+    /// RMSNorm over the last dimension with f32 statistics:
+    /// `weight * cast(x * rsqrt(mean(x^2) + eps))`.
+    ///
+    /// # Shapes
+    /// `x`: `[batch, seq, hidden]`, `weight`: `[hidden]` -> `[batch, seq, hidden]`
+    fn rms_norm(x: Tensor<Self, 3>, weight: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 3> {
+        composite::rms_norm(x, weight, eps)
+    }
+
+    /// Residual add followed by RMSNorm: returns `(x + residual, rms_norm(x + residual))`.
+    fn add_rms_norm(
+        x: Tensor<Self, 3>,
+        residual: Tensor<Self, 3>,
+        weight: Tensor<Self, 1>,
+        eps: f64,
+    ) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
+        composite::add_rms_norm(x, residual, weight, eps)
+    }
+
+    /// rotate_half RoPE: `x * cos + rotate_half(x) * sin`, with per-row positions already
+    /// folded into `cos` and `sin`.
+    ///
+    /// # Shapes
+    /// `x`: `[batch, heads, seq, head_dim]`, `cos`/`sin`: `[batch, seq, head_dim]`
+    fn rope(x: Tensor<Self, 4>, cos: Tensor<Self, 3>, sin: Tensor<Self, 3>) -> Tensor<Self, 4> {
+        composite::rope(x, cos, sin)
+    }
+
+    /// Causal grouped-query attention, softmax in f32, scale `1/sqrt(head_dim)`. Query head
+    /// `i` reads key/value head `i / (heads / kv_heads)`.
+    ///
+    /// # Shapes
+    /// `q`: `[batch, heads, s, d]`, `k`/`v`: `[batch, kv_heads, t, d]` -> `[batch, heads, s, d]`
+    fn causal_attention(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        mask: &AttentionMask<Self>,
+    ) -> Tensor<Self, 4> {
+        composite::causal_attention(q, k, v, mask)
+    }
+
+    /// SwiGLU gate: `silu(gate) * up`.
+    fn swiglu(gate: Tensor<Self, 3>, up: Tensor<Self, 3>) -> Tensor<Self, 3> {
+        composite::swiglu(gate, up)
+    }
+
+    /// A linear layer with a PyTorch-layout weight: `x @ weight^T + bias`.
+    ///
+    /// # Shapes
+    /// `x`: `[batch, seq, in]`, `weight`: `[out, in]`, `bias`: `[out]` -> `[batch, seq, out]`
+    fn dense(
+        x: Tensor<Self, 3>,
+        weight: Tensor<Self, 2>,
+        bias: Option<Tensor<Self, 1>>,
+    ) -> Tensor<Self, 3> {
+        composite::dense(x, weight, bias)
+    }
+}

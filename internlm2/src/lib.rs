@@ -1,0 +1,14 @@
+//! InternLM2 on burn: configuration, model, checkpoints, tokenizer, chat protocol and generation.
+#![deny(missing_docs)]
+
+pub mod cache;
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod model;
+
+pub use cache::KvCache;
+pub use config::{InternLM2Config, RopeScaling};
+pub use error::{CheckpointError, ConfigError, Error, Result};
+pub use internlm2_backends as backends;
+pub use model::{ForwardInput, InternLM2};

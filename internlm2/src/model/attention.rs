@@ -1,0 +1,88 @@
+//! Grouped-query self-attention with the fused, interleaved `wqkv` projection (SPEC 1).
+//!
+//! `wqkv` has `(heads + 2 * kv_heads) * head_dim` output rows grouped per KV head: viewed as
+//! `[kv_heads, G + 2, head_dim]`, index `[:, :G]` is Q, `[:, G]` is K and `[:, G + 1]` is V,
+//! with `G = heads / kv_heads`. Query head `i` therefore reads KV head `i / G`.
+
+use burn::module::Module;
+use burn::tensor::{DType, Tensor};
+use internlm2_backends::{AttentionMask, Kernels};
+
+use super::linear::Linear;
+use super::rope::RopeTables;
+use crate::cache::LayerCache;
+
+/// `attention` of one decoder layer: `wqkv`, RoPE, causal GQA, `wo`.
+#[derive(Module, Debug)]
+pub struct Attention<B: Kernels> {
+    /// Fused Q/K/V projection, `[(heads + 2 * kv_heads) * head_dim, hidden]`.
+    pub wqkv: Linear<B>,
+    /// Output projection, `[hidden, heads * head_dim]`.
+    pub wo: Linear<B>,
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads.
+    pub num_kv_heads: usize,
+    /// Width of a head.
+    pub head_dim: usize,
+}
+
+impl<B: Kernels> Attention<B> {
+    /// Random weights for `hidden` in, `num_heads` query and `num_kv_heads` KV heads.
+    #[allow(clippy::too_many_arguments)]
+    pub fn random(
+        hidden: usize,
+        num_heads: usize,
+        num_kv_heads: usize,
+        head_dim: usize,
+        bias: bool,
+        std: f64,
+        dtype: DType,
+        device: &B::Device,
+    ) -> Self {
+        let rows = (num_heads + 2 * num_kv_heads) * head_dim;
+        Self {
+            wqkv: Linear::random(hidden, rows, bias, std, dtype, device),
+            wo: Linear::random(num_heads * head_dim, hidden, bias, std, dtype, device),
+            num_heads,
+            num_kv_heads,
+            head_dim,
+        }
+    }
+
+    /// # Shapes
+    /// `x`: `[batch, seq, hidden]` -> `[batch, seq, hidden]`
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &RopeTables<B>,
+        mask: &AttentionMask<B>,
+        cache: Option<&mut LayerCache<B>>,
+    ) -> Tensor<B, 3> {
+        let [b, s, _] = x.dims();
+        let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let g = nh / nkv;
+
+        // Split the interleaved projection: [b, s, kv_heads, G + 2, d].
+        let qkv = self.wqkv.forward(x).reshape([b, s, nkv, g + 2, d]);
+        let q = qkv.clone().slice([0..b, 0..s, 0..nkv, 0..g, 0..d]);
+        let k = qkv.clone().slice([0..b, 0..s, 0..nkv, g..g + 1, 0..d]);
+        let v = qkv.slice([0..b, 0..s, 0..nkv, g + 1..g + 2, 0..d]);
+        let q = q.reshape([b, s, nh, d]).swap_dims(1, 2); // [b, heads, s, d]
+        let k = k.reshape([b, s, nkv, d]).swap_dims(1, 2); // [b, kv_heads, s, d]
+        let v = v.reshape([b, s, nkv, d]).swap_dims(1, 2);
+
+        let q = B::rope(q, rope.cos.clone(), rope.sin.clone());
+        let k = B::rope(k, rope.cos.clone(), rope.sin.clone());
+
+        // With a cache, attend over everything cached so far plus these tokens.
+        let (k, v) = match cache {
+            Some(cache) => cache.append(k, v, mask.past_len),
+            None => (k, v),
+        };
+
+        let out = B::causal_attention(q, k, v, mask); // [b, heads, s, d]
+        let out = out.swap_dims(1, 2).reshape([b, s, nh * d]);
+        self.wo.forward(out)
+    }
+}

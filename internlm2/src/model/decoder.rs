@@ -1,0 +1,42 @@
+//! One pre-norm decoder layer:
+//! `h = h + wo(attn(attention_norm(h)))`, then `h = h + feed_forward(ffn_norm(h))`.
+
+use burn::module::Module;
+use burn::tensor::Tensor;
+use internlm2_backends::{AttentionMask, Kernels};
+
+use super::attention::Attention;
+use super::feed_forward::FeedForward;
+use super::norm::RmsNorm;
+use super::rope::RopeTables;
+use crate::cache::LayerCache;
+
+/// `model.layers.{i}`.
+#[derive(Module, Debug)]
+pub struct DecoderLayer<B: Kernels> {
+    /// `attention_norm`.
+    pub attention_norm: RmsNorm<B>,
+    /// `attention`.
+    pub attention: Attention<B>,
+    /// `ffn_norm`.
+    pub ffn_norm: RmsNorm<B>,
+    /// `feed_forward`.
+    pub feed_forward: FeedForward<B>,
+}
+
+impl<B: Kernels> DecoderLayer<B> {
+    /// # Shapes
+    /// `h`: `[batch, seq, hidden]` -> `[batch, seq, hidden]`
+    pub fn forward(
+        &self,
+        h: Tensor<B, 3>,
+        rope: &RopeTables<B>,
+        mask: &AttentionMask<B>,
+        cache: Option<&mut LayerCache<B>>,
+    ) -> Tensor<B, 3> {
+        let x = self.attention_norm.forward(h.clone());
+        let attn = self.attention.forward(x, rope, mask, cache);
+        let (h, x) = self.ffn_norm.forward_add(attn, h);
+        h + self.feed_forward.forward(x)
+    }
+}
