@@ -6,9 +6,11 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod model;
+pub mod tokenizer;
 
 pub use cache::KvCache;
 pub use config::{InternLM2Config, RopeScaling};
-pub use error::{CheckpointError, ConfigError, Error, Result};
+pub use error::{CheckpointError, ConfigError, Error, Result, TokenizerError};
 pub use internlm2_backends as backends;
 pub use model::{ForwardInput, InternLM2};
+pub use tokenizer::Tokenizer;
