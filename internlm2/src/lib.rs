@@ -2,15 +2,20 @@
 #![deny(missing_docs)]
 
 pub mod cache;
+pub mod chat;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod generate;
 pub mod model;
+pub mod sampling;
 pub mod tokenizer;
 
 pub use cache::KvCache;
 pub use config::{InternLM2Config, RopeScaling};
-pub use error::{CheckpointError, ConfigError, Error, Result, TokenizerError};
+pub use error::{
+    ChatError, CheckpointError, ConfigError, Error, GenerateError, Result, TokenizerError,
+};
 pub use internlm2_backends as backends;
 pub use model::{ForwardInput, InternLM2};
 pub use tokenizer::Tokenizer;

@@ -1,0 +1,493 @@
+//! The InternLM2 chat and tool protocol (SPEC 4): ChatML with a fourth role, `environment`,
+//! tool schemas in a named system turn, and tool calls inside `<|action_start|>` ...
+//! `<|action_end|>`.
+//!
+//! ```text
+//! <|im_start|>system\n{system}<|im_end|>\n
+//! <|im_start|>system name=<|plugin|>\n[{function schemas}]<|im_end|>\n
+//! <|im_start|>user\n{text}<|im_end|>\n
+//! <|im_start|>assistant\n{text}<|action_start|><|plugin|>\n{"name": ..., "parameters": {...}}<|action_end|><|im_end|>\n
+//! <|im_start|>environment name=<|plugin|>\n{result}<|im_end|>\n
+//! <|im_start|>assistant\n
+//! ```
+//!
+//! JSON is written as Python's `json.dumps(..., ensure_ascii=False)` writes it (`", "` and
+//! `": "` separators), which is what the released models saw in training.
+//!
+//! ```
+//! use internlm2::chat::{Message, render};
+//! let prompt = render(&[Message::system("Be brief."), Message::user("Hi")], true).unwrap();
+//! assert_eq!(
+//!     prompt,
+//!     "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+//! );
+//! ```
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::ChatError;
+use crate::tokenizer::Tokenizer;
+
+/// `<|im_start|>`.
+pub const IM_START: &str = "<|im_start|>";
+/// `<|im_end|>`.
+pub const IM_END: &str = "<|im_end|>";
+/// `<|action_start|>`.
+pub const ACTION_START: &str = "<|action_start|>";
+/// `<|action_end|>`.
+pub const ACTION_END: &str = "<|action_end|>";
+/// `<|plugin|>`.
+pub const PLUGIN: &str = "<|plugin|>";
+/// `<|interpreter|>`.
+pub const INTERPRETER: &str = "<|interpreter|>";
+
+/// Who speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Instructions, tool schemas.
+    System,
+    /// The person.
+    User,
+    /// The model.
+    Assistant,
+    /// Tool results.
+    Environment,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::Environment => "environment",
+        }
+    }
+}
+
+/// The tool a named turn or a call belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tool {
+    /// Function calling (`<|plugin|>`).
+    Plugin,
+    /// The code interpreter (`<|interpreter|>`).
+    Interpreter,
+}
+
+impl Tool {
+    fn token(self) -> &'static str {
+        match self {
+            Tool::Plugin => PLUGIN,
+            Tool::Interpreter => INTERPRETER,
+        }
+    }
+}
+
+/// A call the assistant makes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ToolCall {
+    /// A function call: `{"name": ..., "parameters": {...}}`.
+    Plugin {
+        /// Function name.
+        name: String,
+        /// Arguments (a JSON object).
+        parameters: Value,
+    },
+    /// Python code for the interpreter.
+    Interpreter {
+        /// The code, without the fences.
+        code: String,
+    },
+}
+
+/// One turn of a conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// Speaker.
+    pub role: Role,
+    /// Text.
+    pub content: String,
+    /// `name=<|plugin|>` / `name=<|interpreter|>` on system and environment turns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<Tool>,
+    /// A tool call ending an assistant turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call: Option<ToolCall>,
+}
+
+impl Message {
+    /// A turn with plain text.
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: content.into(),
+            name: None,
+            tool_call: None,
+        }
+    }
+
+    /// `system` turn.
+    pub fn system(content: impl Into<String>) -> Self {
+        Self::new(Role::System, content)
+    }
+
+    /// `user` turn.
+    pub fn user(content: impl Into<String>) -> Self {
+        Self::new(Role::User, content)
+    }
+
+    /// `assistant` turn.
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self::new(Role::Assistant, content)
+    }
+
+    /// An assistant turn ending with a tool call.
+    pub fn assistant_call(content: impl Into<String>, call: ToolCall) -> Self {
+        Self {
+            tool_call: Some(call),
+            ..Self::new(Role::Assistant, content)
+        }
+    }
+
+    /// A tool result (`environment name=<|plugin|>` or `<|interpreter|>`).
+    pub fn environment(tool: Tool, content: impl Into<String>) -> Self {
+        Self {
+            name: Some(tool),
+            ..Self::new(Role::Environment, content)
+        }
+    }
+
+    /// The system turn announcing function schemas: `system name=<|plugin|>` with a JSON list.
+    pub fn plugins(schemas: &[Value]) -> Result<Self, ChatError> {
+        Ok(Self {
+            name: Some(Tool::Plugin),
+            ..Self::new(
+                Role::System,
+                to_python_json(&Value::Array(schemas.to_vec()))?,
+            )
+        })
+    }
+
+    /// The system turn announcing the code interpreter (`system name=<|interpreter|>`).
+    pub fn interpreter(description: impl Into<String>) -> Self {
+        Self {
+            name: Some(Tool::Interpreter),
+            ..Self::new(Role::System, description)
+        }
+    }
+}
+
+/// Writes JSON as Python's `json.dumps(value, ensure_ascii=False)`.
+pub fn to_python_json(value: &Value) -> Result<String, ChatError> {
+    struct PythonFormatter;
+    impl serde_json::ser::Formatter for PythonFormatter {
+        fn begin_array_value<W: ?Sized + std::io::Write>(
+            &mut self,
+            w: &mut W,
+            first: bool,
+        ) -> std::io::Result<()> {
+            if first { Ok(()) } else { w.write_all(b", ") }
+        }
+        fn begin_object_key<W: ?Sized + std::io::Write>(
+            &mut self,
+            w: &mut W,
+            first: bool,
+        ) -> std::io::Result<()> {
+            if first { Ok(()) } else { w.write_all(b", ") }
+        }
+        fn begin_object_value<W: ?Sized + std::io::Write>(
+            &mut self,
+            w: &mut W,
+        ) -> std::io::Result<()> {
+            w.write_all(b": ")
+        }
+    }
+    let mut out = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, PythonFormatter);
+    value.serialize(&mut ser)?;
+    Ok(String::from_utf8(out).expect("serde_json writes UTF-8"))
+}
+
+fn render_call(call: &ToolCall) -> Result<String, ChatError> {
+    Ok(match call {
+        ToolCall::Plugin { name, parameters } => {
+            let body = serde_json::json!({"name": name, "parameters": parameters});
+            format!(
+                "{ACTION_START}{PLUGIN}\n{}{ACTION_END}",
+                to_python_json(&body)?
+            )
+        }
+        ToolCall::Interpreter { code } => {
+            format!("{ACTION_START}{INTERPRETER}\n```python\n{code}\n```{ACTION_END}")
+        }
+    })
+}
+
+/// Renders one turn, `<|im_start|>` through the newline after `<|im_end|>`.
+pub fn render_message(message: &Message) -> Result<String, ChatError> {
+    let header = match (message.role, message.name) {
+        (Role::System | Role::Environment, Some(tool)) => {
+            format!("{} name={}", message.role.as_str(), tool.token())
+        }
+        (Role::User | Role::Assistant, Some(_)) => {
+            return Err(ChatError::InvalidMessage(format!(
+                "a {} turn cannot carry a tool name",
+                message.role.as_str()
+            )));
+        }
+        (role, None) => role.as_str().to_string(),
+    };
+    let call = match (&message.tool_call, message.role) {
+        (Some(call), Role::Assistant) => render_call(call)?,
+        (Some(_), role) => {
+            return Err(ChatError::InvalidMessage(format!(
+                "only assistant turns make tool calls, not {}",
+                role.as_str()
+            )));
+        }
+        (None, _) => String::new(),
+    };
+    Ok(format!(
+        "{IM_START}{header}\n{}{call}{IM_END}\n",
+        message.content
+    ))
+}
+
+/// Renders a conversation; with `add_generation_prompt` it ends with `<|im_start|>assistant\n`
+/// for the model to continue. BOS is not part of the text (the tokenizer adds it).
+pub fn render(messages: &[Message], add_generation_prompt: bool) -> Result<String, ChatError> {
+    let mut out = String::new();
+    for message in messages {
+        out.push_str(&render_message(message)?);
+    }
+    if add_generation_prompt {
+        out.push_str(IM_START);
+        out.push_str("assistant\n");
+    }
+    Ok(out)
+}
+
+/// Renders and tokenises a conversation (BOS first), checking the vocabulary has the chat
+/// tokens.
+pub fn encode(
+    tokenizer: &Tokenizer,
+    messages: &[Message],
+    add_generation_prompt: bool,
+) -> Result<Vec<u32>, ChatError> {
+    if tokenizer.chat_tokens().is_none() {
+        return Err(crate::error::TokenizerError::MissingSpecialToken(IM_START.into()).into());
+    }
+    Ok(tokenizer.encode(&render(messages, add_generation_prompt)?, true)?)
+}
+
+/// Parses the text an assistant generated (after `<|im_start|>assistant\n`; a trailing
+/// `<|im_end|>` and anything after it are ignored) into a message: text plus an optional call.
+///
+/// ```
+/// use internlm2::chat::{parse_assistant, ToolCall};
+/// let m = parse_assistant(
+///     "Let me check.<|action_start|><|plugin|>\n{\"name\": \"weather\", \"parameters\": {\"city\": \"Paris\"}}<|action_end|><|im_end|>",
+/// ).unwrap();
+/// assert_eq!(m.content, "Let me check.");
+/// assert!(matches!(m.tool_call, Some(ToolCall::Plugin { ref name, .. }) if name == "weather"));
+/// ```
+pub fn parse_assistant(generated: &str) -> Result<Message, ChatError> {
+    let text = generated.split(IM_END).next().unwrap_or_default();
+    let Some(start) = text.find(ACTION_START) else {
+        return Ok(Message::assistant(text));
+    };
+    let content = &text[..start];
+    let rest = &text[start + ACTION_START.len()..];
+    let end = rest.find(ACTION_END).ok_or(ChatError::UnterminatedAction)?;
+    let action = &rest[..end];
+    let call = if let Some(body) = action.strip_prefix(PLUGIN) {
+        parse_plugin(body.strip_prefix('\n').unwrap_or(body))?
+    } else if let Some(body) = action.strip_prefix(INTERPRETER) {
+        parse_interpreter(body.strip_prefix('\n').unwrap_or(body))?
+    } else {
+        return Err(ChatError::UnknownAction(action.chars().take(40).collect()));
+    };
+    Ok(Message::assistant_call(content, call))
+}
+
+fn parse_plugin(body: &str) -> Result<ToolCall, ChatError> {
+    let malformed = |reason: &str| ChatError::MalformedPluginCall {
+        reason: reason.to_string(),
+        body: body.to_string(),
+    };
+    let value: Value =
+        serde_json::from_str(body.trim()).map_err(|e| malformed(&format!("invalid JSON ({e})")))?;
+    let object = value
+        .as_object()
+        .ok_or_else(|| malformed("not a JSON object"))?;
+    let name = object
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| malformed("no \"name\" string"))?;
+    // Some fine-tunes write "arguments" (OpenAI style); accept it as the parameters.
+    let parameters = object
+        .get("parameters")
+        .or_else(|| object.get("arguments"))
+        .cloned()
+        .unwrap_or_else(|| Value::Object(Default::default()));
+    if !parameters.is_object() {
+        return Err(malformed("\"parameters\" is not an object"));
+    }
+    Ok(ToolCall::Plugin {
+        name: name.to_string(),
+        parameters,
+    })
+}
+
+fn parse_interpreter(body: &str) -> Result<ToolCall, ChatError> {
+    let trimmed = body.trim();
+    let code = match trimmed.strip_prefix("```") {
+        Some(fenced) => {
+            // Drop the language tag line, then the closing fence.
+            let after_tag = fenced.split_once('\n').map(|(_, c)| c).ok_or_else(|| {
+                ChatError::MalformedInterpreterCall {
+                    reason: "code fence without a newline".into(),
+                    body: body.to_string(),
+                }
+            })?;
+            after_tag
+                .trim_end()
+                .strip_suffix("```")
+                .ok_or_else(|| ChatError::MalformedInterpreterCall {
+                    reason: "unclosed code fence".into(),
+                    body: body.to_string(),
+                })?
+                .trim_end_matches('\n')
+                .to_string()
+        }
+        None => trimmed.to_string(),
+    };
+    if code.trim().is_empty() {
+        return Err(ChatError::MalformedInterpreterCall {
+            reason: "no code".into(),
+            body: body.to_string(),
+        });
+    }
+    Ok(ToolCall::Interpreter { code })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_role_and_tool_turn() {
+        let weather = serde_json::json!({"name": "get_weather", "parameters": {"type": "object"}});
+        let conversation = vec![
+            Message::system("You are a helpful assistant."),
+            Message::plugins(&[weather]).unwrap(),
+            Message::user("Weather in Shanghai?"),
+            Message::assistant_call(
+                "Let me check.",
+                ToolCall::Plugin {
+                    name: "get_weather".into(),
+                    parameters: serde_json::json!({"city": "Shanghai"}),
+                },
+            ),
+            Message::environment(Tool::Plugin, "{\"temp\": 22}"),
+        ];
+        let text = render(&conversation, true).unwrap();
+        assert_eq!(
+            text,
+            "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n\
+             <|im_start|>system name=<|plugin|>\n[{\"name\": \"get_weather\", \"parameters\": {\"type\": \"object\"}}]<|im_end|>\n\
+             <|im_start|>user\nWeather in Shanghai?<|im_end|>\n\
+             <|im_start|>assistant\nLet me check.<|action_start|><|plugin|>\n{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Shanghai\"}}<|action_end|><|im_end|>\n\
+             <|im_start|>environment name=<|plugin|>\n{\"temp\": 22}<|im_end|>\n\
+             <|im_start|>assistant\n"
+        );
+    }
+
+    #[test]
+    fn interpreter_call_round_trip() {
+        let call = ToolCall::Interpreter {
+            code: "print(2**10)".into(),
+        };
+        let text = render_message(&Message::assistant_call("", call.clone())).unwrap();
+        assert_eq!(
+            text,
+            "<|im_start|>assistant\n<|action_start|><|interpreter|>\n```python\nprint(2**10)\n```<|action_end|><|im_end|>\n"
+        );
+        let generated = text.strip_prefix("<|im_start|>assistant\n").unwrap();
+        assert_eq!(parse_assistant(generated).unwrap().tool_call, Some(call));
+    }
+
+    #[test]
+    fn plain_answers_parse_as_text() {
+        let m = parse_assistant("Paris.<|im_end|>\n").unwrap();
+        assert_eq!(m.content, "Paris.");
+        assert_eq!(m.tool_call, None);
+    }
+
+    #[test]
+    fn malformed_calls_are_typed_errors() {
+        let plugin = |body: &str| format!("x<|action_start|><|plugin|>\n{body}<|action_end|>");
+        assert!(matches!(
+            parse_assistant(&plugin("{not json")),
+            Err(ChatError::MalformedPluginCall { .. })
+        ));
+        assert!(matches!(
+            parse_assistant(&plugin("[1, 2]")),
+            Err(ChatError::MalformedPluginCall { .. })
+        ));
+        assert!(matches!(
+            parse_assistant(&plugin("{\"parameters\": {}}")),
+            Err(ChatError::MalformedPluginCall { .. })
+        ));
+        assert!(matches!(
+            parse_assistant(&plugin("{\"name\": \"f\", \"parameters\": 3}")),
+            Err(ChatError::MalformedPluginCall { .. })
+        ));
+        assert!(matches!(
+            parse_assistant("<|action_start|><|interpreter|>\n```python\nprint(1)<|action_end|>"),
+            Err(ChatError::MalformedInterpreterCall { .. })
+        ));
+        assert!(matches!(
+            parse_assistant("<|action_start|><|interpreter|>\n<|action_end|>"),
+            Err(ChatError::MalformedInterpreterCall { .. })
+        ));
+        assert!(matches!(
+            parse_assistant("<|action_start|><|plugin|>\n{\"name\": \"f\"}"),
+            Err(ChatError::UnterminatedAction)
+        ));
+        assert!(matches!(
+            parse_assistant("<|action_start|>search\n{}<|action_end|>"),
+            Err(ChatError::UnknownAction(_))
+        ));
+    }
+
+    #[test]
+    fn invalid_messages_are_rejected() {
+        let mut m = Message::user("hi");
+        m.name = Some(Tool::Plugin);
+        assert!(matches!(
+            render_message(&m),
+            Err(ChatError::InvalidMessage(_))
+        ));
+        let mut m = Message::user("hi");
+        m.tool_call = Some(ToolCall::Interpreter { code: "1".into() });
+        assert!(matches!(
+            render_message(&m),
+            Err(ChatError::InvalidMessage(_))
+        ));
+    }
+
+    #[test]
+    fn python_json_formatting() {
+        let v = serde_json::json!({"a": [1, 2], "b": {"c": "中文"}});
+        assert_eq!(
+            to_python_json(&v).unwrap(),
+            "{\"a\": [1, 2], \"b\": {\"c\": \"中文\"}}"
+        );
+    }
+}

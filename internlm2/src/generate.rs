@@ -1,0 +1,516 @@
+//! Autoregressive generation over a KV cache: batched prompts with left padding and per-row
+//! positions, sampling, stop tokens and stop strings, `max_new_tokens`, and streaming of text
+//! deltas through an iterator ([`Generation`]) or a callback ([`generate`]).
+//!
+//! Context policy: a request whose longest prompt plus `max_new_tokens` exceeds the context
+//! limit is refused with [`GenerateError::ContextOverflow`] ([`OverflowPolicy::Error`], the
+//! default) or has `max_new_tokens` reduced to fit ([`OverflowPolicy::ClampNewTokens`]). The
+//! limit defaults to `max_position_embeddings`, times the RoPE scaling factor when the config
+//! has one (dynamic NTK is what lets the releases read past their training length).
+
+use burn::tensor::{DType, Int, Tensor, TensorData};
+use internlm2_backends::Kernels;
+
+use crate::cache::KvCache;
+use crate::config::RopeScaling;
+use crate::error::GenerateError;
+use crate::model::{ForwardInput, InternLM2};
+use crate::sampling::{Sampler, SamplingConfig};
+use crate::tokenizer::{IncrementalDecoder, Tokenizer};
+
+/// What to do when prompt plus `max_new_tokens` does not fit the context limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OverflowPolicy {
+    /// Refuse with [`GenerateError::ContextOverflow`].
+    #[default]
+    Error,
+    /// Generate only as many tokens as fit (a prompt that alone overflows is still refused).
+    ClampNewTokens,
+}
+
+/// Everything a generation request needs besides the prompts.
+///
+/// ```
+/// use internlm2::generate::GenerationConfig;
+/// use internlm2::sampling::SamplingConfig;
+/// let config = GenerationConfig::default()
+///     .with_max_new_tokens(64)
+///     .with_sampling(SamplingConfig::greedy())
+///     .with_stop_token_ids(vec![2, 92542])
+///     .with_stop_strings(vec!["\nUser:".into()]);
+/// assert_eq!(config.max_new_tokens, 64);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationConfig {
+    /// Most tokens generated per row (stop tokens included).
+    pub max_new_tokens: usize,
+    /// How tokens are chosen.
+    pub sampling: SamplingConfig,
+    /// A row stops after producing one of these (it is kept in the tokens, not in the text).
+    pub stop_token_ids: Vec<u32>,
+    /// A row stops when its text contains one of these (cut from the text; needs a tokenizer).
+    pub stop_strings: Vec<String>,
+    /// Context limit in tokens; `None` = the model's (see the module docs).
+    pub context_limit: Option<usize>,
+    /// What happens past the limit.
+    pub overflow: OverflowPolicy,
+}
+
+impl Default for GenerationConfig {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 256,
+            sampling: SamplingConfig::default(),
+            stop_token_ids: Vec::new(),
+            stop_strings: Vec::new(),
+            context_limit: None,
+            overflow: OverflowPolicy::Error,
+        }
+    }
+}
+
+impl GenerationConfig {
+    /// The chat defaults: stop at `</s>` and `<|im_end|>` (SPEC 4).
+    pub fn chat(tokenizer: &Tokenizer) -> Self {
+        let mut stop = Vec::new();
+        stop.extend(tokenizer.eos_id());
+        stop.extend(tokenizer.chat_tokens().map(|c| c.im_end));
+        Self::default().with_stop_token_ids(stop)
+    }
+
+    /// Sets `max_new_tokens`.
+    pub fn with_max_new_tokens(mut self, n: usize) -> Self {
+        self.max_new_tokens = n;
+        self
+    }
+
+    /// Sets the sampling parameters.
+    pub fn with_sampling(mut self, sampling: SamplingConfig) -> Self {
+        self.sampling = sampling;
+        self
+    }
+
+    /// Sets the stop token ids.
+    pub fn with_stop_token_ids(mut self, ids: Vec<u32>) -> Self {
+        self.stop_token_ids = ids;
+        self
+    }
+
+    /// Sets the stop strings.
+    pub fn with_stop_strings(mut self, stops: Vec<String>) -> Self {
+        self.stop_strings = stops;
+        self
+    }
+
+    /// Sets the context limit.
+    pub fn with_context_limit(mut self, limit: usize) -> Self {
+        self.context_limit = Some(limit);
+        self
+    }
+
+    /// Sets the overflow policy.
+    pub fn with_overflow(mut self, overflow: OverflowPolicy) -> Self {
+        self.overflow = overflow;
+        self
+    }
+}
+
+/// Why a row stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FinishReason {
+    /// It produced this stop token.
+    StopToken(u32),
+    /// Its text reached this stop string.
+    StopString(String),
+    /// It reached `max_new_tokens`.
+    Length,
+    /// The caller stopped the generation first.
+    Cancelled,
+}
+
+/// The result for one prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationOutput {
+    /// Generated ids (a final stop token included).
+    pub tokens: Vec<u32>,
+    /// Generated text (stop tokens and stop strings excluded), when a tokenizer was given.
+    pub text: Option<String>,
+    /// Why it stopped.
+    pub finish_reason: FinishReason,
+}
+
+/// One token produced for one row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenEvent {
+    /// Which prompt.
+    pub row: usize,
+    /// The id.
+    pub token: u32,
+    /// Text that became final with this token (may be empty; never half a character).
+    pub delta: String,
+}
+
+struct Row<'t> {
+    /// Prompt plus generated ids (for the repetition penalty).
+    history: Vec<u32>,
+    generated: Vec<u32>,
+    decoder: Option<IncrementalDecoder<'t>>,
+    text: String,
+    /// Bytes of `text` already streamed.
+    emitted: usize,
+    finished: Option<FinishReason>,
+    next_position: usize,
+    sampler: Sampler,
+}
+
+/// A generation in progress; each [`Iterator::next`] produces one token per unfinished row.
+///
+/// ```no_run
+/// use burn::tensor::DType;
+/// use internlm2::{InternLM2, Tokenizer, chat, generate::{Generation, GenerationConfig}};
+/// use internlm2_backends::Cpu;
+/// let model = InternLM2::<Cpu>::load("model", DType::F32, &Default::default())?;
+/// let tokenizer = Tokenizer::from_dir("model")?;
+/// let prompt = chat::encode(&tokenizer, &[chat::Message::user("Hi")], true)?;
+/// let config = GenerationConfig::chat(&tokenizer).with_max_new_tokens(32);
+/// let mut generation = Generation::new(&model, Some(&tokenizer), vec![prompt], &config)?;
+/// for step in &mut generation {
+///     for event in step? {
+///         print!("{}", event.delta);
+///     }
+/// }
+/// let outputs = generation.finish();
+/// # Ok::<(), internlm2::Error>(())
+/// ```
+pub struct Generation<'a, B: Kernels> {
+    model: &'a InternLM2<B>,
+    config: GenerationConfig,
+    cache: KvCache<B>,
+    rows: Vec<Row<'a>>,
+    /// Logits `[batch, vocab]` for the next choice.
+    logits: Option<Tensor<B, 2>>,
+    max_new_tokens: usize,
+    steps: usize,
+    pad: u32,
+}
+
+impl<'a, B: Kernels> Generation<'a, B> {
+    /// Validates the request and runs the prefill over the left-padded prompts.
+    pub fn new(
+        model: &'a InternLM2<B>,
+        tokenizer: Option<&'a Tokenizer>,
+        prompts: Vec<Vec<u32>>,
+        config: &GenerationConfig,
+    ) -> Result<Self, GenerateError> {
+        config.sampling.validate()?;
+        if prompts.is_empty() {
+            return Err(GenerateError::EmptyBatch);
+        }
+        let vocab = model.config.vocab_size;
+        for (index, prompt) in prompts.iter().enumerate() {
+            if prompt.is_empty() {
+                return Err(GenerateError::EmptyPrompt { index });
+            }
+            if let Some(&id) = prompt.iter().find(|&&id| id as usize >= vocab) {
+                return Err(GenerateError::TokenOutOfVocab {
+                    id,
+                    vocab_size: vocab,
+                });
+            }
+        }
+        if !config.stop_strings.is_empty() && tokenizer.is_none() {
+            return Err(GenerateError::InvalidSampling {
+                name: "stop_strings",
+                reason: "stop strings need a tokenizer".into(),
+            });
+        }
+        let longest = prompts.iter().map(Vec::len).max().expect("non-empty batch");
+        let limit = config
+            .context_limit
+            .unwrap_or_else(|| default_context_limit(model));
+        let max_new_tokens = if longest + config.max_new_tokens <= limit {
+            config.max_new_tokens
+        } else if config.overflow == OverflowPolicy::ClampNewTokens && longest < limit {
+            limit - longest
+        } else {
+            return Err(GenerateError::ContextOverflow {
+                prompt_len: longest,
+                max_new_tokens: config.max_new_tokens,
+                limit,
+            });
+        };
+
+        let batch = prompts.len();
+        let pad = model.config.pad_token_id;
+        let mut ids = Vec::with_capacity(batch * longest);
+        let mut positions = Vec::with_capacity(batch * longest);
+        let mut padding = Vec::with_capacity(batch * longest);
+        for prompt in &prompts {
+            let pads = longest - prompt.len();
+            ids.extend(std::iter::repeat_n(pad as i64, pads));
+            ids.extend(prompt.iter().map(|&id| id as i64));
+            positions.extend(std::iter::repeat_n(0, pads));
+            positions.extend(0..prompt.len());
+            padding.extend(std::iter::repeat_n(true, pads));
+            padding.extend(std::iter::repeat_n(false, prompt.len()));
+        }
+        let rows = prompts
+            .into_iter()
+            .enumerate()
+            .map(|(row, prompt)| {
+                let sampling = config.sampling.clone();
+                let seed = sampling.seed.wrapping_add(row as u64);
+                Ok(Row {
+                    next_position: prompt.len(),
+                    history: prompt,
+                    generated: Vec::new(),
+                    decoder: tokenizer.map(Tokenizer::incremental_decoder),
+                    text: String::new(),
+                    emitted: 0,
+                    finished: None,
+                    sampler: Sampler::new(sampling.with_seed(seed))?,
+                })
+            })
+            .collect::<Result<Vec<_>, GenerateError>>()?;
+
+        let device = model.device();
+        let mut cache = KvCache::new(&model.config, batch, longest + max_new_tokens);
+        let input = ForwardInput::new(Tensor::<B, 2, Int>::from_data(
+            TensorData::new(ids, [batch, longest]),
+            &device,
+        ))
+        .with_positions(positions)
+        .with_padding(padding)
+        .with_last_logits_only(true);
+        let logits = (max_new_tokens > 0).then(|| {
+            let logits = model.forward_cache(input, &mut cache);
+            logits.reshape([batch, model.config.vocab_size])
+        });
+        let mut generation = Self {
+            model,
+            config: config.clone(),
+            cache,
+            rows,
+            logits,
+            max_new_tokens,
+            steps: 0,
+            pad,
+        };
+        if max_new_tokens == 0 {
+            for row in &mut generation.rows {
+                row.finished = Some(FinishReason::Length);
+            }
+        }
+        Ok(generation)
+    }
+
+    /// Whether every row has finished.
+    pub fn is_done(&self) -> bool {
+        self.rows.iter().all(|r| r.finished.is_some())
+    }
+
+    /// Chooses one token per unfinished row, then runs the model on them (unless all are done).
+    pub fn step(&mut self) -> Result<Vec<TokenEvent>, GenerateError> {
+        let Some(logits) = self.logits.take() else {
+            return Ok(Vec::new());
+        };
+        let tokens = self.choose(logits);
+        let mut events = Vec::new();
+        self.steps += 1;
+        for (index, row) in self.rows.iter_mut().enumerate() {
+            if row.finished.is_some() {
+                continue;
+            }
+            let token = tokens[index];
+            row.generated.push(token);
+            row.history.push(token);
+            row.next_position += 1;
+            let delta = if self.config.stop_token_ids.contains(&token) {
+                row.finished = Some(FinishReason::StopToken(token));
+                flush(row, &self.config.stop_strings)
+            } else {
+                let piece = match row.decoder.as_mut() {
+                    Some(decoder) => decoder.push(token)?,
+                    None => String::new(),
+                };
+                row.text.push_str(&piece);
+                let mut delta = release(row, &self.config.stop_strings);
+                if row.finished.is_none() && self.steps >= self.max_new_tokens {
+                    row.finished = Some(FinishReason::Length);
+                    delta.push_str(&flush(row, &self.config.stop_strings));
+                }
+                delta
+            };
+            events.push(TokenEvent {
+                row: index,
+                token,
+                delta,
+            });
+        }
+        if !self.is_done() {
+            self.logits = Some(self.advance(&tokens));
+        }
+        Ok(events)
+    }
+
+    /// Picks the next token of every row (finished rows get a placeholder).
+    fn choose(&mut self, logits: Tensor<B, 2>) -> Vec<u32> {
+        let [batch, vocab] = logits.dims();
+        let all_greedy = self.rows.iter().all(|r| {
+            r.sampler.config().is_greedy() && r.sampler.config().repetition_penalty == 1.0
+        });
+        if all_greedy {
+            // Only the argmax ids leave the device.
+            let ids = logits.argmax(1).into_data().convert::<i64>();
+            return ids
+                .into_vec::<i64>()
+                .expect("converted above")
+                .into_iter()
+                .map(|id| id as u32)
+                .collect();
+        }
+        let mut host = logits
+            .into_data()
+            .convert_dtype(DType::F32)
+            .into_vec::<f32>()
+            .expect("converted above");
+        (0..batch)
+            .map(|r| {
+                let row = &mut self.rows[r];
+                if row.finished.is_some() {
+                    return self.pad;
+                }
+                row.sampler
+                    .sample(&mut host[r * vocab..(r + 1) * vocab], &row.history)
+            })
+            .collect()
+    }
+
+    /// Runs the model on the chosen tokens; returns the next logits `[batch, vocab]`.
+    fn advance(&mut self, tokens: &[u32]) -> Tensor<B, 2> {
+        let batch = self.rows.len();
+        let device = self.model.device();
+        let ids: Vec<i64> = self
+            .rows
+            .iter()
+            .zip(tokens)
+            .map(|(row, &t)| if row.finished.is_some() { self.pad } else { t } as i64)
+            .collect();
+        let positions = self.rows.iter().map(|r| r.next_position - 1).collect();
+        let input = ForwardInput::new(Tensor::<B, 2, Int>::from_data(
+            TensorData::new(ids, [batch, 1]),
+            &device,
+        ))
+        .with_positions(positions)
+        .with_last_logits_only(true);
+        let logits = self.model.forward_cache(input, &mut self.cache);
+        logits.reshape([batch, self.model.config.vocab_size])
+    }
+
+    /// The outputs so far (call after the iterator ends for the final ones).
+    pub fn finish(self) -> Vec<GenerationOutput> {
+        self.rows
+            .into_iter()
+            .map(|row| GenerationOutput {
+                text: row.decoder.as_ref().map(|_| row.text.clone()),
+                tokens: row.generated,
+                finish_reason: row.finished.unwrap_or(FinishReason::Cancelled),
+            })
+            .collect()
+    }
+}
+
+impl<B: Kernels> Iterator for Generation<'_, B> {
+    type Item = Result<Vec<TokenEvent>, GenerateError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.is_done() {
+            None
+        } else {
+            Some(self.step())
+        }
+    }
+}
+
+/// Length of the longest suffix of `text` that is a proper prefix of a stop string.
+fn held_back(text: &str, stops: &[String]) -> usize {
+    let mut hold = 0;
+    for stop in stops {
+        for len in (1..stop.len()).rev() {
+            if len > hold
+                && text.len() >= len
+                && stop.is_char_boundary(len)
+                && text.ends_with(&stop[..len])
+            {
+                hold = len;
+                break;
+            }
+        }
+    }
+    hold
+}
+
+/// Checks stop strings and returns the text that is safe to stream.
+fn release(row: &mut Row<'_>, stops: &[String]) -> String {
+    if let Some((at, stop)) = stops
+        .iter()
+        .filter_map(|s| row.text.find(s.as_str()).map(|at| (at, s)))
+        .min_by_key(|(at, _)| *at)
+    {
+        row.finished = Some(FinishReason::StopString(stop.clone()));
+        row.text.truncate(at);
+        let delta = row.text[row.emitted.min(at)..].to_string();
+        row.emitted = row.text.len();
+        return delta;
+    }
+    let safe = row.text.len() - held_back(&row.text, stops);
+    let delta = row.text[row.emitted..safe].to_string();
+    row.emitted = safe;
+    delta
+}
+
+/// Emits everything not yet streamed when a row finishes for a reason other than a stop string.
+fn flush(row: &mut Row<'_>, stops: &[String]) -> String {
+    if let Some(decoder) = row.decoder.as_mut() {
+        let tail = decoder.finish();
+        row.text.push_str(&tail);
+    }
+    if let Some(at) = stops.iter().filter_map(|s| row.text.find(s.as_str())).min() {
+        row.text.truncate(at);
+    }
+    let start = row.emitted.min(row.text.len());
+    let delta = row.text[start..].to_string();
+    row.emitted = row.text.len();
+    delta
+}
+
+/// The context limit of a model: `max_position_embeddings`, times the RoPE scaling factor.
+pub fn default_context_limit<B: Kernels>(model: &InternLM2<B>) -> usize {
+    let config = &model.config;
+    match config.rope_scaling {
+        Some(RopeScaling::Dynamic { factor } | RopeScaling::Linear { factor }) => {
+            (config.max_position_embeddings as f64 * factor) as usize
+        }
+        None => config.max_position_embeddings,
+    }
+}
+
+/// Generates for every prompt, calling `on_token` for each new token (return `false` to stop
+/// early), and returns the outputs in prompt order.
+pub fn generate<B: Kernels>(
+    model: &InternLM2<B>,
+    tokenizer: Option<&Tokenizer>,
+    prompts: Vec<Vec<u32>>,
+    config: &GenerationConfig,
+    mut on_token: impl FnMut(&TokenEvent) -> bool,
+) -> Result<Vec<GenerationOutput>, GenerateError> {
+    let mut generation = Generation::new(model, tokenizer, prompts, config)?;
+    'outer: while !generation.is_done() {
+        for event in generation.step()? {
+            if !on_token(&event) {
+                break 'outer;
+            }
+        }
+    }
+    Ok(generation.finish())
+}
