@@ -29,7 +29,7 @@ use burn::tensor::{DType, Tensor};
 use internlm2_backends::Kernels;
 
 pub use reader::WeightReader;
-pub use writer::{SaveDtype, SaveOptions};
+pub use writer::{SaveDtype, SaveOptions, named_tensors};
 
 use crate::config::InternLM2Config;
 use crate::error::CheckpointError;

@@ -95,7 +95,7 @@ fn encode(data: TensorData, dtype: SaveDtype) -> Stored {
 }
 
 /// The model's tensors under their HuggingFace names, in checkpoint order.
-pub(crate) fn named_tensors<B: Kernels>(model: &InternLM2<B>) -> Vec<(String, TensorData)> {
+pub fn named_tensors<B: Kernels>(model: &InternLM2<B>) -> Vec<(String, TensorData)> {
     fn d<B: Kernels, const D: usize>(t: Tensor<B, D>) -> TensorData {
         t.into_data()
     }
