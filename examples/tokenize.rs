@@ -27,8 +27,14 @@ struct Args {
     no_bos: bool,
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = Args::parse();
+fn main() {
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let tokenizer = if args.tokenizer.is_dir() {
         Tokenizer::from_dir(&args.tokenizer)?
     } else {

@@ -21,15 +21,26 @@
 
 pub mod kernels;
 
+#[cfg(feature = "flex")]
+use burn::tensor::Tensor;
+
 pub use kernels::{AttentionMask, Kernels};
 
 /// The embedded CPU backend: burn's Flex (pure Rust, SIMD, rayon threads).
 #[cfg(feature = "flex")]
 pub type Cpu = burn::backend::Flex;
 
+/// Which burn backend [`Cpu`] is.
+#[cfg(feature = "flex")]
+pub const CPU_BACKEND_NAME: &str = "flex";
+
 /// The embedded CPU backend: burn's NdArray (selected when `flex` is off).
 #[cfg(all(feature = "ndarray", not(feature = "flex")))]
 pub type Cpu = burn::backend::NdArray<f32>;
+
+/// Which burn backend [`Cpu`] is.
+#[cfg(all(feature = "ndarray", not(feature = "flex")))]
+pub const CPU_BACKEND_NAME: &str = "ndarray";
 
 /// burn's CUDA backend (feature `cuda`).
 #[cfg(feature = "cuda")]
@@ -43,8 +54,55 @@ pub type Wgpu = burn::backend::Wgpu;
 #[cfg(feature = "tch")]
 pub type LibTorch = burn::backend::LibTorch;
 
+/// Flex runs the fused f32 CPU kernels of [`kernels::cpu`].
 #[cfg(feature = "flex")]
-impl Kernels for burn::backend::Flex {}
+impl Kernels for burn::backend::Flex {
+    fn rms_norm(x: Tensor<Self, 3>, weight: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 3> {
+        kernels::cpu::rms_norm(x, weight, eps)
+    }
+
+    fn add_rms_norm(
+        x: Tensor<Self, 3>,
+        residual: Tensor<Self, 3>,
+        weight: Tensor<Self, 1>,
+        eps: f64,
+    ) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
+        kernels::cpu::add_rms_norm(x, residual, weight, eps)
+    }
+
+    fn rope(x: Tensor<Self, 4>, cos: Tensor<Self, 3>, sin: Tensor<Self, 3>) -> Tensor<Self, 4> {
+        kernels::cpu::rope(x, cos, sin)
+    }
+
+    fn causal_attention(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        mask: &AttentionMask<Self>,
+    ) -> Tensor<Self, 4> {
+        kernels::cpu::causal_attention(q, k, v, mask)
+    }
+
+    fn swiglu(gate: Tensor<Self, 3>, up: Tensor<Self, 3>) -> Tensor<Self, 3> {
+        kernels::cpu::swiglu(gate, up)
+    }
+
+    fn cache_write(
+        buffer: Tensor<Self, 4>,
+        values: Tensor<Self, 4>,
+        start: usize,
+    ) -> Tensor<Self, 4> {
+        kernels::cpu::cache_write(buffer, values, start)
+    }
+
+    fn dense(
+        x: Tensor<Self, 3>,
+        weight: Tensor<Self, 2>,
+        bias: Option<Tensor<Self, 1>>,
+    ) -> Tensor<Self, 3> {
+        kernels::cpu::dense(x, weight, bias)
+    }
+}
 
 #[cfg(feature = "ndarray")]
 impl Kernels for burn::backend::NdArray<f32> {}

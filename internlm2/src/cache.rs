@@ -8,6 +8,7 @@
 //! padding, so that left-padded rows never attend to their pads.
 
 use burn::tensor::{Bool, Tensor, TensorData, backend::Backend};
+use internlm2_backends::Kernels;
 
 use crate::config::InternLM2Config;
 
@@ -19,7 +20,7 @@ pub struct LayerCache<B: Backend> {
     capacity: usize,
 }
 
-impl<B: Backend> LayerCache<B> {
+impl<B: Kernels> LayerCache<B> {
     fn new(capacity: usize) -> Self {
         Self {
             keys: None,
@@ -43,11 +44,10 @@ impl<B: Backend> LayerCache<B> {
         if end > self.capacity || self.keys.is_none() {
             self.grow(end.max(self.capacity), &k, start);
         }
-        let range = [0..b, 0..nkv, start..end, 0..d];
         let keys = self.keys.take().expect("allocated above");
         let values = self.values.take().expect("allocated above");
-        let keys = keys.slice_assign(range.clone(), k);
-        let values = values.slice_assign(range, v);
+        let keys = B::cache_write(keys, k, start);
+        let values = B::cache_write(values, v, start);
         let visible = [0..b, 0..nkv, 0..end, 0..d];
         let out = (
             keys.clone().slice(visible.clone()),
@@ -100,7 +100,7 @@ pub struct KvCache<B: Backend> {
     padding: Vec<Vec<bool>>,
 }
 
-impl<B: Backend> KvCache<B> {
+impl<B: Kernels> KvCache<B> {
     /// An empty cache for `batch` rows, preallocated for `capacity` tokens per row (it grows
     /// past that if needed). Buffers take the dtype of the first keys written.
     pub fn new(config: &InternLM2Config, batch: usize, capacity: usize) -> Self {

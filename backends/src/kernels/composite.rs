@@ -96,6 +96,17 @@ pub fn causal_attention<B: Backend>(
     out.reshape([b, nh, s, d])
 }
 
+/// See [`super::Kernels::cache_write`]: `slice_assign` (which copies the buffer on backends
+/// that cannot write in place).
+pub fn cache_write<B: Backend>(
+    buffer: Tensor<B, 4>,
+    values: Tensor<B, 4>,
+    start: usize,
+) -> Tensor<B, 4> {
+    let [b, h, s, d] = values.dims();
+    buffer.slice_assign([0..b, 0..h, start..start + s, 0..d], values)
+}
+
 /// See [`super::Kernels::swiglu`].
 pub fn swiglu<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3> {
     activation::silu(gate) * up

@@ -6,6 +6,8 @@
 //! a method is tested against it.
 
 pub mod composite;
+#[cfg(feature = "flex")]
+pub mod cpu;
 
 use burn::tensor::{Bool, Tensor, backend::Backend};
 
@@ -75,6 +77,19 @@ pub trait Kernels: Backend {
         mask: &AttentionMask<Self>,
     ) -> Tensor<Self, 4> {
         composite::causal_attention(q, k, v, mask)
+    }
+
+    /// Writes `values` into `buffer` at slots `start..start + s` of dimension 2 (a KV-cache
+    /// write) and returns the buffer. Backends that own the buffer alone write in place.
+    ///
+    /// # Shapes
+    /// `buffer`: `[batch, kv_heads, capacity, d]`, `values`: `[batch, kv_heads, s, d]`
+    fn cache_write(
+        buffer: Tensor<Self, 4>,
+        values: Tensor<Self, 4>,
+        start: usize,
+    ) -> Tensor<Self, 4> {
+        composite::cache_write(buffer, values, start)
     }
 
     /// SwiGLU gate: `silu(gate) * up`.

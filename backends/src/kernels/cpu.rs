@@ -1,0 +1,614 @@
+//! Fused f32 kernels for burn's Flex CPU backend.
+//!
+//! Each kernel reads the Flex buffers directly, does the whole operation in one pass over
+//! memory and runs across cores with rayon:
+//!
+//! - RMSNorm and residual-add + RMSNorm: one pass per row.
+//! - RoPE: reads the strided `[b, h, s, d]` view the QKV split produces, writes contiguous.
+//! - SwiGLU: `silu(gate) * up` in one pass.
+//! - Causal GQA attention: per (batch, KV head, block of queries), the `G` query heads of the
+//!   KV head share the keys and values (never repeated), scores only up to the causal bound of
+//!   the block, softmax in place, two GEMMs from the `gemm` crate (the one Flex uses).
+//!
+//! Inputs in another dtype, or shapes a kernel does not cover, take the
+//! [`composite`](super::composite) path.
+
+use burn::backend::Flex;
+use burn::backend::flex::FlexTensor;
+use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+use rayon::prelude::*;
+
+use super::{AttentionMask, composite};
+
+/// Elements below which a kernel stays on the calling thread.
+const PARALLEL_MIN: usize = 1 << 15;
+
+/// Score-matrix budget per attention task, in f32 elements (8 MiB).
+const SCORE_BUDGET: usize = 1 << 21;
+
+/// Queries per attention task before the score budget shrinks it.
+const QUERY_BLOCK: usize = 64;
+
+fn primitive<const D: usize>(t: Tensor<Flex, D>) -> FlexTensor {
+    t.into_primitive().tensor()
+}
+
+fn wrap<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<Flex, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(FlexTensor::from_data(
+        TensorData::new(values, shape),
+    )))
+}
+
+/// The f32 elements of a tensor in row-major order (copied only if not contiguous).
+fn contiguous(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
+    match t.as_slice::<f32>() {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(
+            t.to_contiguous()
+                .as_slice::<f32>()
+                .expect("contiguous")
+                .to_vec(),
+        ),
+    }
+}
+
+/// A strided 4-D f32 view whose innermost stride is 1.
+struct View4<'a> {
+    data: &'a [f32],
+    offset: usize,
+    strides: [usize; 3],
+}
+
+impl<'a> View4<'a> {
+    /// `None` when the layout has negative or non-unit inner strides.
+    fn new(t: &'a FlexTensor) -> Option<Self> {
+        let layout = t.layout();
+        let s = layout.strides();
+        if s.len() != 4 || s[3] != 1 || s.iter().any(|&x| x < 0) {
+            return None;
+        }
+        Some(Self {
+            data: t.storage::<f32>(),
+            offset: layout.start_offset(),
+            strides: [s[0] as usize, s[1] as usize, s[2] as usize],
+        })
+    }
+
+    #[inline]
+    fn row(&self, i: usize, j: usize, k: usize, len: usize) -> &'a [f32] {
+        let start = self.offset + i * self.strides[0] + j * self.strides[1] + k * self.strides[2];
+        &self.data[start..start + len]
+    }
+
+    #[inline]
+    fn ptr(&self, i: usize, j: usize, k: usize) -> *const f32 {
+        let start = self.offset + i * self.strides[0] + j * self.strides[1] + k * self.strides[2];
+        self.data[start..].as_ptr()
+    }
+}
+
+/// `out = x * rsqrt(mean(x^2) + eps) * w` for one row.
+#[inline]
+fn rms_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let mut acc = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] += c[i] * c[i];
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    sum += rest.iter().map(|v| v * v).sum::<f32>();
+    let r = 1.0 / (sum / x.len() as f32 + eps).sqrt();
+    for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
+        *o = v * r * g;
+    }
+}
+
+fn for_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    if out.len() >= PARALLEL_MIN {
+        out.par_chunks_mut(width)
+            .enumerate()
+            .for_each(|(i, row)| f(i, row));
+    } else {
+        out.chunks_mut(width)
+            .enumerate()
+            .for_each(|(i, row)| f(i, row));
+    }
+}
+
+/// See [`super::Kernels::rms_norm`].
+pub fn rms_norm(x: Tensor<Flex, 3>, weight: Tensor<Flex, 1>, eps: f64) -> Tensor<Flex, 3> {
+    if x.dtype() != DType::F32 || weight.dtype() != DType::F32 {
+        return composite::rms_norm(x, weight, eps);
+    }
+    let dims = x.dims();
+    let h = dims[2];
+    let (x, w) = (primitive(x), primitive(weight));
+    let (x, w) = (contiguous(&x), contiguous(&w));
+    let mut out = vec![0f32; x.len()];
+    for_rows(&mut out, h, |i, row| {
+        rms_row(&x[i * h..(i + 1) * h], &w, eps as f32, row)
+    });
+    wrap(out, dims)
+}
+
+/// See [`super::Kernels::add_rms_norm`].
+pub fn add_rms_norm(
+    x: Tensor<Flex, 3>,
+    residual: Tensor<Flex, 3>,
+    weight: Tensor<Flex, 1>,
+    eps: f64,
+) -> (Tensor<Flex, 3>, Tensor<Flex, 3>) {
+    if x.dtype() != DType::F32 || residual.dtype() != DType::F32 || weight.dtype() != DType::F32 {
+        return composite::add_rms_norm(x, residual, weight, eps);
+    }
+    let dims = x.dims();
+    let h = dims[2];
+    let (x, r, w) = (primitive(x), primitive(residual), primitive(weight));
+    let (x, r, w) = (contiguous(&x), contiguous(&r), contiguous(&w));
+    let mut sum: Vec<f32> = x.iter().zip(r.iter()).map(|(a, b)| a + b).collect();
+    let mut normed = vec![0f32; x.len()];
+    for_rows(&mut normed, h, |i, row| {
+        rms_row(&sum[i * h..(i + 1) * h], &w, eps as f32, row)
+    });
+    let sum = std::mem::take(&mut sum);
+    (wrap(sum, dims), wrap(normed, dims))
+}
+
+/// See [`super::Kernels::rope`].
+pub fn rope(x: Tensor<Flex, 4>, cos: Tensor<Flex, 3>, sin: Tensor<Flex, 3>) -> Tensor<Flex, 4> {
+    if x.dtype() != DType::F32 || cos.dtype() != DType::F32 || sin.dtype() != DType::F32 {
+        return composite::rope(x, cos, sin);
+    }
+    let [b, h, s, d] = x.dims();
+    let xp = primitive(x);
+    let Some(view) = View4::new(&xp) else {
+        return composite::rope(Tensor::from_primitive(TensorPrimitive::Float(xp)), cos, sin);
+    };
+    let (cos, sin) = (primitive(cos), primitive(sin));
+    let (cos, sin) = (contiguous(&cos), contiguous(&sin));
+    let half = d / 2;
+    let mut out = vec![0f32; b * h * s * d];
+    for_rows(&mut out, d, |row, o| {
+        let (bi, rest) = (row / (h * s), row % (h * s));
+        let (hi, si) = (rest / s, rest % s);
+        let x = view.row(bi, hi, si, d);
+        let t = (bi * s + si) * d;
+        let (c, sn) = (&cos[t..t + d], &sin[t..t + d]);
+        for i in 0..half {
+            o[i] = x[i] * c[i] - x[i + half] * sn[i];
+            o[i + half] = x[i + half] * c[i + half] + x[i] * sn[i + half];
+        }
+    });
+    wrap(out, [b, h, s, d])
+}
+
+/// See [`super::Kernels::swiglu`].
+pub fn swiglu(gate: Tensor<Flex, 3>, up: Tensor<Flex, 3>) -> Tensor<Flex, 3> {
+    if gate.dtype() != DType::F32 || up.dtype() != DType::F32 {
+        return composite::swiglu(gate, up);
+    }
+    let dims = gate.dims();
+    let (g, u) = (primitive(gate), primitive(up));
+    let (g, u) = (contiguous(&g), contiguous(&u));
+    let mut out = vec![0f32; g.len()];
+    let width = dims[2];
+    for_rows(&mut out, width, |i, row| {
+        let (g, u) = (
+            &g[i * width..(i + 1) * width],
+            &u[i * width..(i + 1) * width],
+        );
+        for ((o, &a), &b) in row.iter_mut().zip(g).zip(u) {
+            *o = a / (1.0 + (-a).exp()) * b;
+        }
+    });
+    wrap(out, dims)
+}
+
+/// See [`super::Kernels::cache_write`]. burn-flex 0.21's `slice_assign` always copies the
+/// whole destination (it keeps a second handle to the buffer while asking for mutable
+/// storage), which would make every decoding step copy the entire KV cache; this writes the
+/// new rows into the buffer itself when nobody else holds it.
+pub fn cache_write(
+    buffer: Tensor<Flex, 4>,
+    values: Tensor<Flex, 4>,
+    start: usize,
+) -> Tensor<Flex, 4> {
+    let [b, h, cap, d] = buffer.dims();
+    let [vb, vh, s, vd] = values.dims();
+    let fits = vb == b && vh == h && vd == d && start + s <= cap;
+    let mut buf = primitive(buffer);
+    let layout = buf.layout();
+    if !fits
+        || buf.dtype() != values.dtype()
+        || !layout.is_contiguous()
+        || layout.start_offset() != 0
+        || !buf.is_unique()
+    {
+        return composite::cache_write(
+            Tensor::from_primitive(TensorPrimitive::Float(buf)),
+            values,
+            start,
+        );
+    }
+    let vals = primitive(values).to_contiguous();
+    fn copy<E: burn::tensor::Element + bytemuck::Pod>(
+        buf: &mut FlexTensor,
+        vals: &FlexTensor,
+        [b, h, cap, d]: [usize; 4],
+        s: usize,
+        start: usize,
+    ) {
+        let src = vals.as_slice::<E>().expect("contiguous");
+        let dst = buf.try_storage_mut::<E>().expect("checked unique");
+        for row in 0..b * h {
+            let from = row * s * d;
+            let to = (row * cap + start) * d;
+            dst[to..to + s * d].copy_from_slice(&src[from..from + s * d]);
+        }
+    }
+    let shape = [b, h, cap, d];
+    match buf.dtype() {
+        DType::F32 => copy::<f32>(&mut buf, &vals, shape, s, start),
+        DType::BF16 => copy::<half::bf16>(&mut buf, &vals, shape, s, start),
+        DType::F16 => copy::<half::f16>(&mut buf, &vals, shape, s, start),
+        _ => {
+            return composite::cache_write(
+                Tensor::from_primitive(TensorPrimitive::Float(buf)),
+                Tensor::from_primitive(TensorPrimitive::Float(vals)),
+                start,
+            );
+        }
+    }
+    Tensor::from_primitive(TensorPrimitive::Float(buf))
+}
+
+/// Rows of `x` up to which [`dense`] uses the skinny kernel instead of a GEMM.
+const SKINNY_MAX_ROWS: usize = 16;
+
+/// Output features per skinny-kernel task.
+const SKINNY_CHUNK: usize = 64;
+
+/// See [`super::Kernels::dense`]. Decoding multiplies a handful of rows by every weight: a
+/// GEMM library packs the whole weight for that and runs on one core below its parallel
+/// threshold. The skinny kernel instead streams each weight row once, dots it with every
+/// input row (AVX + FMA when the CPU has them) and splits the output features across cores.
+pub fn dense(
+    x: Tensor<Flex, 3>,
+    weight: Tensor<Flex, 2>,
+    bias: Option<Tensor<Flex, 1>>,
+) -> Tensor<Flex, 3> {
+    let [b, s, k] = x.dims();
+    let [n, _] = weight.dims();
+    let m = b * s;
+    let f32s = x.dtype() == DType::F32
+        && weight.dtype() == DType::F32
+        && bias.as_ref().is_none_or(|b| b.dtype() == DType::F32);
+    if m > SKINNY_MAX_ROWS || !f32s {
+        return composite::dense(x, weight, bias);
+    }
+    let (xp, wp) = (primitive(x), primitive(weight));
+    let (xs, ws) = (contiguous(&xp), contiguous(&wp));
+    let bias = bias.map(primitive);
+    let bias = bias.as_ref().map(contiguous);
+    let mut out = vec![0f32; m * n];
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let task = |chunk: usize| {
+        let out_ptr = out_ptr;
+        let (o0, o1) = (chunk * SKINNY_CHUNK, ((chunk + 1) * SKINNY_CHUNK).min(n));
+        // SAFETY: each task writes only the columns o0..o1 of every output row.
+        unsafe { skinny(&xs, m, k, &ws, o0, o1, out_ptr, n) };
+        if let Some(bias) = &bias {
+            for r in 0..m {
+                for o in o0..o1 {
+                    // SAFETY: as above.
+                    unsafe { *out_ptr.0.add(r * n + o) += bias[o] };
+                }
+            }
+        }
+    };
+    let chunks = n.div_ceil(SKINNY_CHUNK);
+    if m * n * k >= PARALLEL_MIN * 8 {
+        (0..chunks).into_par_iter().for_each(task);
+    } else {
+        (0..chunks).for_each(task);
+    }
+    wrap(out, [b, s, n])
+}
+
+/// `out[r, o] = dot(x[r, :], w[o, :])` for `o` in `o0..o1`.
+///
+/// # Safety
+/// `out` must point at an `m x n` row-major buffer; no other thread may write columns
+/// `o0..o1`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn skinny(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    o0: usize,
+    o1: usize,
+    out: OutPtr,
+    n: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the features were detected above.
+        unsafe { skinny_avx(x, m, k, w, o0, o1, out, n) };
+        return;
+    }
+    for o in o0..o1 {
+        let row = &w[o * k..(o + 1) * k];
+        for r in 0..m {
+            let xr = &x[r * k..(r + 1) * k];
+            let mut acc = [0f32; 8];
+            for (wc, xc) in row.chunks_exact(8).zip(xr.chunks_exact(8)) {
+                for i in 0..8 {
+                    acc[i] += wc[i] * xc[i];
+                }
+            }
+            let tail = k - k % 8;
+            let mut sum: f32 = acc.iter().sum();
+            sum += (tail..k).map(|i| row[i] * xr[i]).sum::<f32>();
+            // SAFETY: the caller owns columns o0..o1.
+            unsafe { *out.0.add(r * n + o) = sum };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn skinny_avx(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    w: &[f32],
+    o0: usize,
+    o1: usize,
+    out: OutPtr,
+    n: usize,
+) {
+    use std::arch::x86_64::*;
+    /// Dots one weight row with `R` input rows starting at `r`.
+    #[target_feature(enable = "avx,fma")]
+    unsafe fn rows<const R: usize>(
+        x: &[f32],
+        r: usize,
+        k: usize,
+        wrow: &[f32],
+        out: OutPtr,
+        n: usize,
+        o: usize,
+    ) {
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); R];
+            let body = k - k % 8;
+            let mut i = 0;
+            while i < body {
+                let wv = _mm256_loadu_ps(wrow.as_ptr().add(i));
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x.as_ptr().add((r + j) * k + i)), *a);
+                }
+                i += 8;
+            }
+            for (j, a) in acc.iter().enumerate() {
+                let hi = _mm256_extractf128_ps(*a, 1);
+                let sum4 = _mm_add_ps(_mm256_castps256_ps128(*a), hi);
+                let sum2 = _mm_add_ps(sum4, _mm_movehl_ps(sum4, sum4));
+                let sum1 = _mm_add_ss(sum2, _mm_shuffle_ps(sum2, sum2, 1));
+                let mut s = _mm_cvtss_f32(sum1);
+                for t in body..k {
+                    s += wrow[t] * x[(r + j) * k + t];
+                }
+                *out.0.add((r + j) * n + o) = s;
+            }
+        }
+    }
+    for o in o0..o1 {
+        let wrow = &w[o * k..(o + 1) * k];
+        let mut r = 0;
+        while r < m {
+            // SAFETY: the features are enabled on this function; rows r.. exist in x.
+            unsafe {
+                match m - r {
+                    1 => rows::<1>(x, r, k, wrow, out, n, o),
+                    2 => rows::<2>(x, r, k, wrow, out, n, o),
+                    3 => rows::<3>(x, r, k, wrow, out, n, o),
+                    _ => rows::<4>(x, r, k, wrow, out, n, o),
+                }
+            }
+            r += 4;
+        }
+    }
+}
+
+/// A raw output pointer shared by tasks that write disjoint rows.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: every attention task writes a disjoint set of output rows (its own heads and
+// queries), so concurrent writes never alias.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// `dst[m, n] = beta * lhs[m, k] @ rhs[k, n]` through the `gemm` crate, single-threaded.
+///
+/// # Safety
+/// The pointers and strides must describe valid, non-overlapping matrices of those sizes.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_f32(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: isize,
+    lhs: *const f32,
+    lhs_rs: isize,
+    lhs_cs: isize,
+    rhs: *const f32,
+    rhs_rs: isize,
+    rhs_cs: isize,
+    beta: f32,
+) {
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs,
+            false,
+            lhs,
+            lhs_cs,
+            lhs_rs,
+            rhs,
+            rhs_cs,
+            rhs_rs,
+            0.0,
+            beta,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// See [`super::Kernels::causal_attention`].
+pub fn causal_attention(
+    q: Tensor<Flex, 4>,
+    k: Tensor<Flex, 4>,
+    v: Tensor<Flex, 4>,
+    mask: &AttentionMask<Flex>,
+) -> Tensor<Flex, 4> {
+    if q.dtype() != DType::F32 || k.dtype() != DType::F32 || v.dtype() != DType::F32 {
+        return composite::causal_attention(q, k, v, mask);
+    }
+    let [b, nh, s, d] = q.dims();
+    let [_, nkv, t, _] = k.dims();
+    let g = nh / nkv;
+    let (qp, kp, vp) = (primitive(q), primitive(k), primitive(v));
+    let (qp, kp, vp) = (
+        if View4::new(&qp).is_some() {
+            qp
+        } else {
+            qp.to_contiguous()
+        },
+        if View4::new(&kp).is_some() {
+            kp
+        } else {
+            kp.to_contiguous()
+        },
+        if View4::new(&vp).is_some() {
+            vp
+        } else {
+            vp.to_contiguous()
+        },
+    );
+    let (qv, kv, vv) = (
+        View4::new(&qp).expect("checked"),
+        View4::new(&kp).expect("checked"),
+        View4::new(&vp).expect("checked"),
+    );
+    let padding: Option<Vec<u8>> = mask.key_padding.as_ref().map(|p| {
+        p.clone()
+            .into_primitive()
+            .to_contiguous()
+            .storage::<u8>()
+            .to_vec()
+    });
+    let past = mask.past_len;
+    let scale = 1.0 / (d as f32).sqrt();
+
+    let block = QUERY_BLOCK
+        .min(s)
+        .min((SCORE_BUDGET / (g * t.max(1))).max(1));
+    let blocks = s.div_ceil(block);
+    let mut out = vec![0f32; b * nh * s * d];
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let task = |index: usize| {
+        let out_ptr = out_ptr;
+        let (bi, rest) = (index / (nkv * blocks), index % (nkv * blocks));
+        let (kvh, blk) = (rest / blocks, rest % blocks);
+        let (q0, q1) = (blk * block, ((blk + 1) * block).min(s));
+        let rows = q1 - q0;
+        // Keys visible to the last query of the block.
+        let t_end = (past + q1).min(t);
+        if t_end == 0 {
+            return;
+        }
+        let mut scores = vec![0f32; g * rows * t_end];
+        for gi in 0..g {
+            let head = kvh * g + gi;
+            // SAFETY: q rows [q0, q1) of `head` and keys [0, t_end) are inside their buffers;
+            // `scores` has room for rows x t_end.
+            unsafe {
+                gemm_f32(
+                    rows,
+                    t_end,
+                    d,
+                    scores[gi * rows * t_end..].as_mut_ptr(),
+                    t_end as isize,
+                    qv.ptr(bi, head, q0),
+                    qv.strides[2] as isize,
+                    1,
+                    kv.ptr(bi, kvh, 0),
+                    1,
+                    kv.strides[2] as isize,
+                    scale,
+                );
+            }
+        }
+        let pad_row = padding.as_ref().map(|p| &p[bi * t..bi * t + t_end]);
+        for (r, row) in scores.chunks_mut(t_end).enumerate() {
+            let slot = past + q0 + r % rows; // key slot of this query
+            let mut max = f32::MIN;
+            for (j, x) in row.iter_mut().enumerate() {
+                if j > slot || pad_row.is_some_and(|p| p[j] != 0) {
+                    *x = f32::MIN;
+                }
+                max = max.max(*x);
+            }
+            let mut sum = 0f32;
+            for x in row.iter_mut() {
+                *x = (*x - max).exp();
+                sum += *x;
+            }
+            let inv = 1.0 / sum;
+            row.iter_mut().for_each(|x| *x *= inv);
+        }
+        for gi in 0..g {
+            let head = kvh * g + gi;
+            let dst = (((bi * nh + head) * s) + q0) * d;
+            // SAFETY: this task alone writes rows [q0, q1) of `head` in batch `bi`; values
+            // [0, t_end) are inside v's buffer.
+            unsafe {
+                gemm_f32(
+                    rows,
+                    d,
+                    t_end,
+                    out_ptr.0.add(dst),
+                    d as isize,
+                    scores[gi * rows * t_end..].as_ptr(),
+                    t_end as isize,
+                    1,
+                    vv.ptr(bi, kvh, 0),
+                    vv.strides[2] as isize,
+                    1,
+                    1.0,
+                );
+            }
+        }
+    };
+    let tasks = b * nkv * blocks;
+    if tasks > 1 && b * nh * s * t * d >= PARALLEL_MIN {
+        (0..tasks).into_par_iter().for_each(task);
+    } else {
+        (0..tasks).for_each(task);
+    }
+    wrap(out, [b, nh, s, d])
+}

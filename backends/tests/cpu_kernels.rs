@@ -1,0 +1,152 @@
+//! The fused CPU kernels (Flex, f32) against the composite reference on random inputs: odd
+//! sizes, GQA ratios 1, 2, 4 and 6, attention with and without a cache and with key padding.
+//! Tolerance: 1e-5 max-abs (f32 results of order 1, differing only in summation order).
+
+#![cfg(feature = "flex")]
+
+use burn::tensor::{Bool, Distribution, Tensor, TensorData};
+use internlm2_backends::kernels::composite;
+use internlm2_backends::{AttentionMask, Cpu, Kernels};
+
+const TOLERANCE: f32 = 1e-5;
+
+fn random<const D: usize>(shape: [usize; D]) -> Tensor<Cpu, D> {
+    Tensor::random(shape, Distribution::Normal(0.0, 1.0), &Default::default())
+}
+
+fn max_diff<const D: usize>(a: Tensor<Cpu, D>, b: Tensor<Cpu, D>) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    let (a, b) = (
+        a.into_data().into_vec::<f32>().unwrap(),
+        b.into_data().into_vec::<f32>().unwrap(),
+    );
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
+#[test]
+fn rms_norm_and_add_rms_norm() {
+    for [b, s, h] in [[1, 1, 8], [2, 7, 33], [3, 129, 512]] {
+        let (x, r, w) = (random([b, s, h]), random([b, s, h]), random([h]));
+        let d = max_diff(
+            Cpu::rms_norm(x.clone(), w.clone(), 1e-5),
+            composite::rms_norm(x.clone(), w.clone(), 1e-5),
+        );
+        assert!(d < TOLERANCE, "rms_norm {b}x{s}x{h}: {d}");
+        let (s1, n1) = Cpu::add_rms_norm(x.clone(), r.clone(), w.clone(), 1e-5);
+        let (s2, n2) = composite::add_rms_norm(x, r, w, 1e-5);
+        assert!(max_diff(s1, s2) < TOLERANCE && max_diff(n1, n2) < TOLERANCE);
+    }
+}
+
+#[test]
+fn rope_on_strided_views() {
+    for [b, h, s, d] in [[1, 1, 1, 4], [2, 3, 5, 6], [2, 8, 67, 64]] {
+        // The layout the model produces: [b, s, h, d] viewed as [b, h, s, d].
+        let x = random([b, s, h, d]).swap_dims(1, 2);
+        let (cos, sin) = (random([b, s, d]), random([b, s, d]));
+        let dd = max_diff(
+            Cpu::rope(x.clone(), cos.clone(), sin.clone()),
+            composite::rope(x, cos, sin),
+        );
+        assert!(dd < TOLERANCE, "rope {b}x{h}x{s}x{d}: {dd}");
+    }
+}
+
+#[test]
+fn swiglu_matches() {
+    let (g, u) = (random([2, 9, 1537]), random([2, 9, 1537]));
+    assert!(max_diff(Cpu::swiglu(g.clone(), u.clone()), composite::swiglu(g, u)) < TOLERANCE);
+}
+
+fn padding(b: usize, t: usize, pads: &[usize]) -> Tensor<Cpu, 2, Bool> {
+    let mut flat = vec![false; b * t];
+    for (row, &p) in pads.iter().enumerate() {
+        for j in 0..p {
+            flat[row * t + j] = true;
+        }
+    }
+    Tensor::from_data(TensorData::new(flat, [b, t]), &Default::default())
+}
+
+#[test]
+fn attention_gqa_ratios_caches_and_padding() {
+    for groups in [1, 2, 4, 6] {
+        for (b, nkv, s, past, d, pads) in [
+            (1, 1, 1, 0, 8, vec![0]),
+            (2, 2, 13, 0, 16, vec![0, 5]),
+            (1, 2, 1, 40, 64, vec![0]),
+            (3, 1, 7, 9, 24, vec![3, 0, 12]),
+            (1, 2, 150, 0, 32, vec![0]),
+        ] {
+            let nh = nkv * groups;
+            let t = past + s;
+            let q = random([b, s, nh, d]).swap_dims(1, 2);
+            // Keys and values as a view of a larger cache buffer.
+            let cap = t + 5;
+            let k = random([b, nkv, cap, d]).slice([0..b, 0..nkv, 0..t, 0..d]);
+            let v = random([b, nkv, cap, d]).slice([0..b, 0..nkv, 0..t, 0..d]);
+            let mask = AttentionMask {
+                past_len: past,
+                key_padding: pads.iter().any(|&p| p > 0).then(|| padding(b, t, &pads)),
+            };
+            let ours = Cpu::causal_attention(q.clone(), k.clone(), v.clone(), &mask);
+            let reference = composite::causal_attention(q, k, v, &mask);
+            // Rows that can see no key at all are padding queries: any output is acceptable.
+            let (ours, reference) = (
+                ours.into_data().into_vec::<f32>().unwrap(),
+                reference.into_data().into_vec::<f32>().unwrap(),
+            );
+            let mut worst = 0f32;
+            for (i, (a, r)) in ours.iter().zip(&reference).enumerate() {
+                let (bi, qi) = (i / (nh * s * d), (i / d) % s);
+                if past + qi < pads[bi] {
+                    continue;
+                }
+                worst = worst.max((a - r).abs());
+            }
+            assert!(
+                worst < TOLERANCE,
+                "G={groups} b={b} nkv={nkv} s={s} past={past} d={d}: {worst}"
+            );
+        }
+    }
+}
+
+fn buffer_address(t: &Tensor<Cpu, 4>) -> *const u8 {
+    let p = t.clone().into_primitive().tensor();
+    p.bytes().as_ptr()
+}
+
+#[test]
+fn cache_write_is_in_place_and_matches_slice_assign() {
+    let buffer = Tensor::<Cpu, 4>::zeros([2, 3, 10, 8], &Default::default());
+    let values = random([2, 3, 4, 8]);
+    let expected = composite::cache_write(buffer.clone(), values.clone(), 5);
+    let before = buffer_address(&buffer);
+    let written = Cpu::cache_write(buffer, values, 5);
+    assert_eq!(buffer_address(&written), before, "the buffer was copied");
+    assert_eq!(max_diff(written, expected), 0.0);
+}
+
+#[test]
+fn dense_skinny_and_gemm_paths() {
+    for (b, s, k, n, bias) in [
+        (1, 1, 512, 768, false),
+        (3, 1, 37, 70, true),
+        (1, 16, 64, 129, true),
+        (2, 9, 20, 5, false),
+        (1, 300, 64, 33, true),
+    ] {
+        let x = random([b, s, k]);
+        let w = random([n, k]);
+        let bias = bias.then(|| random([n]));
+        let d = max_diff(
+            Cpu::dense(x.clone(), w.clone(), bias.clone()),
+            composite::dense(x, w, bias),
+        );
+        assert!(d < 1e-4, "dense {b}x{s}x{k} -> {n}: {d}");
+    }
+}

@@ -1,0 +1,156 @@
+//! Inference benchmark on random weights: prefill and decode throughput and peak memory.
+//!
+//! ```text
+//! cargo run --release --example bench -- --config benches/internlm2-140m.json \
+//!     --prompt-len 512 --new-tokens 64 --batch 1 [--dtype f32] [--json]
+//! ```
+//!
+//! Prefill runs the whole `[batch, prompt_len]` prompt through the model with the KV cache
+//! (logits of the last position only, as generation needs); decode then produces
+//! `new_tokens` tokens per row one step at a time (greedy, argmax on the device). Peak memory
+//! is the process's peak resident set (VmHWM), weights included.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::tensor::{DType, Int, Tensor, TensorData};
+use clap::Parser;
+use internlm2::backends::Cpu;
+use internlm2::{ForwardInput, InternLM2, InternLM2Config, KvCache};
+
+#[derive(Parser)]
+#[command(about = "Prefill/decode throughput of InternLM2 with random weights")]
+struct Args {
+    /// HuggingFace config.json of the model shape.
+    #[arg(long)]
+    config: PathBuf,
+    /// Prompt tokens per row.
+    #[arg(long, default_value_t = 512)]
+    prompt_len: usize,
+    /// Tokens generated per row.
+    #[arg(long, default_value_t = 64)]
+    new_tokens: usize,
+    /// Rows.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Compute dtype: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Print one JSON line instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Peak resident set size of this process in bytes (Linux), if known.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn main() {
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let config = InternLM2Config::from_hf_file(&args.config)?;
+    let dtype = match args.dtype.as_str() {
+        "f32" => DType::F32,
+        "bf16" => DType::BF16,
+        "f16" => DType::F16,
+        other => return Err(format!("unknown dtype {other} (f32, bf16, f16)").into()),
+    };
+    let (b, p, n) = (args.batch, args.prompt_len, args.new_tokens);
+    if b == 0 || p == 0 {
+        return Err("--batch and --prompt-len must be at least 1".into());
+    }
+    let device = Default::default();
+    let model = InternLM2::<Cpu>::init_with_dtype(&config, dtype, &device);
+    let vocab = config.vocab_size as i64;
+    // Deterministic pseudo-random prompt ids.
+    let ids: Vec<i64> = (0..b * p)
+        .map(|i| 3 + (i as i64 * 7919) % (vocab - 3))
+        .collect();
+
+    // Warm-up: a short forward pass (allocator, thread pool).
+    let warm = Tensor::<Cpu, 2, Int>::from_data(
+        TensorData::new(ids[..8.min(p)].to_vec(), [1, 8.min(p)]),
+        &device,
+    );
+    let _ = model
+        .forward_input(ForwardInput::new(warm).with_last_logits_only(true))
+        .into_data();
+
+    let mut cache = KvCache::new(&config, b, p + n);
+    let prompt = Tensor::<Cpu, 2, Int>::from_data(TensorData::new(ids, [b, p]), &device);
+    let t = Instant::now();
+    let logits = model.forward_cache(
+        ForwardInput::new(prompt).with_last_logits_only(true),
+        &mut cache,
+    );
+    let mut next = logits.argmax(2).reshape([b, 1]);
+    let _ = next.to_data(); // wait for the device
+    let prefill_s = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    for _ in 0..n {
+        let logits = model.forward_cache(
+            ForwardInput::new(next).with_last_logits_only(true),
+            &mut cache,
+        );
+        next = logits.argmax(2).reshape([b, 1]);
+        let _ = next.to_data();
+    }
+    let decode_s = t.elapsed().as_secs_f64();
+
+    let prefill = (b * p) as f64 / prefill_s;
+    let decode = (b * n) as f64 / decode_s;
+    let peak = peak_rss_bytes();
+    let device_name = format!(
+        "cpu (burn {}, {} threads)",
+        internlm2::backends::CPU_BACKEND_NAME,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "prefill_tokens_per_s": prefill,
+                "decode_tokens_per_s": decode,
+                "peak_memory_bytes": peak,
+                "device": device_name,
+                "dtype": args.dtype,
+                "batch": b,
+                "prompt_len": p,
+                "new_tokens": n,
+                "parameters": config.num_parameters(),
+            })
+        );
+    } else {
+        println!(
+            "| model | params | device | dtype | batch | prompt | new | prefill tok/s | decode tok/s | peak RSS |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|---|");
+        println!(
+            "| {} | {:.1}M | {} | {} | {} | {} | {} | {:.1} | {:.1} | {} |",
+            args.config.display(),
+            config.num_parameters() as f64 / 1e6,
+            device_name,
+            args.dtype,
+            b,
+            p,
+            n,
+            prefill,
+            decode,
+            peak.map_or("?".to_string(), |p| format!(
+                "{:.0} MiB",
+                p as f64 / (1 << 20) as f64
+            ))
+        );
+    }
+    Ok(())
+}
