@@ -132,3 +132,26 @@ fn bad_model_files_give_typed_errors() {
     let err = Tokenizer::from_file("/nonexistent/tokenizer.model").unwrap_err();
     assert!(matches!(err, internlm2::TokenizerError::Io { .. }), "{err}");
 }
+
+#[test]
+fn tokenizer_json_export_encodes_and_decodes_the_same() {
+    let sp = tokenizer();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.json");
+    sp.save_json(&path).unwrap();
+    let json = Tokenizer::from_dir(dir.path()).unwrap();
+    assert_eq!(json.vocab_size(), sp.vocab_size());
+    assert_eq!(json.chat_tokens(), sp.chat_tokens());
+    for (text, expected) in vectors() {
+        let ids = json.encode(&text, true).unwrap();
+        assert_eq!(ids, expected, "{text:?}");
+        assert_eq!(json.decode(&ids).unwrap(), text, "{text:?}");
+        let mut stream = json.incremental_decoder();
+        let mut joined = String::new();
+        for id in &ids[1..] {
+            joined += &stream.push(*id).unwrap();
+        }
+        joined += &stream.finish();
+        assert_eq!(joined, text);
+    }
+}

@@ -164,7 +164,13 @@ impl Tokenizer {
                 for &id in ids {
                     self.check_id(id)?;
                 }
-                self.inner.decode(ids, false).map_err(tok_err)
+                // BOS/EOS decode to nothing, as in SentencePiece.
+                let kept: Vec<u32> = ids
+                    .iter()
+                    .copied()
+                    .filter(|&id| Some(id) != self.bos && Some(id) != self.eos)
+                    .collect();
+                self.inner.decode(&kept, false).map_err(tok_err)
             }
         }
     }
@@ -226,6 +232,14 @@ impl Tokenizer {
     /// The underlying `tokenizers` pipeline (for offsets, batch encoding, saving as JSON).
     pub fn hf(&self) -> &tokenizers::Tokenizer {
         &self.inner
+    }
+
+    /// Writes the pipeline as a HuggingFace `tokenizer.json` (loadable by
+    /// [`Tokenizer::from_file`] and by the `tokenizers` libraries).
+    pub fn save_json(&self, path: impl AsRef<Path>) -> Result<(), TokenizerError> {
+        self.inner
+            .save(path.as_ref(), false)
+            .map_err(|e| TokenizerError::Backend(format!("{}: {e}", path.as_ref().display())))
     }
 }
 

@@ -16,9 +16,13 @@
 use std::collections::HashMap;
 
 use prost::Message;
+use tokenizers::decoders::byte_fallback::ByteFallback;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::decoders::strip::Strip as StripDecoder;
 use tokenizers::models::bpe::{BPE, Vocab};
 use tokenizers::normalizers::{Precompiled, Prepend, Replace, Sequence, Strip};
-use tokenizers::{AddedToken, NormalizerWrapper, Tokenizer as HfTokenizer};
+use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper, Tokenizer as HfTokenizer};
 
 use crate::error::TokenizerError;
 
@@ -290,6 +294,17 @@ impl SentencePieceModel {
             steps.push(Prepend::new("▁".into()).into());
         }
         tokenizer.with_normalizer(Some(Sequence::new(steps)));
+
+        // A decoder too, so that the pipeline saved as tokenizer.json decodes on its own.
+        let mut decoders: Vec<DecoderWrapper> = vec![
+            Replace::new("▁", " ").map_err(backend)?.into(),
+            ByteFallback::new().into(),
+            Fuse::new().into(),
+        ];
+        if spec.add_dummy_prefix.unwrap_or(true) {
+            decoders.push(StripDecoder::new(' ', 1, 0).into());
+        }
+        tokenizer.with_decoder(Some(DecoderSequence::new(decoders)));
 
         let added: Vec<AddedToken> = self
             .pieces
