@@ -5,3 +5,16 @@
 
 pub use internlm2;
 pub use internlm2::backends;
+
+/// The user guide's code blocks, compiled (and run unless marked `no_run`) as doctests.
+#[cfg(doctest)]
+mod guide {
+    #[doc = include_str!("../docs/models-and-checkpoints.md")]
+    struct ModelsAndCheckpoints;
+    #[doc = include_str!("../docs/tokenizer.md")]
+    struct Tokenizer;
+    #[doc = include_str!("../docs/chat.md")]
+    struct Chat;
+    #[doc = include_str!("../docs/generation.md")]
+    struct Generation;
+}
