@@ -30,6 +30,10 @@ pub use kernels::{AttentionMask, Kernels};
 #[cfg(feature = "flex")]
 pub type Cpu = burn::backend::Flex;
 
+/// [`Cpu`] with autodiff, for training.
+#[cfg(any(feature = "flex", feature = "ndarray"))]
+pub type CpuAutodiff = burn::backend::Autodiff<Cpu>;
+
 /// Which burn backend [`Cpu`] is.
 #[cfg(feature = "flex")]
 pub const CPU_BACKEND_NAME: &str = "flex";
@@ -106,6 +110,13 @@ impl Kernels for burn::backend::Flex {
 
 #[cfg(feature = "ndarray")]
 impl Kernels for burn::backend::NdArray<f32> {}
+
+/// Under autodiff every kernel is the differentiable [`composite`](kernels::composite)
+/// reference: the fused kernels have no backward pass.
+impl<B: Kernels, C: burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy> Kernels
+    for burn::backend::Autodiff<B, C>
+{
+}
 
 #[cfg(feature = "cuda")]
 impl Kernels for burn::backend::Cuda {}

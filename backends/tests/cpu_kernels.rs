@@ -91,6 +91,7 @@ fn attention_gqa_ratios_caches_and_padding() {
             let mask = AttentionMask {
                 past_len: past,
                 key_padding: pads.iter().any(|&p| p > 0).then(|| padding(b, t, &pads)),
+                segments: None,
             };
             let ours = Cpu::causal_attention(q.clone(), k.clone(), v.clone(), &mask);
             let reference = composite::causal_attention(q, k, v, &mask);

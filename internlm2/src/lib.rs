@@ -10,6 +10,7 @@ pub mod generate;
 pub mod model;
 pub mod sampling;
 pub mod tokenizer;
+pub mod train;
 
 pub use cache::KvCache;
 pub use config::{InternLM2Config, RopeScaling};

@@ -56,7 +56,7 @@ pub fn attention_bias<B: Backend>(
     let causal =
         Tensor::<B, 2, burn::tensor::Bool>::tril_mask([s, t], mask.past_len as i64, device)
             .unsqueeze::<3>(); // [1, s, t]
-    let masked = match &mask.key_padding {
+    let mut masked = match &mask.key_padding {
         Some(padding) => {
             let [b, tp] = padding.dims();
             assert_eq!(tp, t, "key padding covers {tp} slots, attention has {t}");
@@ -65,6 +65,23 @@ pub fn attention_bias<B: Backend>(
         }
         None => causal,
     };
+    if let Some(segments) = &mask.segments {
+        let [b, ts] = segments.dims();
+        assert_eq!(ts, t, "segments cover {ts} slots, attention has {t}");
+        let past = mask.past_len;
+        let queries = segments
+            .clone()
+            .slice([0..b, past..past + s])
+            .unsqueeze_dim::<3>(2); // [b, s, 1]
+        let keys = segments.clone().unsqueeze_dim::<3>(1); // [b, 1, t]
+        let other = queries.expand([b, s, t]).not_equal(keys.expand([b, s, t]));
+        let [mb, _, _] = masked.dims();
+        masked = if mb == b {
+            masked.bool_or(other)
+        } else {
+            masked.expand([b, s, t]).bool_or(other)
+        };
+    }
     masked.float().cast(DType::F32) * f32::MIN
 }
 

@@ -485,7 +485,11 @@ pub fn causal_attention(
     v: Tensor<Flex, 4>,
     mask: &AttentionMask<Flex>,
 ) -> Tensor<Flex, 4> {
-    if q.dtype() != DType::F32 || k.dtype() != DType::F32 || v.dtype() != DType::F32 {
+    if q.dtype() != DType::F32
+        || k.dtype() != DType::F32
+        || v.dtype() != DType::F32
+        || mask.segments.is_some()
+    {
         return composite::causal_attention(q, k, v, mask);
     }
     let [b, nh, s, d] = q.dims();

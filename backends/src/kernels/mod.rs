@@ -9,19 +9,22 @@ pub mod composite;
 #[cfg(feature = "flex")]
 pub mod cpu;
 
-use burn::tensor::{Bool, Tensor, backend::Backend};
+use burn::tensor::{Bool, Int, Tensor, backend::Backend};
 
 /// What a query may attend to.
 ///
 /// Keys live in slots `0..t` (a KV cache, or the sequence itself); the `s` queries of this
 /// call sit at slots `past_len..past_len + s`. A query attends to a key when the key's slot is
-/// not after its own (causal) and the key is not padding.
+/// not after its own (causal), the key is not padding, and, with `segments`, both belong to
+/// the same segment (packed documents do not see each other).
 #[derive(Debug, Clone)]
 pub struct AttentionMask<B: Backend> {
     /// Number of key slots before the first query (0 without a cache).
     pub past_len: usize,
     /// `[batch, t]`, `true` where the key slot is padding and must be ignored.
     pub key_padding: Option<Tensor<B, 2, Bool>>,
+    /// `[batch, t]` segment id of every slot (queries take the id of their own slot).
+    pub segments: Option<Tensor<B, 2, Int>>,
 }
 
 impl<B: Backend> AttentionMask<B> {
@@ -30,6 +33,7 @@ impl<B: Backend> AttentionMask<B> {
         Self {
             past_len,
             key_padding: None,
+            segments: None,
         }
     }
 }

@@ -86,6 +86,9 @@ pub struct ForwardInput<B: Backend> {
     pub positions: Option<Vec<usize>>,
     /// `batch * seq` flags, row-major, `true` for padding tokens nobody may attend to.
     pub padding: Option<Vec<bool>>,
+    /// `batch * seq` segment ids, row-major: tokens attend only within their segment (packed
+    /// documents). Not supported together with a KV cache.
+    pub segments: Option<Vec<u32>>,
     /// Compute logits for the last position of each row only (`[batch, 1, vocab]`).
     pub last_logits_only: bool,
 }
@@ -97,6 +100,7 @@ impl<B: Backend> ForwardInput<B> {
             ids,
             positions: None,
             padding: None,
+            segments: None,
             last_logits_only: false,
         }
     }
@@ -110,6 +114,12 @@ impl<B: Backend> ForwardInput<B> {
     /// Sets per-token padding flags (`batch * seq`, row-major, `true` = padding).
     pub fn with_padding(mut self, padding: Vec<bool>) -> Self {
         self.padding = Some(padding);
+        self
+    }
+
+    /// Sets per-token segment ids (`batch * seq`, row-major): attention stays inside a segment.
+    pub fn with_segments(mut self, segments: Vec<u32>) -> Self {
+        self.segments = Some(segments);
         self
     }
 
@@ -197,7 +207,7 @@ impl<B: Kernels> InternLM2<B> {
     /// `cache.len()` cached ones.
     ///
     /// # Panics
-    /// If the cache's batch differs from the input's.
+    /// If the cache's batch differs from the input's, or if the input has segments.
     pub fn forward_cache(&self, input: ForwardInput<B>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
         self.run(input, Some(cache))
     }
@@ -219,9 +229,18 @@ impl<B: Kernels> InternLM2<B> {
                 Tensor::from_data(burn::tensor::TensorData::new(p.to_vec(), [b, s]), &device)
             }),
         };
+        let segments = input.segments.map(|segments| {
+            assert!(
+                cache.is_none(),
+                "segments are not supported with a KV cache"
+            );
+            let ids: Vec<i64> = segments.into_iter().map(i64::from).collect();
+            Tensor::from_data(burn::tensor::TensorData::new(ids, [b, s]), &device)
+        });
         let mask = AttentionMask {
             past_len: past,
             key_padding,
+            segments,
         };
         let rope =
             Rope::from_config(&self.config).tables::<B>(&positions, b, s, self.dtype(), &device);

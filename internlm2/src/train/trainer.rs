@@ -1,0 +1,319 @@
+//! One optimiser step: micro-batches (gradient accumulation) -> masked next-token loss ->
+//! backward -> global-norm clipping -> AdamW per parameter group. Plus saving and restoring
+//! everything a step depends on.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use burn::module::{AutodiffModule as _, Module, ParamId};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{AdamW, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{ElementConversion as _, Int, Tensor, TensorData};
+use internlm2_backends::Kernels;
+use serde::{Deserialize, Serialize};
+
+use super::TrainError;
+use super::data::{DataCursor, TokenBatch};
+use super::loss::masked_cross_entropy_sum;
+use super::optim::{OptimizerConfig, clip_global_norm, one_dimensional_params, split_grads};
+use crate::config::InternLM2Config;
+use crate::model::{ForwardInput, InternLM2};
+
+type AdamWAdaptor<B> = OptimizerAdaptor<AdamW, InternLM2<B>, B>;
+
+/// What one optimiser step did.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StepStats {
+    /// Mean loss per counted target token.
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Targets counted in the loss.
+    pub loss_tokens: usize,
+    /// Input tokens processed.
+    pub tokens: usize,
+}
+
+/// Everything besides weights and optimiser moments that a resumed run needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimiser steps done.
+    pub step: usize,
+    /// Where the data stream continues.
+    pub cursor: DataCursor,
+    /// The run's seed (data order derives from it).
+    pub seed: u64,
+    /// The losses of every step so far (for the loss curve).
+    pub losses: Vec<f64>,
+}
+
+impl TrainState {
+    /// A run that has not started.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            step: 0,
+            cursor: DataCursor::default(),
+            seed,
+            losses: Vec::new(),
+        }
+    }
+}
+
+/// A model with its two AdamW optimisers (matrices with weight decay, 1-D parameters without).
+pub struct Trainer<B: AutodiffBackend + Kernels>
+where
+    B::InnerBackend: Kernels,
+{
+    /// The model being trained.
+    pub model: InternLM2<B>,
+    decay: AdamWAdaptor<B>,
+    no_decay: AdamWAdaptor<B>,
+    one_d: HashSet<ParamId>,
+    config: OptimizerConfig,
+    device: B::Device,
+}
+
+fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
+    NamedMpkFileRecorder::new()
+}
+
+fn recorder_err(path: &Path) -> impl FnOnce(burn::record::RecorderError) -> TrainError + '_ {
+    move |e| TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+impl<B: AutodiffBackend + Kernels> Trainer<B>
+where
+    B::InnerBackend: Kernels,
+{
+    /// A trainer for `model`, optimiser states empty.
+    pub fn new(model: InternLM2<B>, config: OptimizerConfig, device: &B::Device) -> Self {
+        let one_d = one_dimensional_params::<B, _>(&model);
+        Self {
+            decay: config.adamw(config.weight_decay).init(),
+            no_decay: config.adamw(config.weight_decay_1d).init(),
+            model,
+            one_d,
+            config,
+            device: device.clone(),
+        }
+    }
+
+    /// The optimiser settings.
+    pub fn optimizer_config(&self) -> &OptimizerConfig {
+        &self.config
+    }
+
+    fn forward_input(&self, batch: &TokenBatch) -> ForwardInput<B> {
+        let ids: Vec<i64> = batch.inputs.iter().map(|&i| i as i64).collect();
+        let ids = Tensor::<B, 2, Int>::from_data(
+            TensorData::new(ids, [batch.batch, batch.seq_len]),
+            &self.device,
+        );
+        let mut input = ForwardInput::new(ids).with_positions(batch.positions.clone());
+        if let Some(segments) = &batch.segments {
+            input = input.with_segments(segments.clone());
+        }
+        input
+    }
+
+    /// Sum of the masked loss of one micro-batch (a `[1]` tensor on the autodiff graph).
+    fn loss_sum(&self, batch: &TokenBatch) -> Tensor<B, 1> {
+        let logits = self.model.forward_input(self.forward_input(batch));
+        let shape = [batch.batch, batch.seq_len];
+        let targets: Vec<i64> = batch.targets.iter().map(|&t| t as i64).collect();
+        let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, shape), &self.device);
+        let mask: Vec<f32> = batch
+            .loss_mask
+            .iter()
+            .map(|&m| f32::from(u8::from(m)))
+            .collect();
+        let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, shape), &self.device);
+        masked_cross_entropy_sum(logits, targets, mask)
+    }
+
+    /// Mean loss over the counted targets of `batches`, without updating anything.
+    pub fn evaluate(&self, batches: &[TokenBatch]) -> Result<f64, TrainError> {
+        let count: usize = batches.iter().map(TokenBatch::loss_tokens).sum();
+        if count == 0 {
+            return Err(TrainError::NoLossTokens);
+        }
+        let model = self.model.valid();
+        let mut sum = 0.0;
+        for batch in batches {
+            let ids: Vec<i64> = batch.inputs.iter().map(|&i| i as i64).collect();
+            let device = model.device();
+            let ids =
+                Tensor::from_data(TensorData::new(ids, [batch.batch, batch.seq_len]), &device);
+            let mut input = ForwardInput::new(ids).with_positions(batch.positions.clone());
+            if let Some(segments) = &batch.segments {
+                input = input.with_segments(segments.clone());
+            }
+            let logits = model.forward_input(input);
+            let targets: Vec<i64> = batch.targets.iter().map(|&t| t as i64).collect();
+            let shape = [batch.batch, batch.seq_len];
+            let mask: Vec<f32> = batch
+                .loss_mask
+                .iter()
+                .map(|&m| f32::from(u8::from(m)))
+                .collect();
+            let loss = masked_cross_entropy_sum(
+                logits,
+                Tensor::from_data(TensorData::new(targets, shape), &device),
+                Tensor::from_data(TensorData::new(mask, shape), &device),
+            );
+            sum += loss.into_scalar().elem::<f64>();
+        }
+        Ok(sum / count as f64)
+    }
+
+    /// One optimiser step at learning rate `lr` over `micro_batches`: their gradients are
+    /// accumulated and the loss is the mean over all their counted targets, so two
+    /// micro-batches of `n` rows make the same step as one batch of `2n` rows.
+    pub fn step(&mut self, micro_batches: &[TokenBatch], lr: f64) -> Result<StepStats, TrainError> {
+        let loss_tokens: usize = micro_batches.iter().map(TokenBatch::loss_tokens).sum();
+        if loss_tokens == 0 {
+            return Err(TrainError::NoLossTokens);
+        }
+        let mut accumulator = GradientsAccumulator::<InternLM2<B>>::new();
+        let mut loss = 0.0;
+        for batch in micro_batches {
+            let part = self.loss_sum(batch).div_scalar(loss_tokens as f64);
+            loss += part.clone().into_scalar().elem::<f64>();
+            let grads = GradientsParams::from_grads(part.backward(), &self.model);
+            accumulator.accumulate(&self.model, grads);
+        }
+        let mut grads = accumulator.grads();
+        let grad_norm = match self.config.max_grad_norm {
+            Some(max) => clip_global_norm::<B, _>(&self.model, &mut grads, max),
+            None => super::optim::global_grad_norm::<B, _>(&self.model, &grads),
+        };
+        let one_d_grads = split_grads::<B, _>(&self.model, &mut grads, &self.one_d);
+        let model = self.model.clone();
+        let model = self.decay.step(lr, model, grads);
+        self.model = self.no_decay.step(lr, model, one_d_grads);
+        Ok(StepStats {
+            loss,
+            grad_norm,
+            loss_tokens,
+            tokens: micro_batches.iter().map(|b| b.batch * b.seq_len).sum(),
+        })
+    }
+
+    /// Writes model, optimiser moments and `state` to `dir/step-XXXXXXXX` atomically (a
+    /// temporary directory renamed into place), keeping the newest `keep_last` checkpoints.
+    pub fn save_checkpoint(
+        &self,
+        dir: &Path,
+        state: &TrainState,
+        keep_last: usize,
+    ) -> Result<PathBuf, TrainError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| TrainError::Io { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let name = format!("step-{:08}", state.step);
+        let tmp = dir.join(format!("{name}.tmp"));
+        let target = dir.join(&name);
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        let rec = recorder();
+        self.model
+            .clone()
+            .save_file(tmp.join("model"), &rec)
+            .map_err(recorder_err(&tmp))?;
+        Recorder::<B>::record(&rec, self.decay.to_record(), tmp.join("optimizer-decay"))
+            .map_err(recorder_err(&tmp))?;
+        Recorder::<B>::record(&rec, self.no_decay.to_record(), tmp.join("optimizer-1d"))
+            .map_err(recorder_err(&tmp))?;
+        let json = serde_json::to_string_pretty(state).expect("state serialises");
+        std::fs::write(tmp.join("state.json"), json).map_err(io(&tmp))?;
+        std::fs::write(
+            tmp.join("config.json"),
+            self.model.config.to_hf_json("float32"),
+        )
+        .map_err(io(&tmp))?;
+        if target.exists() {
+            std::fs::remove_dir_all(&target).map_err(io(&target))?;
+        }
+        std::fs::rename(&tmp, &target).map_err(io(&target))?;
+        // Keep the newest `keep_last`.
+        let mut all = list_checkpoints(dir)?;
+        all.sort();
+        let excess = all.len().saturating_sub(keep_last.max(1));
+        for old in all.into_iter().take(excess) {
+            std::fs::remove_dir_all(&old).map_err(io(&old))?;
+        }
+        Ok(target)
+    }
+
+    /// Restores a trainer and its state from a checkpoint directory (`step-XXXXXXXX`).
+    pub fn load_checkpoint(
+        path: &Path,
+        config: OptimizerConfig,
+        device: &B::Device,
+    ) -> Result<(Self, TrainState), TrainError> {
+        let model_config =
+            InternLM2Config::from_hf_file(path.join("config.json")).map_err(|e| {
+                TrainError::Checkpoint {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                }
+            })?;
+        let rec = recorder();
+        let model = InternLM2::<B>::init(&model_config, device)
+            .load_file(path.join("model"), &rec, device)
+            .map_err(recorder_err(path))?;
+        let mut trainer = Self::new(model, config, device);
+        let decay = Recorder::<B>::load(&rec, path.join("optimizer-decay"), device)
+            .map_err(recorder_err(path))?;
+        let one_d = Recorder::<B>::load(&rec, path.join("optimizer-1d"), device)
+            .map_err(recorder_err(path))?;
+        trainer.decay = trainer.decay.load_record(decay);
+        trainer.no_decay = trainer.no_decay.load_record(one_d);
+        let state_path = path.join("state.json");
+        let text = std::fs::read_to_string(&state_path).map_err(|source| TrainError::Io {
+            path: state_path.clone(),
+            source,
+        })?;
+        let state = serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
+            path: state_path,
+            reason: e.to_string(),
+        })?;
+        Ok((trainer, state))
+    }
+}
+
+/// The `step-XXXXXXXX` checkpoints in `dir` (unordered).
+pub fn list_checkpoints(dir: &Path) -> Result<Vec<PathBuf>, TrainError> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let entries = std::fs::read_dir(dir).map_err(|source| TrainError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    Ok(entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("step-") && !n.ends_with(".tmp"))
+        })
+        .collect())
+}
+
+/// The newest checkpoint in `dir`, if any.
+pub fn latest_checkpoint(dir: &Path) -> Result<Option<PathBuf>, TrainError> {
+    let mut all = list_checkpoints(dir)?;
+    all.sort();
+    Ok(all.pop())
+}

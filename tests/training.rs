@@ -1,0 +1,318 @@
+//! The training engine on the CPU backend: the loss falls, gradient accumulation equals a big
+//! batch, clipping uses the global norm, packed documents do not see each other, a run
+//! resumed from a checkpoint repeats the straight run's losses, phases switch the RoPE base,
+//! and the trained model exports as a HuggingFace checkpoint.
+
+mod common;
+
+use burn::backend::Autodiff;
+use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+use burn::module::AutodiffModule;
+use burn::tensor::{DType, Int, Tensor, TensorData};
+use internlm2::backends::{Cpu, CpuAutodiff};
+use internlm2::checkpoint::{SaveDtype, SaveOptions};
+use internlm2::train::{
+    InMemoryDocuments, LrSchedule, OptimizerConfig, Packer, PackingConfig, Phase, RunOptions,
+    TrainState, Trainer, latest_checkpoint, run,
+};
+use internlm2::{ForwardInput, InternLM2, InternLM2Config};
+
+fn tiny_config() -> InternLM2Config {
+    InternLM2Config::new(64, 32, 64, 2, 4, 2)
+        .with_max_position_embeddings(64)
+        .with_rope_theta(10_000.0)
+}
+
+/// Deterministic documents over a 64-token vocabulary with learnable structure.
+fn documents(n: usize) -> Vec<Vec<u32>> {
+    (0..n)
+        .map(|d| {
+            let start = 3 + (d % 7) as u32;
+            (0..(5 + d % 11))
+                .map(|i| 3 + (start + 3 * i as u32) % 61)
+                .collect()
+        })
+        .collect()
+}
+
+fn packer(seq_len: usize) -> Packer<InMemoryDocuments> {
+    Packer::new(
+        InMemoryDocuments::new(documents(64)).shuffled(1),
+        PackingConfig {
+            seq_len,
+            eos_id: 2,
+            cross_document_attention: false,
+        },
+    )
+}
+
+/// A seeded random model. The backend RNG is global and tests run in parallel threads, so
+/// seeding and drawing happen under one lock.
+fn model(seed: u64) -> InternLM2<CpuAutodiff> {
+    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = RNG.lock().unwrap();
+    let device = Default::default();
+    <CpuAutodiff as burn::tensor::backend::Backend>::seed(&device, seed);
+    InternLM2::init(&tiny_config(), &device)
+}
+
+#[test]
+fn loss_falls_on_structured_data() {
+    let mut trainer = Trainer::new(model(1), OptimizerConfig::new(), &Default::default());
+    let mut data = packer(32);
+    let mut losses = Vec::new();
+    for step in 0..40 {
+        let batch = data.next_batch(4);
+        let lr = LrSchedule::new(3e-3, 4, 40).lr(step);
+        losses.push(trainer.step(&[batch], lr).unwrap().loss);
+    }
+    let first: f64 = losses[..5].iter().sum::<f64>() / 5.0;
+    let last: f64 = losses[35..].iter().sum::<f64>() / 5.0;
+    assert!(first > 3.9, "starts near ln(64) = 4.16: {first}");
+    assert!(last < first - 1.0, "loss fell from {first} to only {last}");
+}
+
+#[test]
+fn accumulated_micro_batches_equal_one_big_batch() {
+    let batch = packer(16).next_batch(4);
+    let halves: Vec<_> = (0..2)
+        .map(|h| {
+            let rows = |v: &Vec<u32>| v[h * 32..(h + 1) * 32].to_vec();
+            internlm2::train::TokenBatch {
+                batch: 2,
+                seq_len: 16,
+                inputs: rows(&batch.inputs),
+                targets: rows(&batch.targets),
+                loss_mask: batch.loss_mask[h * 32..(h + 1) * 32].to_vec(),
+                positions: batch.positions[h * 32..(h + 1) * 32].to_vec(),
+                segments: batch.segments.as_ref().map(rows),
+            }
+        })
+        .collect();
+    let device = Default::default();
+    let start = model(2);
+    let mut big = Trainer::new(start.clone(), OptimizerConfig::new(), &device);
+    let mut small = Trainer::new(start, OptimizerConfig::new(), &device);
+    let a = big.step(std::slice::from_ref(&batch), 1e-3).unwrap();
+    let b = small.step(&halves, 1e-3).unwrap();
+    assert!((a.loss - b.loss).abs() < 1e-5, "{} vs {}", a.loss, b.loss);
+    assert!((a.grad_norm - b.grad_norm).abs() < 1e-4 * a.grad_norm.max(1.0));
+    // Same update: same loss on the next batch.
+    let next = packer(16).next_batch(2);
+    let (la, lb) = (
+        big.evaluate(std::slice::from_ref(&next)).unwrap(),
+        small.evaluate(&[next]).unwrap(),
+    );
+    assert!((la - lb).abs() < 1e-5, "{la} vs {lb}");
+}
+
+#[test]
+fn clipping_scales_to_the_global_norm() {
+    use burn::optim::GradientsParams;
+    use internlm2::train::optim::{clip_global_norm, global_grad_norm};
+    let model = model(3);
+    let batch = packer(16).next_batch(2);
+    let ids: Vec<i64> = batch.inputs.iter().map(|&i| i as i64).collect();
+    let device = Default::default();
+    let logits = model.forward(Tensor::<CpuAutodiff, 2, Int>::from_data(
+        TensorData::new(ids, [2, 16]),
+        &device,
+    ));
+    let loss = logits.sum();
+    let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+    let norm = global_grad_norm::<CpuAutodiff, _>(&model, &grads);
+    assert!(norm > 1.0, "{norm}");
+    let before = clip_global_norm::<CpuAutodiff, _>(&model, &mut grads, norm / 4.0);
+    assert!((before - norm).abs() < 1e-9);
+    let after = global_grad_norm::<CpuAutodiff, _>(&model, &grads);
+    assert!(
+        (after - norm / 4.0).abs() < 1e-3 * norm,
+        "{after} vs {}",
+        norm / 4.0
+    );
+}
+
+#[test]
+fn packed_documents_do_not_see_each_other() {
+    let model: InternLM2<Cpu> = InternLM2::init(&tiny_config(), &Default::default());
+    let device = Default::default();
+    let (a, b): (Vec<i64>, Vec<i64>) = (vec![5, 6, 7, 8, 9], vec![11, 12, 13, 14, 15, 16, 17]);
+    let packed: Vec<i64> = a.iter().chain(&b).copied().collect();
+    let positions: Vec<usize> = (0..a.len()).chain(0..b.len()).collect();
+    let segments: Vec<u32> = std::iter::repeat_n(0, a.len())
+        .chain(std::iter::repeat_n(1, b.len()))
+        .collect();
+    let together = model
+        .forward_input(
+            ForwardInput::new(Tensor::<Cpu, 2, Int>::from_data(
+                TensorData::new(packed, [1, 12]),
+                &device,
+            ))
+            .with_positions(positions)
+            .with_segments(segments),
+        )
+        .into_data()
+        .into_vec::<f32>()
+        .unwrap();
+    let alone = model
+        .forward(Tensor::<Cpu, 2, Int>::from_data(
+            TensorData::new(b, [1, 7]),
+            &device,
+        ))
+        .into_data()
+        .into_vec::<f32>()
+        .unwrap();
+    let v = 64;
+    let worst = together[5 * v..]
+        .iter()
+        .zip(&alone)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        worst < 1e-5,
+        "document B is affected by document A: {worst}"
+    );
+}
+
+fn options(dir: &std::path::Path, stop_at: Option<usize>) -> RunOptions {
+    RunOptions {
+        phases: vec![
+            Phase::new("short", 4, 16, 4, 2e-3).with_rope_theta(5_000.0),
+            Phase::new("long", 4, 32, 2, 1e-3)
+                .with_rope_theta(50_000.0)
+                .with_micro_batches(2),
+        ],
+        checkpoint_dir: Some(dir.join("checkpoints")),
+        checkpoint_every: 3,
+        keep_last: 2,
+        log_path: Some(dir.join("metrics.jsonl")),
+        peak_flops: Some(1e11),
+        progress: false,
+        stop_at_step: stop_at,
+    }
+}
+
+#[test]
+fn resumed_run_repeats_the_straight_run() {
+    let device = Default::default();
+    // Straight: 8 steps over two phases.
+    let straight_dir = tempfile::tempdir().unwrap();
+    let mut trainer = Trainer::new(model(4), OptimizerConfig::new(), &device);
+    let mut state = TrainState::new(7);
+    run(
+        &mut trainer,
+        &mut packer(16),
+        &mut state,
+        &options(straight_dir.path(), None),
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(state.step, 8);
+    assert_eq!(trainer.model.config.rope_theta, 50_000.0);
+    let straight = state.losses.clone();
+
+    // Interrupted at step 5 (inside the second phase), everything dropped, resumed from disk.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut trainer = Trainer::new(model(4), OptimizerConfig::new(), &device);
+        let mut state = TrainState::new(7);
+        run(
+            &mut trainer,
+            &mut packer(16),
+            &mut state,
+            &options(dir.path(), Some(5)),
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(state.step, 5);
+    }
+    let latest = latest_checkpoint(&dir.path().join("checkpoints"))
+        .unwrap()
+        .unwrap();
+    assert!(latest.ends_with("step-00000005"));
+    let (mut trainer, mut state) =
+        Trainer::<CpuAutodiff>::load_checkpoint(&latest, OptimizerConfig::new(), &device).unwrap();
+    assert_eq!(state.step, 5);
+    run(
+        &mut trainer,
+        &mut packer(16),
+        &mut state,
+        &options(dir.path(), None),
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(state.losses.len(), 8);
+    for (i, (a, b)) in straight.iter().zip(&state.losses).enumerate() {
+        assert!(
+            (a - b).abs() < 1e-5,
+            "step {}: straight {a}, resumed {b}",
+            i + 1
+        );
+    }
+    // keep_last = 2, and the metrics log has one line per step (8 + 5 before the interruption).
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("checkpoints"))
+            .unwrap()
+            .count(),
+        2
+    );
+    let lines = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 8);
+    let record: internlm2::train::StepRecord =
+        serde_json::from_str(lines.lines().last().unwrap()).unwrap();
+    assert_eq!((record.step, record.phase.as_str()), (8, "long"));
+    assert!(record.mfu > 0.0 && record.tokens_per_s > 0.0);
+
+    // The trained model exports in HF layout and loads back with the same logits.
+    let export = dir.path().join("hf");
+    let inference = trainer.model.valid();
+    inference
+        .save(&export, &SaveOptions::default().with_dtype(SaveDtype::F32))
+        .unwrap();
+    let loaded = InternLM2::<Cpu>::load(&export, DType::F32, &device).unwrap();
+    let ids =
+        Tensor::<Cpu, 2, Int>::from_data(TensorData::new(vec![1i64, 5, 9, 13], [1, 4]), &device);
+    let (x, y) = (
+        inference.forward(ids.clone()).into_data(),
+        loaded.forward(ids).into_data(),
+    );
+    assert_eq!(x.into_vec::<f32>().unwrap(), y.into_vec::<f32>().unwrap());
+}
+
+#[test]
+fn activation_checkpointing_computes_the_same_step() {
+    let device = Default::default();
+    let batch = packer(16).next_batch(2);
+    let mut plain = Trainer::new(model(5), OptimizerConfig::new(), &device);
+    let a = plain.step(std::slice::from_ref(&batch), 1e-3).unwrap();
+    // The same weights on a checkpointing autodiff backend.
+    let weights = model(5).valid();
+    let dir = tempfile::tempdir().unwrap();
+    weights
+        .save(
+            dir.path(),
+            &SaveOptions::default().with_dtype(SaveDtype::F32),
+        )
+        .unwrap();
+    type Checkpointed = Autodiff<Cpu, BalancedCheckpointing>;
+    let reloaded = InternLM2::<Checkpointed>::load(dir.path(), DType::F32, &device).unwrap();
+    let mut checkpointed = Trainer::new(reloaded, OptimizerConfig::new(), &device);
+    let b = checkpointed.step(&[batch], 1e-3).unwrap();
+    assert!((a.loss - b.loss).abs() < 1e-6 && (a.grad_norm - b.grad_norm).abs() < 1e-5);
+}
+
+#[test]
+fn bad_run_options_are_typed_errors() {
+    let mut trainer = Trainer::new(model(6), OptimizerConfig::new(), &Default::default());
+    let mut state = TrainState::new(0);
+    let mut options = RunOptions::default();
+    assert!(matches!(
+        run(&mut trainer, &mut packer(8), &mut state, &options, |_| {}),
+        Err(internlm2::train::TrainError::InvalidConfig(_))
+    ));
+    options.phases = vec![Phase::new("p", 2, 8, 3, 1e-3).with_micro_batches(2)];
+    assert!(matches!(
+        run(&mut trainer, &mut packer(8), &mut state, &options, |_| {}),
+        Err(internlm2::train::TrainError::InvalidConfig(_))
+    ));
+}
