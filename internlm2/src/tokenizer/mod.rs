@@ -13,11 +13,13 @@
 
 mod sentencepiece;
 mod stream;
+mod train;
 
 use std::path::Path;
 
 pub use sentencepiece::{Piece, PieceKind, SentencePieceModel};
 pub use stream::IncrementalDecoder;
+pub use train::SPECIAL_TOKENS;
 
 use crate::error::TokenizerError;
 
