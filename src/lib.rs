@@ -17,4 +17,6 @@ mod guide {
     struct Chat;
     #[doc = include_str!("../docs/generation.md")]
     struct Generation;
+    #[doc = include_str!("../docs/training.md")]
+    struct Training;
 }

@@ -1,0 +1,315 @@
+//! Pre-trains (or continues training) an InternLM2 with the SDK's training engine.
+//!
+//! ```text
+//! cargo run --release --example pretrain -- \
+//!     --preset tiny --data corpus.jsonl --train-tokenizer 8000 \
+//!     --steps 1000 --seq-len 256 --batch 16 --lr 3e-4 \
+//!     --checkpoint-dir runs/a/checkpoints --out runs/a/model
+//! # resume the same run after an interruption:
+//! cargo run --release --example pretrain -- ... --resume
+//! ```
+//!
+//! - model: `--config config.json` (a HuggingFace config) or `--preset tiny|140m|1.8b|7b|20b`
+//!   (random init), or `--init-from MODEL_DIR` (continue from a HuggingFace checkpoint);
+//! - data: `--data` JSONL (`{"text": ...}` per line) or plain text (documents separated by a
+//!   blank line), tokenised with `--tokenizer` (tokenizer.model / tokenizer.json / directory)
+//!   or a byte-level BPE trained on the data with `--train-tokenizer VOCAB`;
+//! - schedule: `--phases phases.json` (a list of phases: name, steps, seq_len, batch_size,
+//!   micro_batches, schedule {peak_lr, warmup_steps, total_steps, min_ratio}, rope_theta), or
+//!   one phase from `--steps --seq-len --batch --micro-batches --lr --warmup --rope-theta`;
+//! - `--device cpu` (the CPU backend; GPU training arrives with the backends issue).
+
+use std::path::{Path, PathBuf};
+
+use burn::module::AutodiffModule;
+use burn::tensor::DType;
+use clap::Parser;
+use internlm2::backends::{Cpu, CpuAutodiff};
+use internlm2::checkpoint::{SaveDtype, SaveOptions};
+use internlm2::train::{
+    InMemoryDocuments, LrSchedule, OptimizerConfig, Packer, PackingConfig, Phase, RunOptions,
+    TrainState, Trainer, latest_checkpoint, plot_loss_curve, run,
+};
+use internlm2::{InternLM2, InternLM2Config, Tokenizer};
+
+#[derive(Parser)]
+#[command(about = "Pre-train an InternLM2 on CPU with the SDK's training engine")]
+struct Args {
+    /// HuggingFace config.json of the model to build.
+    #[arg(long, conflicts_with_all = ["preset", "init_from"])]
+    config: Option<PathBuf>,
+    /// A built-in shape: tiny, 140m, 1.8b, 7b, 20b.
+    #[arg(long, default_value = "tiny")]
+    preset: String,
+    /// Continue from a HuggingFace model directory instead of a random init.
+    #[arg(long)]
+    init_from: Option<PathBuf>,
+    /// Training text: JSONL with a "text" field, or plain text with blank-line separated documents.
+    #[arg(long)]
+    data: PathBuf,
+    /// tokenizer.model, tokenizer.json or a directory with one.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Train a byte-level BPE of this many ids on the data instead.
+    #[arg(long)]
+    train_tokenizer: Option<usize>,
+    /// JSON list of phases (overrides the single-phase flags below).
+    #[arg(long)]
+    phases: Option<PathBuf>,
+    /// Optimiser steps (single phase).
+    #[arg(long, default_value_t = 100)]
+    steps: usize,
+    /// Tokens per row (single phase).
+    #[arg(long, default_value_t = 256)]
+    seq_len: usize,
+    /// Rows per step (single phase).
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Micro-batches per step (gradient accumulation).
+    #[arg(long, default_value_t = 1)]
+    micro_batches: usize,
+    /// Peak learning rate (SPEC 5: 3e-4).
+    #[arg(long, default_value_t = 3e-4)]
+    lr: f64,
+    /// Warmup steps (default: 1% of the steps).
+    #[arg(long)]
+    warmup: Option<usize>,
+    /// RoPE base of the phase.
+    #[arg(long)]
+    rope_theta: Option<f64>,
+    /// Let attention cross document boundaries in packed rows.
+    #[arg(long)]
+    cross_document_attention: bool,
+    /// Training device.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Checkpoint directory.
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
+    /// Save a checkpoint every N steps.
+    #[arg(long, default_value_t = 100)]
+    checkpoint_every: usize,
+    /// Checkpoints kept.
+    #[arg(long, default_value_t = 3)]
+    keep_last: usize,
+    /// Resume from the newest checkpoint in --checkpoint-dir.
+    #[arg(long)]
+    resume: bool,
+    /// Export the trained model here (HuggingFace layout, f32), with the tokenizer.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Per-step JSONL log (default: next to the checkpoints or the export).
+    #[arg(long)]
+    log: Option<PathBuf>,
+    /// Seed of the data order and the initialisation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Peak device FLOP/s for MFU (default: measured f32 matmul throughput).
+    #[arg(long)]
+    peak_flops: Option<f64>,
+}
+
+fn main() {
+    if let Err(e) = pretrain(Args::parse()) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn read_documents(path: &Path) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let is_jsonl = path
+        .extension()
+        .is_some_and(|e| e == "jsonl" || e == "json");
+    let docs: Vec<String> = if is_jsonl {
+        text.lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, line)| {
+                let v: serde_json::Value = serde_json::from_str(line)
+                    .map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
+                v["text"]
+                    .as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| format!("{}:{}: no \"text\" string", path.display(), i + 1))
+            })
+            .collect::<Result<_, String>>()?
+    } else {
+        text.split("\n\n")
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    if docs.is_empty() {
+        return Err(format!("{}: no documents", path.display()).into());
+    }
+    Ok(docs)
+}
+
+fn preset(name: &str, vocab: usize) -> Result<InternLM2Config, String> {
+    Ok(match name {
+        "tiny" => InternLM2Config::new(vocab, 256, 768, 4, 8, 2).with_max_position_embeddings(4096),
+        "140m" => InternLM2Config::new(vocab, 512, 1536, 8, 8, 2),
+        "1.8b" => InternLM2Config {
+            vocab_size: vocab,
+            ..InternLM2Config::internlm2_1_8b()
+        },
+        "7b" => InternLM2Config {
+            vocab_size: vocab,
+            ..InternLM2Config::internlm2_7b()
+        },
+        "20b" => InternLM2Config {
+            vocab_size: vocab,
+            ..InternLM2Config::internlm2_20b()
+        },
+        other => {
+            return Err(format!(
+                "unknown preset {other} (tiny, 140m, 1.8b, 7b, 20b)"
+            ));
+        }
+    })
+}
+
+fn pretrain(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    if args.device != "cpu" {
+        return Err(format!(
+            "device {:?} is not supported by this example yet: training runs on the CPU backend (--device cpu)",
+            args.device
+        )
+        .into());
+    }
+    let device = Default::default();
+    let texts = read_documents(&args.data)?;
+    let tokenizer = match (&args.tokenizer, args.train_tokenizer, &args.init_from) {
+        (Some(path), _, _) if path.is_dir() => Tokenizer::from_dir(path)?,
+        (Some(path), _, _) => Tokenizer::from_file(path)?,
+        (None, Some(vocab), _) => Tokenizer::train_bpe(texts.iter(), vocab)?,
+        (None, None, Some(dir)) => Tokenizer::from_dir(dir)?,
+        (None, None, None) => return Err("give --tokenizer or --train-tokenizer VOCAB".into()),
+    };
+    let documents: Vec<Vec<u32>> = texts
+        .iter()
+        .map(|t| tokenizer.encode(t, false))
+        .collect::<Result<_, _>>()?;
+    let tokens: usize = documents.iter().map(Vec::len).sum();
+    eprintln!(
+        "data: {} documents, {} tokens ({} ids)",
+        documents.len(),
+        tokens,
+        tokenizer.vocab_size()
+    );
+
+    let phases: Vec<Phase> = match &args.phases {
+        Some(path) => serde_json::from_str(&std::fs::read_to_string(path)?)?,
+        None => {
+            let mut phase = Phase::new("main", args.steps, args.seq_len, args.batch, args.lr)
+                .with_micro_batches(args.micro_batches)
+                .with_schedule(LrSchedule::new(
+                    args.lr,
+                    args.warmup.unwrap_or((args.steps / 100).max(1)),
+                    args.steps,
+                ));
+            if let Some(theta) = args.rope_theta {
+                phase = phase.with_rope_theta(theta);
+            }
+            vec![phase]
+        }
+    };
+
+    let optimizer = OptimizerConfig::new();
+    let resume_from = match (&args.checkpoint_dir, args.resume) {
+        (Some(dir), true) => latest_checkpoint(dir)?,
+        (None, true) => return Err("--resume needs --checkpoint-dir".into()),
+        _ => None,
+    };
+    let (mut trainer, mut state) = match resume_from {
+        Some(path) => {
+            eprintln!("resuming from {}", path.display());
+            Trainer::<CpuAutodiff>::load_checkpoint(&path, optimizer, &device)?
+        }
+        None => {
+            let model = match (&args.init_from, &args.config) {
+                (Some(dir), _) => InternLM2::<CpuAutodiff>::load(dir, DType::F32, &device)?,
+                (None, Some(path)) => {
+                    InternLM2::init(&InternLM2Config::from_hf_file(path)?, &device)
+                }
+                (None, None) => {
+                    <CpuAutodiff as burn::tensor::backend::Backend>::seed(&device, args.seed);
+                    InternLM2::init(&preset(&args.preset, tokenizer.vocab_size())?, &device)
+                }
+            };
+            (
+                Trainer::new(model, optimizer, &device),
+                TrainState::new(args.seed),
+            )
+        }
+    };
+    let config = trainer.model.config.clone();
+    if tokenizer.vocab_size() > config.vocab_size {
+        return Err(format!(
+            "the tokenizer has {} ids but the model only {}",
+            tokenizer.vocab_size(),
+            config.vocab_size
+        )
+        .into());
+    }
+    eprintln!(
+        "model: hidden {}, {} layers, {} parameters; {} steps to go",
+        config.hidden_size,
+        config.num_hidden_layers,
+        config.num_parameters(),
+        phases
+            .iter()
+            .map(|p| p.steps)
+            .sum::<usize>()
+            .saturating_sub(state.step)
+    );
+
+    let mut packer = Packer::new(
+        InMemoryDocuments::new(documents).shuffled(state.seed),
+        PackingConfig {
+            seq_len: phases[0].seq_len,
+            eos_id: tokenizer.eos_id().unwrap_or(config.eos_token_id),
+            cross_document_attention: args.cross_document_attention,
+        },
+    );
+    let log = args.log.clone().or_else(|| {
+        args.checkpoint_dir
+            .as_ref()
+            .or(args.out.as_ref())
+            .map(|d| d.join("metrics.jsonl"))
+    });
+    let options = RunOptions {
+        phases,
+        checkpoint_dir: args.checkpoint_dir.clone(),
+        checkpoint_every: args.checkpoint_every,
+        keep_last: args.keep_last,
+        log_path: log.clone(),
+        peak_flops: Some(args.peak_flops.unwrap_or_else(|| {
+            internlm2::train::metrics::measure_matmul_flops::<Cpu>(&device, 512)
+        })),
+        progress: true,
+        stop_at_step: None,
+    };
+    run(&mut trainer, &mut packer, &mut state, &options, |_| {})?;
+    eprintln!(
+        "done: {} steps, last loss {:.4}",
+        state.step,
+        state.losses.last().copied().unwrap_or(f64::NAN)
+    );
+    if let Some(out) = &args.out {
+        let model = trainer.model.valid();
+        model.save(out, &SaveOptions::default().with_dtype(SaveDtype::F32))?;
+        tokenizer.save_json(out.join("tokenizer.json"))?;
+        plot_loss_curve(&state.losses, out.join("loss.png"), "pre-training loss")?;
+        eprintln!(
+            "exported to {} (config.json, model.safetensors, tokenizer.json, loss.png)",
+            out.display()
+        );
+    }
+    if let Some(log) = log {
+        eprintln!("per-step log: {}", log.display());
+    }
+    Ok(())
+}
