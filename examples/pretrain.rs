@@ -17,7 +17,8 @@
 //! - schedule: `--phases phases.json` (a list of phases: name, steps, seq_len, batch_size,
 //!   micro_batches, schedule {peak_lr, warmup_steps, total_steps, min_ratio}, rope_theta), or
 //!   one phase from `--steps --seq-len --batch --micro-batches --lr --warmup --rope-theta`;
-//! - `--device cpu` (the CPU backend; GPU training arrives with the backends issue).
+//! - `--devices cpu` (the CPU backend; `cpu,cpu` runs two data-parallel replicas through
+//!   burn-collective; GPU training arrives with the backends issue).
 
 use std::path::{Path, PathBuf};
 
@@ -27,8 +28,8 @@ use clap::Parser;
 use internlm2::backends::{Cpu, CpuAutodiff};
 use internlm2::checkpoint::{SaveDtype, SaveOptions};
 use internlm2::train::{
-    InMemoryDocuments, LrSchedule, OptimizerConfig, Packer, PackingConfig, Phase, RunOptions,
-    TrainState, Trainer, latest_checkpoint, plot_loss_curve, run,
+    DataParallel, InMemoryDocuments, LrSchedule, OptimizerConfig, Packer, PackingConfig, Phase,
+    RunOptions, TrainState, Trainer, latest_checkpoint, plot_loss_curve, run,
 };
 use internlm2::{InternLM2, InternLM2Config, Tokenizer};
 
@@ -80,9 +81,10 @@ struct Args {
     /// Let attention cross document boundaries in packed rows.
     #[arg(long)]
     cross_document_attention: bool,
-    /// Training device.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    /// Training devices, comma separated; several run data-parallel (one replica each).
+    /// Only `cpu` is available to this example (`cpu,cpu` runs two CPU replicas).
+    #[arg(long, default_value = "cpu", value_delimiter = ',')]
+    devices: Vec<String>,
     /// Checkpoint directory.
     #[arg(long)]
     checkpoint_dir: Option<PathBuf>,
@@ -172,14 +174,14 @@ fn preset(name: &str, vocab: usize) -> Result<InternLM2Config, String> {
 }
 
 fn pretrain(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    if args.device != "cpu" {
+    if let Some(other) = args.devices.iter().find(|d| d.as_str() != "cpu") {
         return Err(format!(
-            "device {:?} is not supported by this example yet: training runs on the CPU backend (--device cpu)",
-            args.device
+            "device {other:?} is not supported by this example yet: training runs on the CPU backend (--devices cpu[,cpu...])"
         )
         .into());
     }
     let device = Default::default();
+    let devices = vec![device; args.devices.len()];
     let texts = read_documents(&args.data)?;
     let tokenizer = match (&args.tokenizer, args.train_tokenizer, &args.init_from) {
         (Some(path), _, _) if path.is_dir() => Tokenizer::from_dir(path)?,
@@ -292,7 +294,26 @@ fn pretrain(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         progress: true,
         stop_at_step: None,
     };
-    run(&mut trainer, &mut packer, &mut state, &options, |_| {})?;
+    if devices.len() > 1 {
+        eprintln!("data-parallel over {} replicas", devices.len());
+        let model = trainer.model.clone();
+        let resume = args
+            .checkpoint_dir
+            .as_ref()
+            .filter(|_| state.step > 0)
+            .map(|d| latest_checkpoint(d))
+            .transpose()?
+            .flatten();
+        drop(trainer);
+        let mut group = match resume {
+            Some(path) => DataParallel::load_checkpoint(&path, OptimizerConfig::new(), &devices)?.0,
+            None => DataParallel::new(model, OptimizerConfig::new(), &devices)?,
+        };
+        run(&mut group, &mut packer, &mut state, &options, |_| {})?;
+        trainer = Trainer::new(group.model()?, OptimizerConfig::new(), &device);
+    } else {
+        run(&mut trainer, &mut packer, &mut state, &options, |_| {})?;
+    }
     eprintln!(
         "done: {} steps, last loss {:.4}",
         state.step,

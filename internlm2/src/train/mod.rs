@@ -6,6 +6,7 @@
 //! - [`Packer`]: documents packed into fixed-length rows with EOS separators, positions
 //!   restarting and attention kept inside each document.
 //! - [`run`]: the loop over curriculum [`Phase`]s with logging, MFU, checkpoints and resume.
+//! - [`DataParallel`]: replicas on several devices stepping together (burn-collective).
 //!
 //! The model trains on any `B: AutodiffBackend + Kernels`, e.g.
 //! `burn::backend::Autodiff<internlm2::backends::Cpu>`; under autodiff every kernel is the
@@ -16,6 +17,7 @@ pub mod data;
 pub mod loss;
 pub mod metrics;
 pub mod optim;
+pub mod parallel;
 pub mod run;
 pub mod schedule;
 pub mod trainer;
@@ -25,7 +27,8 @@ use std::path::PathBuf;
 pub use data::{DataCursor, DocumentSource, InMemoryDocuments, Packer, PackingConfig, TokenBatch};
 pub use metrics::{StepRecord, plot_loss_curve};
 pub use optim::OptimizerConfig;
-pub use run::{Phase, RunOptions, run};
+pub use parallel::DataParallel;
+pub use run::{Phase, RunOptions, StepEngine, run};
 pub use schedule::LrSchedule;
 pub use trainer::{StepStats, TrainState, Trainer, latest_checkpoint};
 
@@ -54,6 +57,9 @@ pub enum TrainError {
     /// Options that cannot run.
     #[error("invalid training configuration: {0}")]
     InvalidConfig(String),
+    /// burn-collective failed (registration, all-reduce) or a replica thread is gone.
+    #[error("collective: {0}")]
+    Collective(String),
     /// The loss curve could not be drawn.
     #[error("loss curve {path}: {reason}")]
     Plot {

@@ -3,7 +3,7 @@
 //! rate schedule and RoPE base. The loop logs every step (progress bar, JSONL), saves
 //! checkpoints, and resumes at any step, inside any phase, from a checkpoint.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
@@ -12,10 +12,56 @@ use internlm2_backends::Kernels;
 use serde::{Deserialize, Serialize};
 
 use super::TrainError;
+use super::data::TokenBatch;
 use super::data::{DocumentSource, Packer};
 use super::metrics::{JsonlLog, StepRecord, train_flops_per_token};
 use super::schedule::LrSchedule;
-use super::trainer::{TrainState, Trainer};
+use super::trainer::{StepStats, TrainState, Trainer};
+use crate::config::InternLM2Config;
+
+/// What [`run`] drives: one [`Trainer`], or data-parallel replicas
+/// ([`DataParallel`](super::parallel::DataParallel)).
+pub trait StepEngine {
+    /// One optimiser step over `micro_batches` (rows of the whole step).
+    fn step(&mut self, micro_batches: &[TokenBatch], lr: f64) -> Result<StepStats, TrainError>;
+    /// The model's configuration.
+    fn model_config(&self) -> InternLM2Config;
+    /// Changes the RoPE base (a curriculum phase).
+    fn set_rope_theta(&mut self, theta: f64);
+    /// Writes a checkpoint (see [`Trainer::save_checkpoint`]).
+    fn save_checkpoint(
+        &self,
+        dir: &Path,
+        state: &TrainState,
+        keep_last: usize,
+    ) -> Result<PathBuf, TrainError>;
+}
+
+impl<B: AutodiffBackend + Kernels> StepEngine for Trainer<B>
+where
+    B::InnerBackend: Kernels,
+{
+    fn step(&mut self, micro_batches: &[TokenBatch], lr: f64) -> Result<StepStats, TrainError> {
+        Trainer::step(self, micro_batches, lr)
+    }
+
+    fn model_config(&self) -> InternLM2Config {
+        self.model.config.clone()
+    }
+
+    fn set_rope_theta(&mut self, theta: f64) {
+        self.model.config.rope_theta = theta;
+    }
+
+    fn save_checkpoint(
+        &self,
+        dir: &Path,
+        state: &TrainState,
+        keep_last: usize,
+    ) -> Result<PathBuf, TrainError> {
+        Trainer::save_checkpoint(self, dir, state, keep_last)
+    }
+}
 
 /// One stage of the curriculum.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -147,16 +193,13 @@ impl RunOptions {
 
 /// Runs the curriculum from `state.step` on, updating `state` after every step and calling
 /// `on_step` with its record.
-pub fn run<B: AutodiffBackend + Kernels, S: DocumentSource>(
-    trainer: &mut Trainer<B>,
+pub fn run<E: StepEngine, S: DocumentSource>(
+    trainer: &mut E,
     packer: &mut Packer<S>,
     state: &mut TrainState,
     options: &RunOptions,
     mut on_step: impl FnMut(&StepRecord),
-) -> Result<(), TrainError>
-where
-    B::InnerBackend: Kernels,
-{
+) -> Result<(), TrainError> {
     options.validate()?;
     let total = options.total_steps();
     let end = options.stop_at_step.map_or(total, |s| s.min(total));
@@ -176,7 +219,7 @@ where
         let (index, local) = options.phase_at(state.step).expect("step < total");
         let phase = &options.phases[index];
         if let Some(theta) = phase.rope_theta {
-            trainer.model.config.rope_theta = theta;
+            trainer.set_rope_theta(theta);
         }
         packer.set_seq_len(phase.seq_len);
         let rows = phase.batch_size / phase.micro_batches;
@@ -192,7 +235,7 @@ where
         state.losses.push(stats.loss);
         let tokens_per_s = stats.tokens as f64 / seconds;
         let mfu = options.peak_flops.map_or(0.0, |peak| {
-            train_flops_per_token(&trainer.model.config, phase.seq_len) * tokens_per_s / peak
+            train_flops_per_token(&trainer.model_config(), phase.seq_len) * tokens_per_s / peak
         });
         let record = StepRecord {
             step: state.step,

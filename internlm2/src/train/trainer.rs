@@ -176,18 +176,40 @@ where
     /// micro-batches of `n` rows make the same step as one batch of `2n` rows.
     pub fn step(&mut self, micro_batches: &[TokenBatch], lr: f64) -> Result<StepStats, TrainError> {
         let loss_tokens: usize = micro_batches.iter().map(TokenBatch::loss_tokens).sum();
-        if loss_tokens == 0 {
+        let (loss, grads) = self.gradients(micro_batches, loss_tokens)?;
+        let grad_norm = self.apply(grads, lr);
+        Ok(StepStats {
+            loss,
+            grad_norm,
+            loss_tokens,
+            tokens: micro_batches.iter().map(|b| b.batch * b.seq_len).sum(),
+        })
+    }
+
+    /// The accumulated gradients of `micro_batches` for a loss normalised by `normalizer`
+    /// counted targets (the whole step's, which may span other replicas), and that loss part.
+    pub fn gradients(
+        &self,
+        micro_batches: &[TokenBatch],
+        normalizer: usize,
+    ) -> Result<(f64, GradientsParams), TrainError> {
+        if normalizer == 0 {
             return Err(TrainError::NoLossTokens);
         }
         let mut accumulator = GradientsAccumulator::<InternLM2<B>>::new();
         let mut loss = 0.0;
         for batch in micro_batches {
-            let part = self.loss_sum(batch).div_scalar(loss_tokens as f64);
+            let part = self.loss_sum(batch).div_scalar(normalizer as f64);
             loss += part.clone().into_scalar().elem::<f64>();
             let grads = GradientsParams::from_grads(part.backward(), &self.model);
             accumulator.accumulate(&self.model, grads);
         }
-        let mut grads = accumulator.grads();
+        Ok((loss, accumulator.grads()))
+    }
+
+    /// Clips `grads` to the global norm and applies AdamW to both groups; returns the norm
+    /// before clipping.
+    pub fn apply(&mut self, mut grads: GradientsParams, lr: f64) -> f64 {
         let grad_norm = match self.config.max_grad_norm {
             Some(max) => clip_global_norm::<B, _>(&self.model, &mut grads, max),
             None => super::optim::global_grad_norm::<B, _>(&self.model, &grads),
@@ -196,12 +218,7 @@ where
         let model = self.model.clone();
         let model = self.decay.step(lr, model, grads);
         self.model = self.no_decay.step(lr, model, one_d_grads);
-        Ok(StepStats {
-            loss,
-            grad_norm,
-            loss_tokens,
-            tokens: micro_batches.iter().map(|b| b.batch * b.seq_len).sum(),
-        })
+        grad_norm
     }
 
     /// Writes model, optimiser moments and `state` to `dir/step-XXXXXXXX` atomically (a
