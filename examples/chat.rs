@@ -82,7 +82,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     eprintln!(
         "loaded {} ({} parameters) in {:.1}s",
         args.model_dir.display(),
-        model.config.num_parameters(),
+        model.config().num_parameters(),
         start.elapsed().as_secs_f64()
     );
 

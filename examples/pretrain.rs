@@ -247,7 +247,7 @@ fn pretrain(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             )
         }
     };
-    let config = trainer.model.config.clone();
+    let config = trainer.model.config().clone();
     if tokenizer.vocab_size() > config.vocab_size {
         return Err(format!(
             "the tokenizer has {} ids but the model only {}",

@@ -52,7 +52,7 @@ fn load_save_load_is_exact_in_f32_and_bf16() {
                 // bf16-stored weights survive bf16; f32 weights survive f32.
                 assert_same_weights(&original, &back);
             }
-            assert_eq!(back.config, original.config);
+            assert_eq!(back.config(), original.config());
         }
     }
 }

@@ -92,8 +92,8 @@ fn cached_decoding_equals_the_full_forward_pass() {
         .into_data()
         .into_vec::<f32>()
         .unwrap();
-    let vocab = model.config.vocab_size;
-    let mut cache = KvCache::new(&model.config, 1, 1);
+    let vocab = model.config().vocab_size;
+    let mut cache = KvCache::new(model.config(), 1, 1);
     // First 5 tokens at once, then one at a time.
     let mut cached = Vec::new();
     let chunks: Vec<&[i64]> = std::iter::once(&ids[..5])

@@ -126,7 +126,7 @@ fn greedy_with_cache_tokens() {
                 None => vec![v.as_i64().unwrap()],
             })
             .collect();
-        let mut cache = KvCache::new(&model.config, 1, prompt[0].len() + expected.len());
+        let mut cache = KvCache::new(model.config(), 1, prompt[0].len() + expected.len());
         let mut next = ids_tensor(&prompt);
         let mut produced = Vec::new();
         for _ in 0..expected.len() {

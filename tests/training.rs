@@ -208,7 +208,7 @@ fn resumed_run_repeats_the_straight_run() {
     )
     .unwrap();
     assert_eq!(state.step, 8);
-    assert_eq!(trainer.model.config.rope_theta, 50_000.0);
+    assert_eq!(trainer.model.config().rope_theta, 50_000.0);
     let straight = state.losses.clone();
 
     // Interrupted at step 5 (inside the second phase), everything dropped, resumed from disk.

@@ -206,7 +206,7 @@ impl<'a, B: Kernels> Generation<'a, B> {
         if prompts.is_empty() {
             return Err(GenerateError::EmptyBatch);
         }
-        let vocab = model.config.vocab_size;
+        let vocab = model.config().vocab_size;
         for (index, prompt) in prompts.iter().enumerate() {
             if prompt.is_empty() {
                 return Err(GenerateError::EmptyPrompt { index });
@@ -241,7 +241,7 @@ impl<'a, B: Kernels> Generation<'a, B> {
         };
 
         let batch = prompts.len();
-        let pad = model.config.pad_token_id;
+        let pad = model.config().pad_token_id;
         let mut ids = Vec::with_capacity(batch * longest);
         let mut positions = Vec::with_capacity(batch * longest);
         let mut padding = Vec::with_capacity(batch * longest);
@@ -274,7 +274,7 @@ impl<'a, B: Kernels> Generation<'a, B> {
             .collect::<Result<Vec<_>, GenerateError>>()?;
 
         let device = model.device();
-        let mut cache = KvCache::new(&model.config, batch, longest + max_new_tokens);
+        let mut cache = KvCache::new(model.config(), batch, longest + max_new_tokens);
         let input = ForwardInput::new(Tensor::<B, 2, Int>::from_data(
             TensorData::new(ids, [batch, longest]),
             &device,
@@ -284,7 +284,7 @@ impl<'a, B: Kernels> Generation<'a, B> {
         .with_last_logits_only(true);
         let logits = (max_new_tokens > 0).then(|| {
             let logits = model.forward_cache(input, &mut cache);
-            logits.reshape([batch, model.config.vocab_size])
+            logits.reshape([batch, model.config().vocab_size])
         });
         let mut generation = Self {
             model,
@@ -404,7 +404,7 @@ impl<'a, B: Kernels> Generation<'a, B> {
         .with_positions(positions)
         .with_last_logits_only(true);
         let logits = self.model.forward_cache(input, &mut self.cache);
-        logits.reshape([batch, self.model.config.vocab_size])
+        logits.reshape([batch, self.model.config().vocab_size])
     }
 
     /// The outputs so far (call after the iterator ends for the final ones).
@@ -486,7 +486,7 @@ fn flush(row: &mut Row<'_>, stops: &[String]) -> String {
 
 /// The context limit of a model: `max_position_embeddings`, times the RoPE scaling factor.
 pub fn default_context_limit<B: Kernels>(model: &InternLM2<B>) -> usize {
-    let config = &model.config;
+    let config = model.config();
     match config.rope_scaling {
         Some(RopeScaling::Dynamic { factor } | RopeScaling::Linear { factor }) => {
             (config.max_position_embeddings as f64 * factor) as usize

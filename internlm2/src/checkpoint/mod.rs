@@ -1,18 +1,19 @@
 //! HuggingFace checkpoints: load a model directory into an [`InternLM2`], save one back.
 //!
-//! The mapping from checkpoint names to module fields is the identity after the `model.`
-//! prefix (SPEC 2); weights keep the PyTorch `[out, in]` layout, so nothing is transposed:
+//! Checkpoint names are the module paths (SPEC 2): `InternLM2 { model: InternLM2Model, output }`
+//! mirrors HuggingFace's `InternLM2ForCausalLM { model: InternLM2Model, output }`, and weights
+//! keep the PyTorch `[out, in]` layout, so nothing is renamed or transposed:
 //!
 //! | checkpoint tensor | module field | shape |
 //! |---|---|---|
-//! | `model.tok_embeddings.weight` | `tok_embeddings.weight` | `[V, H]` |
-//! | `model.layers.{i}.attention_norm.weight` | `layers[i].attention_norm.weight` | `[H]` |
-//! | `model.layers.{i}.attention.wqkv.weight` (`.bias`) | `layers[i].attention.wqkv` | `[(nh + 2 nkv) d, H]` |
-//! | `model.layers.{i}.attention.wo.weight` (`.bias`) | `layers[i].attention.wo` | `[H, nh d]` |
-//! | `model.layers.{i}.ffn_norm.weight` | `layers[i].ffn_norm.weight` | `[H]` |
-//! | `model.layers.{i}.feed_forward.w{1,3}.weight` | `layers[i].feed_forward.w{1,3}` | `[I, H]` |
-//! | `model.layers.{i}.feed_forward.w2.weight` | `layers[i].feed_forward.w2` | `[H, I]` |
-//! | `model.norm.weight` | `norm.weight` | `[H]` |
+//! | `model.tok_embeddings.weight` | `model.tok_embeddings.weight` | `[V, H]` |
+//! | `model.layers.{i}.attention_norm.weight` | `model.layers[i].attention_norm.weight` | `[H]` |
+//! | `model.layers.{i}.attention.wqkv.weight` (`.bias`) | `model.layers[i].attention.wqkv` | `[(nh + 2 nkv) d, H]` |
+//! | `model.layers.{i}.attention.wo.weight` (`.bias`) | `model.layers[i].attention.wo` | `[H, nh d]` |
+//! | `model.layers.{i}.ffn_norm.weight` | `model.layers[i].ffn_norm.weight` | `[H]` |
+//! | `model.layers.{i}.feed_forward.w{1,3}.weight` | `model.layers[i].feed_forward.w{1,3}` | `[I, H]` |
+//! | `model.layers.{i}.feed_forward.w2.weight` | `model.layers[i].feed_forward.w2` | `[H, I]` |
+//! | `model.norm.weight` | `model.norm.weight` | `[H]` |
 //! | `output.weight` | `output.weight` (absent when tied) | `[V, H]` |
 //!
 //! Stored BF16, F16 and F32 load into the compute dtype the caller picks. Besides safetensors
@@ -33,13 +34,13 @@ pub use writer::{SaveDtype, SaveOptions, named_tensors};
 
 use crate::config::InternLM2Config;
 use crate::error::CheckpointError;
-use crate::model::InternLM2;
 use crate::model::attention::Attention;
 use crate::model::decoder::DecoderLayer;
 use crate::model::embedding::Embedding;
 use crate::model::feed_forward::FeedForward;
 use crate::model::linear::Linear;
 use crate::model::norm::RmsNorm;
+use crate::model::{InternLM2, InternLM2Model};
 
 /// Older checkpoints store RoPE's `inv_freq` buffer; it is recomputed, never read.
 const IGNORED_SUFFIXES: [&str; 1] = ["rotary_emb.inv_freq"];
@@ -87,7 +88,7 @@ impl<B: Kernels> InternLM2<B> {
     /// use internlm2::InternLM2;
     /// use internlm2_backends::Cpu;
     /// let model = InternLM2::<Cpu>::load("internlm2-chat-1_8b", DType::F32, &Default::default())?;
-    /// println!("{} layers", model.config.num_hidden_layers);
+    /// println!("{} layers", model.config().num_hidden_layers);
     /// # Ok::<(), internlm2::CheckpointError>(())
     /// ```
     pub fn load(
@@ -105,6 +106,48 @@ impl<B: Kernels> InternLM2<B> {
 
     /// Builds the model from the tensors of `reader`, taking exactly the tensors of
     /// [`expected_tensors`]; whatever else the reader holds stays there (a reward head, say).
+    pub fn from_reader(
+        config: &InternLM2Config,
+        reader: &mut WeightReader,
+        dtype: DType,
+        device: &B::Device,
+    ) -> Result<Self, CheckpointError> {
+        let model = InternLM2Model::from_reader(config, reader, dtype, device)?;
+        let (h, v) = (config.hidden_size, config.vocab_size);
+        let output = if config.tie_word_embeddings {
+            // A tied checkpoint may still carry the (identical) head; it is not read.
+            reader.skip("output.weight");
+            None
+        } else {
+            Some(Linear::from_tensors(
+                take2(reader, "output.weight", [v, h], dtype, device)?,
+                None,
+            ))
+        };
+        Ok(Self { model, output })
+    }
+
+    /// Saves the model as a HuggingFace directory: `config.json` and safetensors weights.
+    ///
+    /// ```no_run
+    /// # use burn::tensor::DType;
+    /// # use internlm2::{InternLM2, checkpoint::SaveOptions};
+    /// # use internlm2_backends::Cpu;
+    /// # let model = InternLM2::<Cpu>::load("in", DType::F32, &Default::default())?;
+    /// model.save("out", &SaveOptions::default())?; // bf16, one file
+    /// # Ok::<(), internlm2::CheckpointError>(())
+    /// ```
+    pub fn save(
+        &self,
+        dir: impl AsRef<Path>,
+        options: &SaveOptions,
+    ) -> Result<(), CheckpointError> {
+        writer::save(self, dir.as_ref(), options)
+    }
+}
+
+impl<B: Kernels> InternLM2Model<B> {
+    /// Builds the decoder body from the `model.*` tensors of `reader` (no LM head is read).
     pub fn from_reader(
         config: &InternLM2Config,
         reader: &mut WeightReader,
@@ -219,41 +262,12 @@ impl<B: Kernels> InternLM2<B> {
         }
         let norm =
             RmsNorm::from_tensor(take_1d(reader, "model.norm.weight", h, dtype, device)?, eps);
-        let output = if config.tie_word_embeddings {
-            // A tied checkpoint may still carry the (identical) head; it is not read.
-            reader.skip("output.weight");
-            None
-        } else {
-            Some(Linear::from_tensors(
-                take2(reader, "output.weight", [v, h], dtype, device)?,
-                None,
-            ))
-        };
         Ok(Self {
             tok_embeddings: embed,
             layers,
             norm,
-            output,
             config: config.clone(),
         })
-    }
-
-    /// Saves the model as a HuggingFace directory: `config.json` and safetensors weights.
-    ///
-    /// ```no_run
-    /// # use burn::tensor::DType;
-    /// # use internlm2::{InternLM2, checkpoint::SaveOptions};
-    /// # use internlm2_backends::Cpu;
-    /// # let model = InternLM2::<Cpu>::load("in", DType::F32, &Default::default())?;
-    /// model.save("out", &SaveOptions::default())?; // bf16, one file
-    /// # Ok::<(), internlm2::CheckpointError>(())
-    /// ```
-    pub fn save(
-        &self,
-        dir: impl AsRef<Path>,
-        options: &SaveOptions,
-    ) -> Result<(), CheckpointError> {
-        writer::save(self, dir.as_ref(), options)
     }
 }
 

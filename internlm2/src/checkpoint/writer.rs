@@ -99,11 +99,12 @@ pub fn named_tensors<B: Kernels>(model: &InternLM2<B>) -> Vec<(String, TensorDat
     fn d<B: Kernels, const D: usize>(t: Tensor<B, D>) -> TensorData {
         t.into_data()
     }
+    let body = &model.model;
     let mut out = vec![(
         "model.tok_embeddings.weight".to_string(),
-        d(model.tok_embeddings.weight.val()),
+        d(body.tok_embeddings.weight.val()),
     )];
-    for (l, layer) in model.layers.iter().enumerate() {
+    for (l, layer) in body.layers.iter().enumerate() {
         let p = format!("model.layers.{l}");
         out.push((
             format!("{p}.attention_norm.weight"),
@@ -130,7 +131,7 @@ pub fn named_tensors<B: Kernels>(model: &InternLM2<B>) -> Vec<(String, TensorDat
         out.push((format!("{p}.feed_forward.w3.weight"), d(ff.w3.weight.val())));
         out.push((format!("{p}.feed_forward.w2.weight"), d(ff.w2.weight.val())));
     }
-    out.push(("model.norm.weight".to_string(), d(model.norm.weight.val())));
+    out.push(("model.norm.weight".to_string(), d(body.norm.weight.val())));
     if let Some(output) = &model.output {
         out.push(("output.weight".to_string(), d(output.weight.val())));
     }
@@ -180,7 +181,7 @@ pub(crate) fn save<B: Kernels>(
     };
     write_atomic(
         &dir.join("config.json"),
-        model.config.to_hf_json(torch_dtype).as_bytes(),
+        model.config().to_hf_json(torch_dtype).as_bytes(),
     )?;
 
     let tensors: Vec<(String, Stored)> = named_tensors(model)

@@ -126,7 +126,7 @@ where
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         reset_collective::<B::InnerBackend>();
         let n = devices.len();
-        let config = trainers[0].model.config.clone();
+        let config = trainers[0].model.config().clone();
         let workers = trainers
             .into_iter()
             .zip(devices.iter().cloned())
@@ -213,7 +213,7 @@ fn worker<B: AutodiffBackend + Kernels>(
                     },
                 )),
                 Command::RopeTheta(theta) => {
-                    trainer.model.config.rope_theta = theta;
+                    trainer.model.config_mut().rope_theta = theta;
                     continue;
                 }
                 // An empty directory asks for the model instead.

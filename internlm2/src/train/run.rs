@@ -46,11 +46,11 @@ where
     }
 
     fn model_config(&self) -> InternLM2Config {
-        self.model.config.clone()
+        self.model.config().clone()
     }
 
     fn set_rope_theta(&mut self, theta: f64) {
-        self.model.config.rope_theta = theta;
+        self.model.config_mut().rope_theta = theta;
     }
 
     fn save_checkpoint(

@@ -254,7 +254,7 @@ where
         std::fs::write(tmp.join("state.json"), json).map_err(io(&tmp))?;
         std::fs::write(
             tmp.join("config.json"),
-            self.model.config.to_hf_json("float32"),
+            self.model.config().to_hf_json("float32"),
         )
         .map_err(io(&tmp))?;
         if target.exists() {
