@@ -26,7 +26,7 @@ use std::path::PathBuf;
 
 pub use data::{DataCursor, DocumentSource, InMemoryDocuments, Packer, PackingConfig, TokenBatch};
 pub use metrics::{StepRecord, plot_loss_curve};
-pub use optim::OptimizerConfig;
+pub use optim::{GroupedAdamW, OptimizerConfig};
 pub use parallel::DataParallel;
 pub use run::{Phase, RunOptions, StepEngine, run};
 pub use schedule::LrSchedule;

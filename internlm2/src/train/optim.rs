@@ -10,7 +10,8 @@ use std::collections::HashSet;
 
 use burn::config::Config;
 use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
-use burn::optim::GradientsParams;
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{AdamW, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion as _, Tensor};
 
@@ -45,6 +46,63 @@ impl OptimizerConfig {
             .with_beta_2(self.beta2)
             .with_epsilon(self.epsilon)
             .with_weight_decay(weight_decay)
+    }
+}
+
+/// AdamW over any module with the two parameter groups: matrices with `weight_decay`,
+/// 1-D parameters with `weight_decay_1d`; gradients clipped to the global norm first.
+pub struct GroupedAdamW<M: AutodiffModule<B>, B: AutodiffBackend> {
+    decay: OptimizerAdaptor<AdamW, M, B>,
+    no_decay: OptimizerAdaptor<AdamW, M, B>,
+    one_d: HashSet<ParamId>,
+    config: OptimizerConfig,
+}
+
+/// The saved state of a [`GroupedAdamW`]: the moments of both groups.
+pub type GroupedAdamWRecord<M, B> = (
+    <OptimizerAdaptor<AdamW, M, B> as Optimizer<M, B>>::Record,
+    <OptimizerAdaptor<AdamW, M, B> as Optimizer<M, B>>::Record,
+);
+
+impl<M: AutodiffModule<B>, B: AutodiffBackend> GroupedAdamW<M, B> {
+    /// Fresh optimiser state for `module`'s parameters.
+    pub fn new(module: &M, config: OptimizerConfig) -> Self {
+        Self {
+            decay: config.adamw(config.weight_decay).init(),
+            no_decay: config.adamw(config.weight_decay_1d).init(),
+            one_d: one_dimensional_params::<B, M>(module),
+            config,
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &OptimizerConfig {
+        &self.config
+    }
+
+    /// Clips `grads` to the global norm (when configured) and applies one AdamW step to both
+    /// groups; returns the updated module and the norm before clipping.
+    pub fn step(&mut self, module: M, mut grads: GradientsParams, lr: f64) -> (M, f64) {
+        let norm = match self.config.max_grad_norm {
+            Some(max) => clip_global_norm::<B, M>(&module, &mut grads, max),
+            None => global_grad_norm::<B, M>(&module, &grads),
+        };
+        let one_d_grads = split_grads::<B, M>(&module, &mut grads, &self.one_d);
+        let module = self.decay.step(lr, module, grads);
+        let module = self.no_decay.step(lr, module, one_d_grads);
+        (module, norm)
+    }
+
+    /// The moments of both groups.
+    pub fn to_record(&self) -> GroupedAdamWRecord<M, B> {
+        (self.decay.to_record(), self.no_decay.to_record())
+    }
+
+    /// Restores the moments of both groups.
+    pub fn load_record(mut self, record: GroupedAdamWRecord<M, B>) -> Self {
+        self.decay = self.decay.load_record(record.0);
+        self.no_decay = self.no_decay.load_record(record.1);
+        self
     }
 }
 

@@ -2,12 +2,10 @@
 //! backward -> global-norm clipping -> AdamW per parameter group. Plus saving and restoring
 //! everything a step depends on.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use burn::module::{AutodiffModule as _, Module, ParamId};
-use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{AdamW, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::module::{AutodiffModule as _, Module};
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion as _, Int, Tensor, TensorData};
@@ -17,11 +15,9 @@ use serde::{Deserialize, Serialize};
 use super::TrainError;
 use super::data::{DataCursor, TokenBatch};
 use super::loss::masked_cross_entropy_sum;
-use super::optim::{OptimizerConfig, clip_global_norm, one_dimensional_params, split_grads};
+use super::optim::{GroupedAdamW, OptimizerConfig};
 use crate::config::InternLM2Config;
 use crate::model::{ForwardInput, InternLM2};
-
-type AdamWAdaptor<B> = OptimizerAdaptor<AdamW, InternLM2<B>, B>;
 
 /// What one optimiser step did.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -68,10 +64,7 @@ where
 {
     /// The model being trained.
     pub model: InternLM2<B>,
-    decay: AdamWAdaptor<B>,
-    no_decay: AdamWAdaptor<B>,
-    one_d: HashSet<ParamId>,
-    config: OptimizerConfig,
+    optimizer: GroupedAdamW<InternLM2<B>, B>,
     device: B::Device,
 }
 
@@ -92,20 +85,16 @@ where
 {
     /// A trainer for `model`, optimiser states empty.
     pub fn new(model: InternLM2<B>, config: OptimizerConfig, device: &B::Device) -> Self {
-        let one_d = one_dimensional_params::<B, _>(&model);
         Self {
-            decay: config.adamw(config.weight_decay).init(),
-            no_decay: config.adamw(config.weight_decay_1d).init(),
+            optimizer: GroupedAdamW::new(&model, config),
             model,
-            one_d,
-            config,
             device: device.clone(),
         }
     }
 
     /// The optimiser settings.
     pub fn optimizer_config(&self) -> &OptimizerConfig {
-        &self.config
+        self.optimizer.config()
     }
 
     fn forward_input(&self, batch: &TokenBatch) -> ForwardInput<B> {
@@ -209,15 +198,9 @@ where
 
     /// Clips `grads` to the global norm and applies AdamW to both groups; returns the norm
     /// before clipping.
-    pub fn apply(&mut self, mut grads: GradientsParams, lr: f64) -> f64 {
-        let grad_norm = match self.config.max_grad_norm {
-            Some(max) => clip_global_norm::<B, _>(&self.model, &mut grads, max),
-            None => super::optim::global_grad_norm::<B, _>(&self.model, &grads),
-        };
-        let one_d_grads = split_grads::<B, _>(&self.model, &mut grads, &self.one_d);
-        let model = self.model.clone();
-        let model = self.decay.step(lr, model, grads);
-        self.model = self.no_decay.step(lr, model, one_d_grads);
+    pub fn apply(&mut self, grads: GradientsParams, lr: f64) -> f64 {
+        let (model, grad_norm) = self.optimizer.step(self.model.clone(), grads, lr);
+        self.model = model;
         grad_norm
     }
 
@@ -246,10 +229,10 @@ where
             .clone()
             .save_file(tmp.join("model"), &rec)
             .map_err(recorder_err(&tmp))?;
-        Recorder::<B>::record(&rec, self.decay.to_record(), tmp.join("optimizer-decay"))
+        let (decay, one_d) = self.optimizer.to_record();
+        Recorder::<B>::record(&rec, decay, tmp.join("optimizer-decay"))
             .map_err(recorder_err(&tmp))?;
-        Recorder::<B>::record(&rec, self.no_decay.to_record(), tmp.join("optimizer-1d"))
-            .map_err(recorder_err(&tmp))?;
+        Recorder::<B>::record(&rec, one_d, tmp.join("optimizer-1d")).map_err(recorder_err(&tmp))?;
         let json = serde_json::to_string_pretty(state).expect("state serialises");
         std::fs::write(tmp.join("state.json"), json).map_err(io(&tmp))?;
         std::fs::write(
@@ -293,8 +276,7 @@ where
             .map_err(recorder_err(path))?;
         let one_d = Recorder::<B>::load(&rec, path.join("optimizer-1d"), device)
             .map_err(recorder_err(path))?;
-        trainer.decay = trainer.decay.load_record(decay);
-        trainer.no_decay = trainer.no_decay.load_record(one_d);
+        trainer.optimizer = trainer.optimizer.load_record((decay, one_d));
         let state_path = path.join("state.json");
         let text = std::fs::read_to_string(&state_path).map_err(|source| TrainError::Io {
             path: state_path.clone(),
