@@ -155,3 +155,14 @@ fn tokenizer_json_export_encodes_and_decodes_the_same() {
         assert_eq!(joined, text);
     }
 }
+
+#[test]
+fn offsets_point_into_the_text() {
+    let tok = tokenizer();
+    let text = "<|im_start|>user\nHi 你好<|im_end|>";
+    let (ids, offsets) = tok.encode_with_offsets(text, true).unwrap();
+    assert_eq!(ids, tok.encode(text, true).unwrap());
+    assert_eq!(offsets[0], (0, 0));
+    assert_eq!(&text[offsets[1].0..offsets[1].1], "<|im_start|>");
+    assert_eq!(&text[offsets.last().unwrap().0..], "<|im_end|>");
+}

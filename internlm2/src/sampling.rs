@@ -18,7 +18,7 @@ use crate::error::GenerateError;
 /// creative.validate().unwrap();
 /// assert!(greedy.is_greedy());
 /// ```
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SamplingConfig {
     /// Softmax temperature; `0` means greedy.
     pub temperature: f32,

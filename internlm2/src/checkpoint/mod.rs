@@ -30,7 +30,9 @@ use burn::tensor::{DType, Tensor};
 use internlm2_backends::Kernels;
 
 pub use reader::WeightReader;
-pub use writer::{SaveDtype, SaveOptions, named_tensors};
+pub use writer::{
+    SaveDtype, SaveOptions, backbone_tensors, named_tensors, torch_dtype, write_checkpoint,
+};
 
 use crate::config::InternLM2Config;
 use crate::error::CheckpointError;
@@ -294,7 +296,7 @@ fn take_1d<B: Kernels>(
 }
 
 /// Errors on any tensor left in the reader that is not a known, ignorable buffer.
-fn reject_leftovers(reader: &WeightReader) -> Result<(), CheckpointError> {
+pub fn reject_leftovers(reader: &WeightReader) -> Result<(), CheckpointError> {
     for name in reader.remaining() {
         if IGNORED_SUFFIXES.iter().any(|s| name.ends_with(s)) {
             continue;

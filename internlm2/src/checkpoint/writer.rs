@@ -14,7 +14,7 @@ use internlm2_backends::Kernels;
 use safetensors::{Dtype, View};
 
 use crate::error::CheckpointError;
-use crate::model::InternLM2;
+use crate::model::{InternLM2, InternLM2Model};
 
 /// The dtype weights are stored in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -96,10 +96,18 @@ fn encode(data: TensorData, dtype: SaveDtype) -> Stored {
 
 /// The model's tensors under their HuggingFace names, in checkpoint order.
 pub fn named_tensors<B: Kernels>(model: &InternLM2<B>) -> Vec<(String, TensorData)> {
+    let mut out = backbone_tensors(&model.model);
+    if let Some(output) = &model.output {
+        out.push(("output.weight".to_string(), output.weight.val().into_data()));
+    }
+    out
+}
+
+/// The `model.*` tensors of a decoder body, in checkpoint order.
+pub fn backbone_tensors<B: Kernels>(body: &InternLM2Model<B>) -> Vec<(String, TensorData)> {
     fn d<B: Kernels, const D: usize>(t: Tensor<B, D>) -> TensorData {
         t.into_data()
     }
-    let body = &model.model;
     let mut out = vec![(
         "model.tok_embeddings.weight".to_string(),
         d(body.tok_embeddings.weight.val()),
@@ -132,9 +140,6 @@ pub fn named_tensors<B: Kernels>(model: &InternLM2<B>) -> Vec<(String, TensorDat
         out.push((format!("{p}.feed_forward.w2.weight"), d(ff.w2.weight.val())));
     }
     out.push(("model.norm.weight".to_string(), d(body.norm.weight.val())));
-    if let Some(output) = &model.output {
-        out.push(("output.weight".to_string(), d(output.weight.val())));
-    }
     out
 }
 
@@ -171,20 +176,33 @@ pub(crate) fn save<B: Kernels>(
     dir: &Path,
     options: &SaveOptions,
 ) -> Result<(), CheckpointError> {
+    let config = model.config().to_hf_json(torch_dtype(options.dtype));
+    write_checkpoint(dir, &config, named_tensors(model), options)
+}
+
+/// The `torch_dtype` string of config.json for a stored dtype.
+pub fn torch_dtype(dtype: SaveDtype) -> &'static str {
+    match dtype {
+        SaveDtype::Bf16 => "bfloat16",
+        SaveDtype::F32 => "float32",
+    }
+}
+
+/// Writes `config.json` (the given text) and the tensors as safetensors, one file or shards
+/// with an index, each through a temporary file and a rename.
+pub fn write_checkpoint(
+    dir: &Path,
+    config_json: &str,
+    tensors: Vec<(String, TensorData)>,
+    options: &SaveOptions,
+) -> Result<(), CheckpointError> {
     std::fs::create_dir_all(dir).map_err(|source| CheckpointError::Io {
         path: dir.to_path_buf(),
         source,
     })?;
-    let torch_dtype = match options.dtype {
-        SaveDtype::Bf16 => "bfloat16",
-        SaveDtype::F32 => "float32",
-    };
-    write_atomic(
-        &dir.join("config.json"),
-        model.config().to_hf_json(torch_dtype).as_bytes(),
-    )?;
+    write_atomic(&dir.join("config.json"), config_json.as_bytes())?;
 
-    let tensors: Vec<(String, Stored)> = named_tensors(model)
+    let tensors: Vec<(String, Stored)> = tensors
         .into_iter()
         .map(|(name, data)| (name, encode(data, options.dtype)))
         .collect();

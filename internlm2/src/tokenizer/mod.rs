@@ -145,6 +145,25 @@ impl Tokenizer {
         Ok(ids)
     }
 
+    /// Encodes like [`Tokenizer::encode`] and also returns each id's byte range in `text`
+    /// (BOS gets `(0, 0)`), e.g. to find which tokens belong to an assistant turn.
+    pub fn encode_with_offsets(
+        &self,
+        text: &str,
+        add_bos: bool,
+    ) -> Result<(Vec<u32>, Vec<(usize, usize)>), TokenizerError> {
+        let encoding = self.inner.encode(text, false).map_err(tok_err)?;
+        let mut ids = Vec::with_capacity(encoding.len() + 1);
+        let mut offsets = Vec::with_capacity(encoding.len() + 1);
+        if add_bos && let Some(bos) = self.bos {
+            ids.push(bos);
+            offsets.push((0, 0));
+        }
+        ids.extend_from_slice(encoding.get_ids());
+        offsets.extend_from_slice(encoding.get_offsets());
+        Ok((ids, offsets))
+    }
+
     /// Decodes ids to text: byte pieces are reassembled into UTF-8 (invalid sequences become
     /// U+FFFD), BOS/EOS and other control pieces produce nothing, chat tokens their own text.
     pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {

@@ -12,8 +12,9 @@ use super::Tokenizer;
 use crate::error::TokenizerError;
 
 /// The special tokens every trained vocabulary starts with, in id order: `<unk>` 0, `<s>` 1,
-/// `</s>` 2, then the six chat tokens.
-pub const SPECIAL_TOKENS: [&str; 9] = [
+/// `</s>` 2, the six chat tokens, and the reward models' reward token
+/// (`[UNUSED_TOKEN_130]`, id 92527 in the released vocabulary).
+pub const SPECIAL_TOKENS: [&str; 10] = [
     "<unk>",
     "<s>",
     "</s>",
@@ -23,6 +24,7 @@ pub const SPECIAL_TOKENS: [&str; 9] = [
     "<|action_start|>",
     "<|im_end|>",
     "<|im_start|>",
+    "[UNUSED_TOKEN_130]",
 ];
 
 impl Tokenizer {
