@@ -64,3 +64,53 @@ pub fn generate(n: usize, seed: u64) -> Vec<String> {
         })
         .collect()
 }
+
+/// A story about `name` and an `animal` at a `place` (the first template, fixed choices).
+fn story_about(rng: &mut StdRng, name: &str, animal: &str) -> String {
+    let place = PLACES.choose(rng).expect("non-empty");
+    let object = OBJECTS.choose(rng).expect("non-empty");
+    let color = COLORS.choose(rng).expect("non-empty");
+    let feeling = FEELINGS.choose(rng).expect("non-empty");
+    format!(
+        "Once upon a time, {name} had a {color} {object}. One day, {name} went to the {place} \
+         with a little {animal}. The {animal} was {feeling}. {name} gave the {object} to the \
+         {animal}, and they played together until the sun went down. The end."
+    )
+}
+
+/// An instruction and its ideal answer: a story request or an arithmetic question.
+pub fn instruction(rng: &mut StdRng) -> (String, String) {
+    if rng.random_range(0..3) == 0 {
+        let (a, b) = (rng.random_range(0..20), rng.random_range(0..20));
+        (
+            format!("What is {a} plus {b}?"),
+            format!("{a} plus {b} is {}.", a + b),
+        )
+    } else {
+        let name = NAMES.choose(rng).expect("non-empty");
+        let animal = ANIMALS.choose(rng).expect("non-empty");
+        (
+            format!("Tell me a story about {name} and a {animal}."),
+            story_about(rng, name, animal),
+        )
+    }
+}
+
+/// `n` (instruction, answer) pairs, the same for the same seed.
+pub fn instructions(n: usize, seed: u64) -> Vec<(String, String)> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..n).map(|_| instruction(&mut rng)).collect()
+}
+
+/// A worse answer: cut short and stuck repeating a word.
+pub fn degrade(answer: &str) -> String {
+    let words: Vec<&str> = answer.split(' ').collect();
+    let keep = (words.len() / 2).max(1);
+    let last = words[keep - 1];
+    let mut out = words[..keep].join(" ");
+    for _ in 0..6 {
+        out.push(' ');
+        out.push_str(last);
+    }
+    out
+}

@@ -10,10 +10,15 @@
 //!    sequences, AdamW, warmup + cosine, and a two-phase context curriculum (64 tokens at RoPE
 //!    base 50,000, then 128 tokens at 1,000,000), logging every step;
 //! 4. saves a HuggingFace checkpoint (`config.json`, `model.safetensors`, `tokenizer.json`);
-//! 5. reloads it for inference and generates text.
+//! 5. reloads it for inference and generates text;
+//! 6. fine-tunes it on a tiny synthetic instruction set (SFT, loss on assistant tokens);
+//! 7. trains a reward model on synthetic preferences (focal ranking loss + log barrier);
+//! 8. runs a few PPO iterations against it, printing the held-out reward before and after;
+//! 9. answers a chat turn with the aligned model.
 //!
 //! No GPU, no downloads; a few minutes on two cores.
 
+mod align;
 mod corpus;
 
 use std::path::PathBuf;
@@ -241,6 +246,7 @@ fn run_quickstart(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         "   sampled (T 0.8, top-p 0.95): Once upon a time|{}",
         out[0].text.as_deref().unwrap_or_default()
     );
+    align::run(&export, &args.out, args.seed)?;
     println!("== done in {:.0}s", started.elapsed().as_secs_f64());
     Ok(())
 }
