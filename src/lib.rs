@@ -5,6 +5,7 @@
 
 pub use internlm2;
 pub use internlm2::backends;
+pub use internlm2_align;
 
 /// The user guide's code blocks, compiled (and run unless marked `no_run`) as doctests.
 #[cfg(doctest)]
@@ -19,4 +20,6 @@ mod guide {
     struct Generation;
     #[doc = include_str!("../docs/training.md")]
     struct Training;
+    #[doc = include_str!("../docs/alignment.md")]
+    struct Alignment;
 }

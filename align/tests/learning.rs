@@ -315,3 +315,116 @@ fn ppo_raises_the_reward_of_a_known_optimum_with_bounded_kl() {
     let worst = history.iter().map(|s| s.kl).fold(0.0, f64::max);
     assert!(worst < 25.0, "KL reached {worst}");
 }
+
+/// A detector that flags every probe, to exercise the loop's plumbing.
+struct Everything;
+
+impl internlm2_align::online::HackDetector for Everything {
+    fn name(&self) -> &str {
+        "everything"
+    }
+    fn hacked(
+        &self,
+        _: &internlm2_align::online::Sample,
+        _: &internlm2_align::online::Sample,
+    ) -> bool {
+        true
+    }
+}
+
+#[test]
+fn online_rlhf_round_patches_and_retrains_the_reward_model() {
+    use internlm2_align::online::{
+        HackDetector, LengthBlowUp, OnlineConfig, run_online_rlhf, user_prompts,
+    };
+    let tok = tokenizer();
+    let cfg = config(tok.vocab_size());
+    let actor = seeded(7, || {
+        InternLM2::<CpuAutodiff>::init(&cfg, &Default::default())
+    });
+    let reward_model = seeded(8, || {
+        RewardModel::<CpuAutodiff>::init(&cfg, &Default::default())
+    });
+    let critic = CriticModel::from_reward_model(reward_model.clone());
+    let ppo_config = PpoConfig {
+        max_new_tokens: 8,
+        critic_warmup_iterations: 0,
+        stop_token_ids: vec![],
+        ..PpoConfig::default()
+    };
+    let mut ppo = Ppo::new(actor.clone(), actor.valid(), critic, ppo_config);
+    let encoder = RewardEncoder::new(tok.clone()).unwrap();
+    let prompts = user_prompts(&tok, &["Describe cat", "Describe dog"], Some("helpful")).unwrap();
+    let probes = user_prompts(
+        &tok,
+        &["Describe sun", "Describe moon", "Describe tree"],
+        Some("helpful"),
+    )
+    .unwrap();
+    let slow = tempfile::NamedTempFile::new().unwrap();
+    internlm2_align::write_jsonl(slow.path(), &preference_pairs(3, 9)).unwrap();
+    let config = OnlineConfig {
+        rounds: 1,
+        iterations_per_round: 2,
+        min_pairs: 3,
+        max_pairs: 2,
+        slow_path: Some(slow.path().to_path_buf()),
+        reward_training: RewardTrainConfig {
+            token_budget: 512,
+            lr: 1e-3,
+            final_lr: 5e-4,
+            ..RewardTrainConfig::default()
+        },
+    };
+    let detectors: Vec<Box<dyn HackDetector>> =
+        vec![Box::new(Everything), Box::new(LengthBlowUp::default())];
+    let before = RewardScorer {
+        model: reward_model.valid(),
+        encoder: encoder.clone(),
+    }
+    .score(
+        &[
+            Message::user("Describe sun"),
+            Message::assistant("sun good"),
+        ],
+        Some("helpful"),
+    )
+    .unwrap();
+    let (retrained, reports) = run_online_rlhf(
+        &mut ppo,
+        reward_model,
+        &encoder,
+        &tok,
+        &prompts,
+        2,
+        &probes,
+        &detectors,
+        None,
+        None,
+        &config,
+        |_| {},
+    )
+    .unwrap();
+    let report = &reports[0];
+    assert_eq!(report.ppo.len(), 2);
+    assert_eq!(report.detected[0], ("everything".to_string(), 3));
+    assert_eq!(
+        report.patch_pairs,
+        vec![("everything".to_string(), 2)],
+        "3 instances, capped at 2"
+    );
+    assert_eq!(report.slow_path_pairs, 3);
+    let after = RewardScorer {
+        model: retrained.valid(),
+        encoder,
+    }
+    .score(
+        &[
+            Message::user("Describe sun"),
+            Message::assistant("sun good"),
+        ],
+        Some("helpful"),
+    )
+    .unwrap();
+    assert_ne!(before, after, "the reward model was retrained");
+}

@@ -1,0 +1,81 @@
+//! Direct preference optimisation on the reward model's preference pairs.
+//!
+//! ```text
+//! cargo run --release --example dpo -- --model-dir sft --data pairs.jsonl --out dpo \
+//!     [--beta 0.1 --lr 5e-7 --batch-pairs 8 --epochs 1]
+//! ```
+
+use std::path::PathBuf;
+
+use burn::module::AutodiffModule;
+use burn::tensor::DType;
+use clap::Parser;
+use internlm2::backends::{Cpu, CpuAutodiff};
+use internlm2::checkpoint::{SaveDtype, SaveOptions};
+use internlm2::{InternLM2, Tokenizer};
+use internlm2_align::dpo::{DpoConfig, prepare, train_dpo};
+use internlm2_align::read_jsonl;
+use internlm2_align::reward::PreferencePair;
+
+#[derive(Parser)]
+#[command(about = "DPO of an InternLM2 checkpoint on preference pairs")]
+struct Args {
+    /// Starting model (policy and frozen reference), with its tokenizer.
+    #[arg(long)]
+    model_dir: PathBuf,
+    /// JSONL of {"prompt", "chosen", "rejected", "domain"?}.
+    #[arg(long)]
+    data: PathBuf,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// DPO beta.
+    #[arg(long, default_value_t = 0.1)]
+    beta: f64,
+    /// Learning rate.
+    #[arg(long, default_value_t = 5e-7)]
+    lr: f64,
+    /// Pairs per step.
+    #[arg(long, default_value_t = 8)]
+    batch_pairs: usize,
+    /// Epochs.
+    #[arg(long, default_value_t = 1)]
+    epochs: usize,
+}
+
+fn main() {
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let device = Default::default();
+    let tokenizer = Tokenizer::from_dir(&args.model_dir)?;
+    let pairs: Vec<PreferencePair> = read_jsonl(&args.data)?;
+    let reference = InternLM2::<Cpu>::load(&args.model_dir, DType::F32, &device)?;
+    let examples = prepare(&reference, &tokenizer, &pairs, args.batch_pairs)?;
+    let policy = InternLM2::<CpuAutodiff>::load(&args.model_dir, DType::F32, &device)?;
+    let config = DpoConfig {
+        beta: args.beta,
+        lr: args.lr,
+        batch_pairs: args.batch_pairs,
+        epochs: args.epochs,
+        seed: 0,
+    };
+    let pad = tokenizer.eos_id().unwrap_or(2);
+    let (policy, _) = train_dpo(policy, &examples, pad, &config, |step, s| {
+        eprintln!(
+            "step {step:>5} loss {:.4} margin {:+.4} accuracy {:.2}",
+            s.loss, s.margin, s.accuracy
+        )
+    })?;
+    policy.valid().save(
+        &args.out,
+        &SaveOptions::default().with_dtype(SaveDtype::F32),
+    )?;
+    tokenizer.save_json(args.out.join("tokenizer.json"))?;
+    eprintln!("saved to {}", args.out.display());
+    Ok(())
+}

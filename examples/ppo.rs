@@ -1,0 +1,156 @@
+//! PPO against a frozen conditional reward model (COOL RLHF, SPEC 6).
+//!
+//! ```text
+//! cargo run --release --example ppo -- --policy sft --reward rm --prompts prompts.jsonl \
+//!     --out ppo [--iterations 400 --batch 8 --max-new-tokens 256 --critic-warmup 50 \
+//!     --actor-lr 1e-6 --critic-lr 5e-6 --kl 0.01 --log ppo/metrics.jsonl]
+//! ```
+//!
+//! The actor and the reference start from `--policy`, the critic from the reward model's body;
+//! each prompt line is `{"messages": [...], "domain": "helpful"}` and the domain's system prompt
+//! is shown to the reward model only. Every iteration prints and logs reward, KL, entropy,
+//! value loss, response length and clip fraction.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use burn::module::AutodiffModule;
+use burn::tensor::DType;
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use internlm2::backends::{Cpu, CpuAutodiff};
+use internlm2::chat::Message;
+use internlm2::checkpoint::{SaveDtype, SaveOptions};
+use internlm2::{InternLM2, Tokenizer};
+use internlm2_align::ppo::{ConditionalReward, CriticModel, Ppo, PpoConfig, Prompt};
+use internlm2_align::read_jsonl;
+use internlm2_align::reward::{RewardEncoder, RewardModel, RewardScorer};
+
+#[derive(Parser)]
+#[command(about = "PPO of an InternLM2 policy against a conditional reward model")]
+struct Args {
+    /// SFT model directory (actor and reference), with its tokenizer.
+    #[arg(long)]
+    policy: PathBuf,
+    /// Reward model directory (InternLM2-Reward layout).
+    #[arg(long)]
+    reward: PathBuf,
+    /// JSONL of {"messages": [...], "domain"?: ...}.
+    #[arg(long)]
+    prompts: PathBuf,
+    /// Output directory for the trained actor (HuggingFace layout).
+    #[arg(long)]
+    out: PathBuf,
+    /// PPO iterations.
+    #[arg(long, default_value_t = 400)]
+    iterations: usize,
+    /// Prompts per iteration.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Longest answer.
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// Critic-only iterations first (SPEC 6: 50).
+    #[arg(long, default_value_t = 50)]
+    critic_warmup: usize,
+    /// Actor learning rate (SPEC 6: 1e-6).
+    #[arg(long, default_value_t = 1e-6)]
+    actor_lr: f64,
+    /// Critic learning rate (SPEC 6: 5e-6).
+    #[arg(long, default_value_t = 5e-6)]
+    critic_lr: f64,
+    /// KL coefficient (SPEC 6: 0.01).
+    #[arg(long, default_value_t = 0.01)]
+    kl: f64,
+    /// Per-iteration JSONL log.
+    #[arg(long)]
+    log: Option<PathBuf>,
+}
+
+#[derive(serde::Deserialize)]
+struct PromptLine {
+    messages: Vec<Message>,
+    #[serde(default)]
+    domain: Option<String>,
+}
+
+fn main() {
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let device = Default::default();
+    let tokenizer = Tokenizer::from_dir(&args.policy)?;
+    let lines: Vec<PromptLine> = read_jsonl(&args.prompts)?;
+    if lines.is_empty() {
+        return Err("no prompts".into());
+    }
+    let prompts = lines
+        .into_iter()
+        .map(|l| Prompt::chat(&tokenizer, l.messages, l.domain.as_deref()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let actor = InternLM2::<CpuAutodiff>::load(&args.policy, DType::F32, &device)?;
+    let reference = InternLM2::<Cpu>::load(&args.policy, DType::F32, &device)?;
+    let reward_model = RewardModel::<CpuAutodiff>::load(&args.reward, DType::F32, &device)?;
+    let critic = CriticModel::from_reward_model(reward_model.clone());
+    let reward = ConditionalReward {
+        scorer: RewardScorer {
+            model: reward_model.valid(),
+            encoder: RewardEncoder::new(
+                Tokenizer::from_dir(&args.reward).or_else(|_| Tokenizer::from_dir(&args.policy))?,
+            )?,
+        },
+    };
+    let mut stop = vec![];
+    stop.extend(tokenizer.eos_id());
+    stop.extend(tokenizer.chat_tokens().map(|c| c.im_end));
+    let config = PpoConfig {
+        kl_coef: args.kl,
+        actor_lr: args.actor_lr,
+        critic_lr: args.critic_lr,
+        critic_warmup_iterations: args.critic_warmup,
+        max_new_tokens: args.max_new_tokens,
+        stop_token_ids: stop,
+        ..PpoConfig::default()
+    };
+    let mut ppo = Ppo::new(actor, reference, critic, config);
+    let mut log = match &args.log {
+        Some(path) => Some(std::fs::File::create(path)?),
+        None => None,
+    };
+    let bar = ProgressBar::new(args.iterations as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")?
+            .progress_chars("=> "),
+    );
+    for i in 0..args.iterations {
+        let batch: Vec<Prompt> = (0..args.batch)
+            .map(|k| prompts[(i * args.batch + k) % prompts.len()].clone())
+            .collect();
+        let (stats, _) = ppo.iterate(&batch, Some(&tokenizer), &reward, None)?;
+        bar.set_position((i + 1) as u64);
+        bar.set_message(format!(
+            "reward {:+.3} KL {:.3} entropy {:.2} value loss {:.4} length {:.0} clip {:.2}",
+            stats.reward,
+            stats.kl,
+            stats.entropy,
+            stats.value_loss,
+            stats.response_length,
+            stats.clip_fraction
+        ));
+        if let Some(file) = log.as_mut() {
+            writeln!(file, "{}", serde_json::to_string(&stats)?)?;
+        }
+    }
+    bar.finish();
+    ppo.actor.valid().save(
+        &args.out,
+        &SaveOptions::default().with_dtype(SaveDtype::F32),
+    )?;
+    tokenizer.save_json(args.out.join("tokenizer.json"))?;
+    eprintln!("saved the actor to {}", args.out.display());
+    Ok(())
+}
