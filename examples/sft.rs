@@ -9,7 +9,8 @@
 //! "assistant", "content": ...}, ...]}` (tool turns included). The loss covers the assistant
 //! tokens only, closing `<|im_end|>` included; conversations are packed into rows with their
 //! own positions and attention. The result is written in HuggingFace layout with the
-//! tokenizer.
+//! tokenizer. With `--lora-rank R` only low-rank adapters train; they are saved alone in
+//! `OUT/adapter` (PEFT layout) and merged into the saved model.
 
 use std::path::PathBuf;
 
@@ -18,6 +19,7 @@ use burn::tensor::DType;
 use clap::Parser;
 use internlm2::backends::CpuAutodiff;
 use internlm2::checkpoint::{SaveDtype, SaveOptions};
+use internlm2::model::lora::LoraConfig;
 use internlm2::train::{OptimizerConfig, Trainer};
 use internlm2::{InternLM2, Tokenizer};
 use internlm2_align::sft::{
@@ -51,6 +53,13 @@ struct Args {
     /// Seed of the row order.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Train LoRA adapters of this rank on every linear layer instead of all weights; the
+    /// adapters are saved alone in OUT/adapter and merged into the model saved in OUT.
+    #[arg(long)]
+    lora_rank: Option<usize>,
+    /// LoRA alpha (the update is scaled by alpha / rank).
+    #[arg(long, default_value_t = 16.0)]
+    lora_alpha: f64,
 }
 
 fn main() {
@@ -83,7 +92,18 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         args.seq_len,
         packed.truncated
     );
-    let model = InternLM2::<CpuAutodiff>::load(&args.model_dir, DType::F32, &device)?;
+    let mut model = InternLM2::<CpuAutodiff>::load(&args.model_dir, DType::F32, &device)?;
+    let lora = args
+        .lora_rank
+        .map(|rank| LoraConfig::new(rank, args.lora_alpha));
+    if let Some(lora) = &lora {
+        model = lora.attach(model, &device);
+        let (adapter, base) = lora.parameter_counts(&model);
+        eprintln!(
+            "LoRA rank {}: {adapter} trainable parameters, {base} frozen",
+            lora.rank
+        );
+    }
     let mut trainer = Trainer::new(model, OptimizerConfig::new(), &device);
     let config = SftConfig {
         epochs: args.epochs,
@@ -98,7 +118,12 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             r.step, r.loss, r.lr, r.grad_norm, r.tokens_per_s
         )
     })?;
-    trainer.model.valid().save(
+    let mut trained = trainer.model.valid();
+    if let Some(lora) = &lora {
+        lora.save_adapters(&trained, &args.out.join("adapter"), SaveDtype::F32)?;
+        trained = lora.merge(trained);
+    }
+    trained.save(
         &args.out,
         &SaveOptions::default().with_dtype(SaveDtype::F32),
     )?;

@@ -428,3 +428,114 @@ fn online_rlhf_round_patches_and_retrains_the_reward_model() {
     .unwrap();
     assert_ne!(before, after, "the reward model was retrained");
 }
+
+#[test]
+fn lora_sft_trains_only_the_adapters_and_merges_exactly() {
+    use internlm2::checkpoint::SaveDtype;
+    use internlm2::model::lora::LoraConfig;
+    let tok = tokenizer();
+    let device = Default::default();
+    // A random head of std 0.02 cannot produce confident logits through a frozen final norm:
+    // scale it, as training would have, so the adapters have something to steer.
+    let scaled = |mut m: InternLM2<CpuAutodiff>| {
+        let head = m.output.as_mut().unwrap();
+        head.weight = burn::module::Param::from_tensor(head.weight.val().mul_scalar(50.0).detach());
+        m
+    };
+    let base = scaled(seeded(10, || {
+        InternLM2::<CpuAutodiff>::init(&config(tok.vocab_size()), &device)
+    }));
+    let base_weight = base.model.layers[0].attention.wqkv.weight.val().into_data();
+    let lora = LoraConfig::new(8, 16.0);
+    let model = lora.attach(base, &device);
+    let examples: Vec<_> = (0..24)
+        .map(|i| {
+            let c = vec![
+                Message::user(format!("Describe {}", WORDS[i % 12])),
+                Message::assistant(format!("{} good", WORDS[i % 12])),
+            ];
+            tokenize_conversation(&tok, &c).unwrap()
+        })
+        .collect();
+    let data = PackedSft::new(
+        &examples,
+        SftPacking {
+            seq_len: 96,
+            pad_id: 2,
+        },
+    );
+    let mut trainer = Trainer::new(model, OptimizerConfig::new(), &device);
+    let before = trainer.evaluate(&data.batches(64, 0)).unwrap();
+    train_sft(
+        &mut trainer,
+        &data,
+        &SftConfig {
+            epochs: 40,
+            lr: 2e-2,
+            batch_size: 4,
+            ..SftConfig::default()
+        },
+        |_| {},
+    )
+    .unwrap();
+    let after = trainer.evaluate(&data.batches(64, 0)).unwrap();
+    assert!(after < before - 2.0, "LoRA SFT loss {before} -> {after}");
+    // The base weight did not move; the adapters did.
+    let trained = trainer.model.valid();
+    assert_eq!(
+        trained.model.layers[0]
+            .attention
+            .wqkv
+            .weight
+            .val()
+            .into_data(),
+        base_weight.clone()
+    );
+    let (adapter_params, base_params) = lora.parameter_counts(&trained);
+    assert!(
+        adapter_params < base_params / 2,
+        "{adapter_params} adapter vs {base_params} base parameters"
+    );
+    // Saved alone, reloaded onto the base, merged: all compute the same logits.
+    let dir = tempfile::tempdir().unwrap();
+    lora.save_adapters(&trained, dir.path(), SaveDtype::F32)
+        .unwrap();
+    assert!(
+        dir.path().join("adapter_model.safetensors").is_file()
+            && dir.path().join("adapter_config.json").is_file()
+    );
+    let fresh_base = scaled(seeded(10, || {
+        InternLM2::<CpuAutodiff>::init(&config(tok.vocab_size()), &device)
+    }))
+    .valid();
+    let reloaded = lora.load_adapters(fresh_base, dir.path(), &device).unwrap();
+    let merged = lora.merge(trained.clone());
+    assert!(merged.model.layers[1].feed_forward.w2.lora.is_none());
+    let ids = burn::tensor::Tensor::<Cpu, 2, burn::tensor::Int>::from_data(
+        burn::tensor::TensorData::new(vec![1i64, 40, 41, 42], [1, 4]),
+        &device,
+    );
+    let logits = |m: &InternLM2<Cpu>| {
+        m.forward(ids.clone())
+            .into_data()
+            .into_vec::<f32>()
+            .unwrap()
+    };
+    let (a, b, c) = (logits(&trained), logits(&reloaded), logits(&merged));
+    let diff = |x: &[f32], y: &[f32]| {
+        x.iter()
+            .zip(y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0f32, f32::max)
+    };
+    assert!(
+        diff(&a, &b) < 1e-5,
+        "reloaded adapters differ by {}",
+        diff(&a, &b)
+    );
+    assert!(
+        diff(&a, &c) < 1e-4,
+        "merged weights differ by {}",
+        diff(&a, &c)
+    );
+}

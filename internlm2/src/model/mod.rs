@@ -17,6 +17,7 @@ pub mod embedding;
 pub mod feed_forward;
 pub mod input;
 pub mod linear;
+pub mod lora;
 pub mod norm;
 pub mod rope;
 
