@@ -11,7 +11,7 @@
 //! let model: InternLM2<Cpu> = InternLM2::init(&config, &Default::default());
 //! let lora = LoraConfig::new(8, 16.0).with_targets(vec![LoraTarget::Wqkv, LoraTarget::Wo]);
 //! let adapted = lora.attach(model, &Default::default());
-//! assert_eq!(lora.adapters(&adapted).len(), 2 * 2); // 2 layers x 2 targets
+//! assert_eq!(lora.adapters(&adapted).len(), 2 * 2 * 2); // layers x targets x (A, B)
 //! let merged = lora.merge(adapted); // plain InternLM2 again
 //! assert!(merged.model.layers[0].attention.wqkv.lora.is_none());
 //! ```
