@@ -21,6 +21,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use internlm2::backends::{Cpu, CpuAutodiff};
 use internlm2::chat::Message;
 use internlm2::checkpoint::{SaveDtype, SaveOptions};
+use internlm2::train::{InMemoryDocuments, Packer, PackingConfig};
 use internlm2::{InternLM2, Tokenizer};
 use internlm2_align::ppo::{ConditionalReward, CriticModel, Ppo, PpoConfig, Prompt};
 use internlm2_align::read_jsonl;
@@ -65,6 +66,20 @@ struct Args {
     /// Per-iteration JSONL log.
     #[arg(long)]
     log: Option<PathBuf>,
+    /// Pre-training text for the PTX loss (JSONL with "text"); one packed batch per iteration.
+    #[arg(long)]
+    ptx: Option<PathBuf>,
+    /// PTX loss weight (SPEC 6: 0.5).
+    #[arg(long, default_value_t = 0.5)]
+    ptx_coef: f64,
+    /// Tokens per PTX row.
+    #[arg(long, default_value_t = 512)]
+    ptx_seq_len: usize,
+}
+
+#[derive(serde::Deserialize)]
+struct TextLine {
+    text: String,
 }
 
 #[derive(serde::Deserialize)]
@@ -107,7 +122,26 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut stop = vec![];
     stop.extend(tokenizer.eos_id());
     stop.extend(tokenizer.chat_tokens().map(|c| c.im_end));
+    let mut ptx = match &args.ptx {
+        Some(path) => {
+            let lines: Vec<TextLine> = read_jsonl(path)?;
+            let docs = lines
+                .iter()
+                .map(|l| tokenizer.encode(&l.text, false))
+                .collect::<Result<Vec<_>, _>>()?;
+            Some(Packer::new(
+                InMemoryDocuments::new(docs).shuffled(0),
+                PackingConfig {
+                    seq_len: args.ptx_seq_len,
+                    eos_id: tokenizer.eos_id().unwrap_or(2),
+                    cross_document_attention: false,
+                },
+            ))
+        }
+        None => None,
+    };
     let config = PpoConfig {
+        ptx_coef: args.ptx_coef,
         kl_coef: args.kl,
         actor_lr: args.actor_lr,
         critic_lr: args.critic_lr,
@@ -130,7 +164,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let batch: Vec<Prompt> = (0..args.batch)
             .map(|k| prompts[(i * args.batch + k) % prompts.len()].clone())
             .collect();
-        let (stats, _) = ppo.iterate(&batch, Some(&tokenizer), &reward, None)?;
+        let ptx_batch = ptx.as_mut().map(|p| p.next_batch(args.batch));
+        let (stats, _) = ppo.iterate(&batch, Some(&tokenizer), &reward, ptx_batch.as_ref())?;
         bar.set_position((i + 1) as u64);
         bar.set_message(format!(
             "reward {:+.3} KL {:.3} entropy {:.2} value loss {:.4} length {:.0} clip {:.2}",

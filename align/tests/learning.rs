@@ -539,3 +539,67 @@ fn lora_sft_trains_only_the_adapters_and_merges_exactly() {
         diff(&a, &c)
     );
 }
+
+#[test]
+fn scoring_api_ranks_and_picks_the_best_of_n() {
+    let tok = tokenizer();
+    let encoder = RewardEncoder::new(tok.clone()).unwrap();
+    let model = seeded(11, || {
+        RewardModel::<CpuAutodiff>::init(&config(tok.vocab_size()), &Default::default())
+    });
+    let training = RewardTrainConfig {
+        token_budget: 1024,
+        epochs: 2,
+        lr: 2e-3,
+        final_lr: 1e-3,
+        ..RewardTrainConfig::default()
+    };
+    let (model, _) = train_reward_model(
+        model,
+        &encoder,
+        &preference_pairs(120, 5),
+        &training,
+        |_, _| {},
+    )
+    .unwrap();
+    let scorer = RewardScorer {
+        model: model.valid(),
+        encoder,
+    };
+    let question = vec![Message::user("Describe fish")];
+    let with = |answer: &str| {
+        let mut c = question.clone();
+        c.push(Message::assistant(answer));
+        c
+    };
+    let candidates = vec![
+        with("fish lake bad"),
+        with("fish lake good"),
+        with("fish bad"),
+    ];
+    let ranked = scorer.rank(&candidates, Some("helpful")).unwrap();
+    assert_eq!(ranked[0].0, 1, "{ranked:?}");
+    let (order, a, b) = scorer
+        .compare(&candidates[1], &candidates[0], Some("helpful"))
+        .unwrap();
+    assert_eq!(order, std::cmp::Ordering::Greater);
+    assert!(a > b);
+    // Best-of-N returns the highest-scoring of the N sampled answers.
+    let policy: InternLM2<Cpu> = seeded(12, || {
+        InternLM2::<CpuAutodiff>::init(&config(tok.vocab_size()), &Default::default())
+    })
+    .valid();
+    let generation = internlm2::generate::GenerationConfig::default()
+        .with_sampling(
+            internlm2::sampling::SamplingConfig::default()
+                .with_temperature(1.0)
+                .with_seed(3),
+        )
+        .with_max_new_tokens(6);
+    let (best, all) = scorer
+        .best_of_n(&policy, &tok, &question, 4, &generation, Some("helpful"))
+        .unwrap();
+    assert_eq!(all.len(), 4);
+    let top = all.iter().map(|(_, s)| *s).fold(f32::MIN, f32::max);
+    assert_eq!(all.iter().find(|(_, s)| *s == top).unwrap().0, best);
+}
