@@ -241,10 +241,7 @@ fn pretrain(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                     InternLM2::init(&preset(&args.preset, tokenizer.vocab_size())?, &device)
                 }
             };
-            (
-                Trainer::new(model, optimizer, &device),
-                TrainState::new(args.seed),
-            )
+            (Trainer::new(model, optimizer), TrainState::new(args.seed))
         }
     };
     let config = trainer.model.config().clone();
@@ -310,7 +307,7 @@ fn pretrain(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             None => DataParallel::new(model, OptimizerConfig::new(), &devices)?,
         };
         run(&mut group, &mut packer, &mut state, &options, |_| {})?;
-        trainer = Trainer::new(group.model()?, OptimizerConfig::new(), &device);
+        trainer = Trainer::new(group.model()?, OptimizerConfig::new());
     } else {
         run(&mut trainer, &mut packer, &mut state, &options, |_| {})?;
     }

@@ -104,7 +104,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             lora.rank
         );
     }
-    let mut trainer = Trainer::new(model, OptimizerConfig::new(), &device);
+    let mut trainer = Trainer::new(model, OptimizerConfig::new());
     let config = SftConfig {
         epochs: args.epochs,
         lr: args.lr,

@@ -72,7 +72,7 @@ fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             cross_document_attention: false,
         },
     );
-    let mut trainer = Trainer::new(model, OptimizerConfig::new(), &device);
+    let mut trainer = Trainer::new(model, OptimizerConfig::new());
     trainer.step(&[packer.next_batch(args.batch)], 1e-4)?; // warm-up
     let start = Instant::now();
     for _ in 0..args.steps {

@@ -58,7 +58,7 @@ fn model(seed: u64) -> InternLM2<CpuAutodiff> {
 
 #[test]
 fn loss_falls_on_structured_data() {
-    let mut trainer = Trainer::new(model(1), OptimizerConfig::new(), &Default::default());
+    let mut trainer = Trainer::new(model(1), OptimizerConfig::new());
     let mut data = packer(32);
     let mut losses = Vec::new();
     for step in 0..40 {
@@ -89,10 +89,9 @@ fn accumulated_micro_batches_equal_one_big_batch() {
             }
         })
         .collect();
-    let device = Default::default();
     let start = model(2);
-    let mut big = Trainer::new(start.clone(), OptimizerConfig::new(), &device);
-    let mut small = Trainer::new(start, OptimizerConfig::new(), &device);
+    let mut big = Trainer::new(start.clone(), OptimizerConfig::new());
+    let mut small = Trainer::new(start, OptimizerConfig::new());
     let a = big.step(std::slice::from_ref(&batch), 1e-3).unwrap();
     let b = small.step(&halves, 1e-3).unwrap();
     assert!((a.loss - b.loss).abs() < 1e-5, "{} vs {}", a.loss, b.loss);
@@ -197,7 +196,7 @@ fn resumed_run_repeats_the_straight_run() {
     let device = Default::default();
     // Straight: 8 steps over two phases.
     let straight_dir = tempfile::tempdir().unwrap();
-    let mut trainer = Trainer::new(model(4), OptimizerConfig::new(), &device);
+    let mut trainer = Trainer::new(model(4), OptimizerConfig::new());
     let mut state = TrainState::new(7);
     run(
         &mut trainer,
@@ -214,7 +213,7 @@ fn resumed_run_repeats_the_straight_run() {
     // Interrupted at step 5 (inside the second phase), everything dropped, resumed from disk.
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut trainer = Trainer::new(model(4), OptimizerConfig::new(), &device);
+        let mut trainer = Trainer::new(model(4), OptimizerConfig::new());
         let mut state = TrainState::new(7);
         run(
             &mut trainer,
@@ -283,7 +282,7 @@ fn resumed_run_repeats_the_straight_run() {
 fn activation_checkpointing_computes_the_same_step() {
     let device = Default::default();
     let batch = packer(16).next_batch(2);
-    let mut plain = Trainer::new(model(5), OptimizerConfig::new(), &device);
+    let mut plain = Trainer::new(model(5), OptimizerConfig::new());
     let a = plain.step(std::slice::from_ref(&batch), 1e-3).unwrap();
     // The same weights on a checkpointing autodiff backend.
     let weights = model(5).valid();
@@ -296,14 +295,14 @@ fn activation_checkpointing_computes_the_same_step() {
         .unwrap();
     type Checkpointed = Autodiff<Cpu, BalancedCheckpointing>;
     let reloaded = InternLM2::<Checkpointed>::load(dir.path(), DType::F32, &device).unwrap();
-    let mut checkpointed = Trainer::new(reloaded, OptimizerConfig::new(), &device);
+    let mut checkpointed = Trainer::new(reloaded, OptimizerConfig::new());
     let b = checkpointed.step(&[batch], 1e-3).unwrap();
     assert!((a.loss - b.loss).abs() < 1e-6 && (a.grad_norm - b.grad_norm).abs() < 1e-5);
 }
 
 #[test]
 fn bad_run_options_are_typed_errors() {
-    let mut trainer = Trainer::new(model(6), OptimizerConfig::new(), &Default::default());
+    let mut trainer = Trainer::new(model(6), OptimizerConfig::new());
     let mut state = TrainState::new(0);
     let mut options = RunOptions::default();
     assert!(matches!(
@@ -324,7 +323,7 @@ fn two_data_parallel_replicas_equal_one_replica_at_twice_the_batch() {
     let start = model(8);
     let mut data = packer(16);
     let (first, second) = (data.next_batch(4), data.next_batch(4));
-    let mut single = Trainer::new(start.clone(), OptimizerConfig::new(), &device);
+    let mut single = Trainer::new(start.clone(), OptimizerConfig::new());
     let mut group = DataParallel::new(start, OptimizerConfig::new(), &[device, device]).unwrap();
     assert_eq!(group.replicas(), 2);
     for batch in [first, second] {
@@ -341,7 +340,7 @@ fn two_data_parallel_replicas_equal_one_replica_at_twice_the_batch() {
     }
     // Same weights after two steps: the same loss on held-out rows.
     let held_out = data.next_batch(2);
-    let replica = Trainer::new(group.model().unwrap(), OptimizerConfig::new(), &device);
+    let replica = Trainer::new(group.model().unwrap(), OptimizerConfig::new());
     let (x, y) = (
         single.evaluate(std::slice::from_ref(&held_out)).unwrap(),
         replica.evaluate(&[held_out]).unwrap(),

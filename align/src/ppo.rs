@@ -14,7 +14,7 @@ use internlm2::generate::{Generation, GenerationConfig};
 use internlm2::model::linear::Linear;
 use internlm2::model::{ForwardInput, INIT_STD, InternLM2, InternLM2Model};
 use internlm2::sampling::SamplingConfig;
-use internlm2::train::loss::masked_cross_entropy_sum;
+use internlm2::train::loss::batch_loss_sum;
 use internlm2::train::{GroupedAdamW, OptimizerConfig, TokenBatch};
 use internlm2::{InternLM2Config, Tokenizer};
 use serde::{Deserialize, Serialize};
@@ -492,26 +492,7 @@ where
             let mut loss = policy_loss;
             if let Some(ptx) = ptx.filter(|_| self.config.ptx_coef > 0.0) {
                 let tokens = ptx.loss_tokens().max(1) as f64;
-                let ids: Vec<i64> = ptx.inputs.iter().map(|&i| i as i64).collect();
-                let targets: Vec<i64> = ptx.targets.iter().map(|&i| i as i64).collect();
-                let pmask: Vec<f32> = ptx
-                    .loss_mask
-                    .iter()
-                    .map(|&m| f32::from(u8::from(m)))
-                    .collect();
-                let shape = [ptx.batch, ptx.seq_len];
-                let mut input =
-                    ForwardInput::new(Tensor::from_data(TensorData::new(ids, shape), &device))
-                        .with_positions(ptx.positions.clone());
-                if let Some(seg) = &ptx.segments {
-                    input = input.with_segments(seg.clone());
-                }
-                let lm = masked_cross_entropy_sum(
-                    self.actor.forward_input(input),
-                    Tensor::from_data(TensorData::new(targets, shape), &device),
-                    Tensor::from_data(TensorData::new(pmask, shape), &device),
-                )
-                .div_scalar(tokens);
+                let lm = batch_loss_sum(&self.actor, ptx).div_scalar(tokens);
                 ptx_value = lm.clone().into_scalar().elem::<f64>();
                 loss = loss + lm.mul_scalar(self.config.ptx_coef);
             }

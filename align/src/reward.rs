@@ -65,11 +65,11 @@ impl<B: Kernels> RewardModel<B> {
         let config = InternLM2Config::from_hf_file(dir.join("config.json"))?;
         let mut reader = WeightReader::open(dir)?;
         let model = InternLM2Model::from_reader(&config, &mut reader, dtype, device)?;
-        let head = reader.take("v_head.weight", &[1, config.hidden_size], dtype)?;
+        let head = reader.take_tensor("v_head.weight", [1, config.hidden_size], dtype, device)?;
         reject_leftovers(&reader)?;
         Ok(Self {
             model,
-            v_head: Linear::from_tensors(Tensor::from_data(head, (device, dtype)), None),
+            v_head: Linear::from_tensors(head, None),
         })
     }
 

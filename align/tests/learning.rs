@@ -128,7 +128,7 @@ fn sft_masks_only_the_assistant_turn_and_learns_it() {
     let model = seeded(1, || {
         InternLM2::<CpuAutodiff>::init(&config(tok.vocab_size()), &Default::default())
     });
-    let mut trainer = Trainer::new(model, OptimizerConfig::new(), &Default::default());
+    let mut trainer = Trainer::new(model, OptimizerConfig::new());
     let before = trainer.evaluate(&data.batches(64, 0)).unwrap();
     let sft = SftConfig {
         epochs: 30,
@@ -464,7 +464,7 @@ fn lora_sft_trains_only_the_adapters_and_merges_exactly() {
             pad_id: 2,
         },
     );
-    let mut trainer = Trainer::new(model, OptimizerConfig::new(), &device);
+    let mut trainer = Trainer::new(model, OptimizerConfig::new());
     let before = trainer.evaluate(&data.batches(64, 0)).unwrap();
     train_sft(
         &mut trainer,

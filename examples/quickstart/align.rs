@@ -53,7 +53,7 @@ pub fn run(
         },
     );
     let model = InternLM2::<CpuAutodiff>::load(model_dir, DType::F32, &device)?;
-    let mut trainer = Trainer::new(model, OptimizerConfig::new(), &device);
+    let mut trainer = Trainer::new(model, OptimizerConfig::new());
     // A tiny model fine-tunes at a larger LR than SPEC 6's 4e-5 for 7B models.
     let config = SftConfig {
         epochs: 2,

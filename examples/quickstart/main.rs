@@ -147,7 +147,7 @@ fn run_quickstart(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let _ = std::fs::remove_file(args.out.join("metrics.jsonl"));
     let _ = std::fs::remove_dir_all(args.out.join("checkpoints"));
-    let mut trainer = Trainer::new(model, OptimizerConfig::new(), &device);
+    let mut trainer = Trainer::new(model, OptimizerConfig::new());
     let mut state = TrainState::new(args.seed);
     let t = Instant::now();
     let mut tokens_seen = 0usize;

@@ -26,7 +26,7 @@ mod writer;
 
 use std::path::Path;
 
-use burn::tensor::{DType, Tensor};
+use burn::tensor::DType;
 use internlm2_backends::Kernels;
 
 pub use reader::WeightReader;
@@ -122,7 +122,7 @@ impl<B: Kernels> InternLM2<B> {
             None
         } else {
             Some(Linear::from_tensors(
-                take2(reader, "output.weight", [v, h], dtype, device)?,
+                reader.take_tensor("output.weight", [v, h], dtype, device)?,
                 None,
             ))
         };
@@ -165,8 +165,7 @@ impl<B: Kernels> InternLM2Model<B> {
         let q_width = config.num_attention_heads * config.head_dim();
         let eps = config.rms_norm_eps;
 
-        let embed = Embedding::from_tensor(take2(
-            reader,
+        let embed = Embedding::from_tensor(reader.take_tensor(
             "model.tok_embeddings.weight",
             [v, h],
             dtype,
@@ -177,14 +176,13 @@ impl<B: Kernels> InternLM2Model<B> {
             let p = format!("model.layers.{l}");
             let bias1 = |reader: &mut WeightReader, name: String, n: usize| {
                 if config.bias {
-                    take_1d(reader, &name, n, dtype, device).map(Some)
+                    reader.take_tensor(&name, [n], dtype, device).map(Some)
                 } else {
                     Ok(None)
                 }
             };
             let wqkv = Linear::from_tensors(
-                take2(
-                    reader,
+                reader.take_tensor(
                     &format!("{p}.attention.wqkv.weight"),
                     [config.wqkv_rows(), h],
                     dtype,
@@ -197,8 +195,7 @@ impl<B: Kernels> InternLM2Model<B> {
                 )?,
             );
             let wo = Linear::from_tensors(
-                take2(
-                    reader,
+                reader.take_tensor(
                     &format!("{p}.attention.wo.weight"),
                     [h, q_width],
                     dtype,
@@ -208,10 +205,9 @@ impl<B: Kernels> InternLM2Model<B> {
             );
             layers.push(DecoderLayer {
                 attention_norm: RmsNorm::from_tensor(
-                    take_1d(
-                        reader,
+                    reader.take_tensor(
                         &format!("{p}.attention_norm.weight"),
-                        h,
+                        [h],
                         dtype,
                         device,
                     )?,
@@ -225,13 +221,12 @@ impl<B: Kernels> InternLM2Model<B> {
                     head_dim: config.head_dim(),
                 },
                 ffn_norm: RmsNorm::from_tensor(
-                    take_1d(reader, &format!("{p}.ffn_norm.weight"), h, dtype, device)?,
+                    reader.take_tensor(&format!("{p}.ffn_norm.weight"), [h], dtype, device)?,
                     eps,
                 ),
                 feed_forward: FeedForward {
                     w1: Linear::from_tensors(
-                        take2(
-                            reader,
+                        reader.take_tensor(
                             &format!("{p}.feed_forward.w1.weight"),
                             [i, h],
                             dtype,
@@ -240,8 +235,7 @@ impl<B: Kernels> InternLM2Model<B> {
                         None,
                     ),
                     w2: Linear::from_tensors(
-                        take2(
-                            reader,
+                        reader.take_tensor(
                             &format!("{p}.feed_forward.w2.weight"),
                             [h, i],
                             dtype,
@@ -250,8 +244,7 @@ impl<B: Kernels> InternLM2Model<B> {
                         None,
                     ),
                     w3: Linear::from_tensors(
-                        take2(
-                            reader,
+                        reader.take_tensor(
                             &format!("{p}.feed_forward.w3.weight"),
                             [i, h],
                             dtype,
@@ -262,8 +255,10 @@ impl<B: Kernels> InternLM2Model<B> {
                 },
             });
         }
-        let norm =
-            RmsNorm::from_tensor(take_1d(reader, "model.norm.weight", h, dtype, device)?, eps);
+        let norm = RmsNorm::from_tensor(
+            reader.take_tensor("model.norm.weight", [h], dtype, device)?,
+            eps,
+        );
         Ok(Self {
             tok_embeddings: embed,
             layers,
@@ -271,28 +266,6 @@ impl<B: Kernels> InternLM2Model<B> {
             config: config.clone(),
         })
     }
-}
-
-fn take2<B: Kernels>(
-    reader: &mut WeightReader,
-    name: &str,
-    shape: [usize; 2],
-    dtype: DType,
-    device: &B::Device,
-) -> Result<Tensor<B, 2>, CheckpointError> {
-    let data = reader.take(name, &shape, dtype)?;
-    Ok(Tensor::from_data(data, (device, dtype)))
-}
-
-fn take_1d<B: Kernels>(
-    reader: &mut WeightReader,
-    name: &str,
-    len: usize,
-    dtype: DType,
-    device: &B::Device,
-) -> Result<Tensor<B, 1>, CheckpointError> {
-    let data = reader.take(name, &[len], dtype)?;
-    Ok(Tensor::from_data(data, (device, dtype)))
 }
 
 /// Errors on any tensor left in the reader that is not a known, ignorable buffer.

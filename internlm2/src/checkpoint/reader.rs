@@ -270,6 +270,20 @@ impl WeightReader {
     }
 }
 
+impl WeightReader {
+    /// [`WeightReader::take`] straight into a tensor of rank `D` on `device`.
+    pub fn take_tensor<B: burn::tensor::backend::Backend, const D: usize>(
+        &mut self,
+        name: &str,
+        shape: [usize; D],
+        dtype: DType,
+        device: &B::Device,
+    ) -> Result<burn::tensor::Tensor<B, D>, CheckpointError> {
+        let data = self.take(name, &shape, dtype)?;
+        Ok(burn::tensor::Tensor::from_data(data, (device, dtype)))
+    }
+}
+
 /// Converts little-endian stored bytes to `TensorData` of the target dtype; `None` when the
 /// target is not a float dtype we compute in.
 fn convert(bytes: &[u8], stored: Dtype, shape: &[usize], target: DType) -> Option<TensorData> {

@@ -215,16 +215,21 @@ impl LoraConfig {
             for &target in &self.targets {
                 let [out, input] = layer(&model, i, target).dims();
                 let prefix = format!("base_model.model.model.layers.{i}.{}", target.module());
-                let a = reader.take(
+                let a = reader.take_tensor(
                     &format!("{prefix}.lora_A.weight"),
-                    &[self.rank, input],
+                    [self.rank, input],
                     dtype,
+                    device,
                 )?;
-                let b =
-                    reader.take(&format!("{prefix}.lora_B.weight"), &[out, self.rank], dtype)?;
+                let b = reader.take_tensor(
+                    &format!("{prefix}.lora_B.weight"),
+                    [out, self.rank],
+                    dtype,
+                    device,
+                )?;
                 layer_mut(&mut model, i, target).lora = Some(LoraAdapter {
-                    a: Param::from_tensor(Tensor::from_data(a, (device, dtype))),
-                    b: Param::from_tensor(Tensor::from_data(b, (device, dtype))),
+                    a: Param::from_tensor(a),
+                    b: Param::from_tensor(b),
                     scale,
                 });
             }

@@ -1,6 +1,10 @@
 //! Next-token cross entropy with a loss mask.
 
-use burn::tensor::{Int, Tensor, activation, backend::Backend};
+use burn::tensor::{Int, Tensor, TensorData, activation, backend::Backend};
+use internlm2_backends::Kernels;
+
+use super::data::TokenBatch;
+use crate::model::{ForwardInput, InternLM2};
 
 /// Sum of `-log softmax(logits)[target]` over the positions where `mask` is 1, and the number
 /// of such positions. Dividing the sum by the count of the whole (accumulated) batch gives the
@@ -20,6 +24,30 @@ pub fn masked_cross_entropy_sum<B: Backend>(
         .gather(2, targets.reshape([b, s, 1]))
         .reshape([b, s]);
     (picked.neg() * mask).sum()
+}
+
+/// [`masked_cross_entropy_sum`] of `model` on a packed batch (its positions and segments
+/// included), on `model`'s device.
+pub fn batch_loss_sum<B: Kernels>(model: &InternLM2<B>, batch: &TokenBatch) -> Tensor<B, 1> {
+    let device = model.device();
+    let shape = [batch.batch, batch.seq_len];
+    let ids = |v: &[u32]| {
+        Tensor::<B, 2, Int>::from_data(
+            TensorData::new(v.iter().map(|&i| i as i64).collect::<Vec<_>>(), shape),
+            &device,
+        )
+    };
+    let mut input = ForwardInput::new(ids(&batch.inputs)).with_positions(batch.positions.clone());
+    if let Some(segments) = &batch.segments {
+        input = input.with_segments(segments.clone());
+    }
+    let mask: Vec<f32> = batch
+        .loss_mask
+        .iter()
+        .map(|&m| f32::from(u8::from(m)))
+        .collect();
+    let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, shape), &device);
+    masked_cross_entropy_sum(model.forward_input(input), ids(&batch.targets), mask)
 }
 
 #[cfg(test)]

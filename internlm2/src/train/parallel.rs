@@ -41,6 +41,7 @@ enum Command {
         normalizer: usize,
     },
     RopeTheta(f64),
+    Model,
     Save {
         dir: PathBuf,
         state: TrainState,
@@ -93,7 +94,7 @@ where
     ) -> Result<Self, TrainError> {
         let trainers = devices
             .iter()
-            .map(|device| Trainer::new(model.clone().fork(device), optimizer.clone(), device))
+            .map(|device| Trainer::new(model.clone().fork(device), optimizer.clone()))
             .collect();
         Self::from_trainers(trainers, devices)
     }
@@ -158,13 +159,7 @@ where
     /// A copy of the (identical) model of replica 0.
     pub fn model(&self) -> Result<InternLM2<B>, TrainError> {
         let w = &self.workers[0];
-        w.commands
-            .send(Command::Save {
-                dir: PathBuf::new(),
-                state: TrainState::new(0),
-                keep_last: 0,
-            })
-            .map_err(collective_err)?;
+        w.commands.send(Command::Model).map_err(collective_err)?;
         match w.replies.recv().map_err(collective_err)? {
             Reply::Model(model) => Ok(*model),
             _ => Err(TrainError::Collective("unexpected reply".into())),
@@ -216,10 +211,7 @@ fn worker<B: AutodiffBackend + Kernels>(
                     trainer.model.config_mut().rope_theta = theta;
                     continue;
                 }
-                // An empty directory asks for the model instead.
-                Command::Save { dir, .. } if dir.as_os_str().is_empty() => {
-                    Reply::Model(Box::new(trainer.model.clone()))
-                }
+                Command::Model => Reply::Model(Box::new(trainer.model.clone())),
                 Command::Save {
                     dir,
                     state,

@@ -7,17 +7,17 @@ use std::path::{Path, PathBuf};
 use burn::module::{AutodiffModule as _, Module};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::tensor::ElementConversion as _;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{ElementConversion as _, Int, Tensor, TensorData};
 use internlm2_backends::Kernels;
 use serde::{Deserialize, Serialize};
 
 use super::TrainError;
 use super::data::{DataCursor, TokenBatch};
-use super::loss::masked_cross_entropy_sum;
+use super::loss::batch_loss_sum;
 use super::optim::{GroupedAdamW, OptimizerConfig};
 use crate::config::InternLM2Config;
-use crate::model::{ForwardInput, InternLM2};
+use crate::model::InternLM2;
 
 /// What one optimiser step did.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -65,7 +65,6 @@ where
     /// The model being trained.
     pub model: InternLM2<B>,
     optimizer: GroupedAdamW<InternLM2<B>, B>,
-    device: B::Device,
 }
 
 fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
@@ -84,45 +83,16 @@ where
     B::InnerBackend: Kernels,
 {
     /// A trainer for `model`, optimiser states empty.
-    pub fn new(model: InternLM2<B>, config: OptimizerConfig, device: &B::Device) -> Self {
+    pub fn new(model: InternLM2<B>, config: OptimizerConfig) -> Self {
         Self {
             optimizer: GroupedAdamW::new(&model, config),
             model,
-            device: device.clone(),
         }
     }
 
     /// The optimiser settings.
     pub fn optimizer_config(&self) -> &OptimizerConfig {
         self.optimizer.config()
-    }
-
-    fn forward_input(&self, batch: &TokenBatch) -> ForwardInput<B> {
-        let ids: Vec<i64> = batch.inputs.iter().map(|&i| i as i64).collect();
-        let ids = Tensor::<B, 2, Int>::from_data(
-            TensorData::new(ids, [batch.batch, batch.seq_len]),
-            &self.device,
-        );
-        let mut input = ForwardInput::new(ids).with_positions(batch.positions.clone());
-        if let Some(segments) = &batch.segments {
-            input = input.with_segments(segments.clone());
-        }
-        input
-    }
-
-    /// Sum of the masked loss of one micro-batch (a `[1]` tensor on the autodiff graph).
-    fn loss_sum(&self, batch: &TokenBatch) -> Tensor<B, 1> {
-        let logits = self.model.forward_input(self.forward_input(batch));
-        let shape = [batch.batch, batch.seq_len];
-        let targets: Vec<i64> = batch.targets.iter().map(|&t| t as i64).collect();
-        let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, shape), &self.device);
-        let mask: Vec<f32> = batch
-            .loss_mask
-            .iter()
-            .map(|&m| f32::from(u8::from(m)))
-            .collect();
-        let mask = Tensor::<B, 2>::from_data(TensorData::new(mask, shape), &self.device);
-        masked_cross_entropy_sum(logits, targets, mask)
     }
 
     /// Mean loss over the counted targets of `batches`, without updating anything.
@@ -134,28 +104,7 @@ where
         let model = self.model.valid();
         let mut sum = 0.0;
         for batch in batches {
-            let ids: Vec<i64> = batch.inputs.iter().map(|&i| i as i64).collect();
-            let device = model.device();
-            let ids =
-                Tensor::from_data(TensorData::new(ids, [batch.batch, batch.seq_len]), &device);
-            let mut input = ForwardInput::new(ids).with_positions(batch.positions.clone());
-            if let Some(segments) = &batch.segments {
-                input = input.with_segments(segments.clone());
-            }
-            let logits = model.forward_input(input);
-            let targets: Vec<i64> = batch.targets.iter().map(|&t| t as i64).collect();
-            let shape = [batch.batch, batch.seq_len];
-            let mask: Vec<f32> = batch
-                .loss_mask
-                .iter()
-                .map(|&m| f32::from(u8::from(m)))
-                .collect();
-            let loss = masked_cross_entropy_sum(
-                logits,
-                Tensor::from_data(TensorData::new(targets, shape), &device),
-                Tensor::from_data(TensorData::new(mask, shape), &device),
-            );
-            sum += loss.into_scalar().elem::<f64>();
+            sum += batch_loss_sum(&model, batch).into_scalar().elem::<f64>();
         }
         Ok(sum / count as f64)
     }
@@ -188,7 +137,7 @@ where
         let mut accumulator = GradientsAccumulator::<InternLM2<B>>::new();
         let mut loss = 0.0;
         for batch in micro_batches {
-            let part = self.loss_sum(batch).div_scalar(normalizer as f64);
+            let part = batch_loss_sum(&self.model, batch).div_scalar(normalizer as f64);
             loss += part.clone().into_scalar().elem::<f64>();
             let grads = GradientsParams::from_grads(part.backward(), &self.model);
             accumulator.accumulate(&self.model, grads);
@@ -271,7 +220,7 @@ where
         let model = InternLM2::<B>::init(&model_config, device)
             .load_file(path.join("model"), &rec, device)
             .map_err(recorder_err(path))?;
-        let mut trainer = Self::new(model, config, device);
+        let mut trainer = Self::new(model, config);
         let decay = Recorder::<B>::load(&rec, path.join("optimizer-decay"), device)
             .map_err(recorder_err(path))?;
         let one_d = Recorder::<B>::load(&rec, path.join("optimizer-1d"), device)
