@@ -19,6 +19,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod device;
 pub mod kernels;
 
 #[cfg(feature = "flex")]

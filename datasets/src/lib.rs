@@ -1,0 +1,24 @@
+//! # internlm2-datasets
+//!
+//! The InternLM2 pre-training data pipeline (SPEC 5) as a library: document records read and
+//! written as JSONL (plain, gzip, zstd) and Parquet; per-document stages (format, rules, safety,
+//! quality, long context) with statistics that always add up; exact and MinHash-LSH fuzzy
+//! deduplication as per-shard signature files plus a merge step; the code pipeline (markdown
+//! conversion, quality tiers, repository dependency sorting); tokenisation and packing into
+//! memory-mapped token shards with a burn `Dataset` over them; and a shard-parallel, restartable
+//! executor.
+
+pub mod code;
+pub mod dedup;
+pub mod error;
+pub mod io;
+pub mod pipeline;
+pub mod record;
+pub mod stage;
+pub mod stages;
+pub mod tokenize;
+
+pub use error::{DataError, Result};
+pub use record::Document;
+pub use stage::{Chain, Stage, StageStats, Verdict};
+pub use stages::Classifier;

@@ -1,0 +1,226 @@
+//! The whole data chain of SPEC 5 on a directory of JSONL/Parquet shards and a code
+//! repository: text pipeline (format, rules, MinHash dedup, safety, quality), code pipeline
+//! (quality tiers, code-aware dedup, dependency-sorted markdown), the long-context filter, and
+//! tokenisation into packed token shards. Shared by the `data_pipeline` example and the
+//! quickstart's first step.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use internlm2::Tokenizer;
+use internlm2_datasets::code::{CodeQualityConfig, CodeQualityStage, RepoConfig, Repository, repository_document};
+use internlm2_datasets::dedup::{DedupConfig, DedupFilter, merge_signatures, write_signatures};
+use internlm2_datasets::io::{DocumentWriter, list_shards, read_documents};
+use internlm2_datasets::pipeline::text::TextPipelineConfig;
+use internlm2_datasets::pipeline::{PipelineReport, StepOptions, StepReport};
+use internlm2_datasets::stages::long_context::{LongContextConfig, LongContextStage};
+use internlm2_datasets::stages::quality::{NgramClassifier, NgramConfig, QualityConfig, Threshold};
+use internlm2_datasets::stages::safety::SafetyConfig;
+use internlm2_datasets::tokenize::{PackConfig, TokenShards, pack_documents};
+use internlm2_datasets::{Chain, DataError, Document, StageStats};
+
+/// Inputs and settings of one run.
+#[derive(Debug, Clone)]
+pub struct DataArgs {
+    /// Directory (or file) of text shards.
+    pub corpus: PathBuf,
+    /// A code repository directory (optional).
+    pub code: Option<PathBuf>,
+    /// Blocked domains file.
+    pub blocked_domains: Option<PathBuf>,
+    /// Blocked words file.
+    pub blocked_words: Option<PathBuf>,
+    /// Labelled JSONL to train the advertisement classifier from.
+    pub ad_train: Option<PathBuf>,
+    /// Drop documents whose ad score is above this.
+    pub ad_max: f32,
+    /// Output directory.
+    pub output: PathBuf,
+    /// Tokenizer (`tokenizer.model`, `tokenizer.json` or a directory); trained when absent.
+    pub tokenizer: Option<PathBuf>,
+    /// Vocabulary of a trained tokenizer.
+    pub vocab_size: usize,
+    /// Tokens per packed row.
+    pub seq_len: usize,
+    /// Long-context floor in bytes.
+    pub long_min_bytes: usize,
+    /// Progress bars.
+    pub progress: bool,
+}
+
+/// What a run produced.
+pub struct DataSummary {
+    /// Counts per step and stage.
+    pub report: PipelineReport,
+    /// Final text documents.
+    pub documents: Vec<Document>,
+    /// One markdown document per repository.
+    pub repositories: Vec<Document>,
+    /// Where the token shards are.
+    pub token_dir: PathBuf,
+    /// Packed rows written.
+    pub rows: u64,
+    /// Tokens packed.
+    pub tokens: u64,
+    /// Seconds.
+    pub seconds: f64,
+}
+
+fn read_all(paths: &[PathBuf]) -> Result<Vec<Document>, DataError> {
+    let mut docs = Vec::new();
+    for p in paths {
+        for d in read_documents(p)? {
+            docs.push(d?);
+        }
+    }
+    Ok(docs)
+}
+
+/// Run `chain` over in-memory documents, counting into a report step.
+fn run_in_memory(name: &str, chain: &Chain, docs: Vec<Document>) -> (StepReport, Vec<Document>) {
+    let mut stats = vec![StageStats::default(); chain.len()];
+    let kept: Vec<Document> = docs.into_iter().filter_map(|d| chain.run(d, &mut stats).ok()).collect();
+    let report = StepReport {
+        name: name.to_string(),
+        shards_run: 1,
+        stages: chain.names().into_iter().zip(stats).collect(),
+        ..Default::default()
+    };
+    (report, kept)
+}
+
+/// The code pipeline on one repository directory: per-file quality tiers, code-aware
+/// file-level dedup, dependency-sorted markdown.
+fn code_pipeline(dir: &Path, out: &Path, report: &mut PipelineReport) -> Result<Document, DataError> {
+    let repo = Repository::from_dir(dir)?;
+    let name = repo.name.clone();
+    let files: Vec<Document> = repo
+        .files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            Document::new(f.text.clone())
+                .with_id(format!("{}/{}#{i}", f.repo, f.path))
+                .with_meta("repo", f.repo.clone())
+                .with_meta("path", f.path.clone())
+        })
+        .collect();
+    // File-level dedup with the code-aware tokenisation (indentation does not matter).
+    let cfg = DedupConfig::code();
+    let sig = out.join("code/files.minhash");
+    std::fs::create_dir_all(out.join("code")).map_err(|source| DataError::Io { path: out.join("code"), source })?;
+    write_signatures(&cfg, &files, &sig)?;
+    let plan = Arc::new(merge_signatures(&cfg, &[sig])?);
+    let chain = Chain::new()
+        .add(CodeQualityStage::new(CodeQualityConfig::default())?)
+        .add(DedupFilter::new(plan));
+    let (step, kept) = run_in_memory("code_files", &chain, files);
+    report.push(step);
+    let repo = Repository::new(
+        name,
+        kept.into_iter()
+            .map(|d| {
+                let mut f = internlm2_datasets::code::CodeFile::new(
+                    d.metadata["repo"].as_str().unwrap_or_default(),
+                    d.metadata["path"].as_str().unwrap_or_default(),
+                    d.text.clone(),
+                );
+                f.sample_weight = d.metadata.get("sample_weight").and_then(|w| w.as_f64());
+                f
+            })
+            .collect(),
+    )?;
+    Ok(repository_document(&repo, &RepoConfig::default()))
+}
+
+/// Run the whole chain.
+pub fn run(args: &DataArgs) -> Result<DataSummary, DataError> {
+    let started = Instant::now();
+    let opts = StepOptions::new(&args.output).with_progress(args.progress);
+    let inputs = list_shards(&args.corpus)?;
+
+    // Quality: train the advertisement classifier from labelled lines (no download).
+    let mut quality = None;
+    if let Some(train) = &args.ad_train {
+        let model = NgramClassifier::train_jsonl(train, NgramConfig::new("ad"))?;
+        let path = args.output.join("models/ad.json");
+        std::fs::create_dir_all(args.output.join("models"))
+            .map_err(|source| DataError::Io { path: path.clone(), source })?;
+        model.save_json(&path)?;
+        quality = Some(QualityConfig::default().with_model(path, Threshold::Max(args.ad_max)));
+    }
+    let mut safety = SafetyConfig::default();
+    if let Some(p) = &args.blocked_domains {
+        safety = safety.with_domain_blocklist(p);
+    }
+    if let Some(p) = &args.blocked_words {
+        safety = safety.with_word_blocklist(p);
+    }
+    let text = TextPipelineConfig::default().with_safety(Some(safety)).with_quality(quality);
+    std::fs::create_dir_all(&args.output).map_err(|source| DataError::Io { path: args.output.clone(), source })?;
+    let recipe = args.output.join("recipe.json");
+    std::fs::write(&recipe, serde_json::to_vec_pretty(&text).unwrap_or_default())
+        .map_err(|source| DataError::Io { path: recipe, source })?;
+    let out = text.run(&inputs, &opts)?;
+    let mut report = out.report;
+    let documents = read_all(&out.outputs)?;
+
+    let mut repositories = Vec::new();
+    if let Some(dir) = &args.code {
+        repositories.push(code_pipeline(dir, &args.output, &mut report)?);
+    }
+
+    // Long context: only documents of at least `long_min_bytes` go to the long-context set.
+    let long = Chain::new().add(LongContextStage::new(
+        LongContextConfig::default().with_min_bytes(args.long_min_bytes),
+        None,
+    ));
+    let (step, long_docs) = run_in_memory(
+        "long_context",
+        &long,
+        documents.iter().chain(&repositories).cloned().collect(),
+    );
+    report.push(step);
+    if !long_docs.is_empty() {
+        let mut w = DocumentWriter::create(args.output.join("long_context/part-00000.jsonl.zst"))?;
+        for d in &long_docs {
+            w.write(d)?;
+        }
+        w.finish()?;
+    }
+
+    // Tokenise and pack everything that survived.
+    let tokenizer = match &args.tokenizer {
+        Some(p) if p.is_dir() => Tokenizer::from_dir(p)?,
+        Some(p) => Tokenizer::from_file(p)?,
+        None => {
+            let texts: Vec<&str> = documents.iter().chain(&repositories).map(|d| d.text.as_str()).collect();
+            let tok = Tokenizer::train_bpe(texts.into_iter(), args.vocab_size)?;
+            tok.save_json(args.output.join("tokenizer.json"))?;
+            tok
+        }
+    };
+    let token_dir = args.output.join("tokens");
+    let pack = PackConfig::default().with_seq_len(args.seq_len);
+    let stats = pack_documents(
+        &tokenizer,
+        documents.iter().chain(&repositories).cloned(),
+        &pack,
+        &token_dir,
+        "train-00000",
+    )?;
+    let shards = TokenShards::open(&token_dir)?;
+    debug_assert_eq!(shards.rows(), stats.rows);
+    let summary = DataSummary {
+        report,
+        documents,
+        repositories,
+        token_dir,
+        rows: stats.rows,
+        tokens: stats.tokens,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    summary.report.save_json(args.output.join("report.json"))?;
+    Ok(summary)
+}
