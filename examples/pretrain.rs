@@ -11,9 +11,13 @@
 //!
 //! - model: `--config config.json` (a HuggingFace config) or `--preset tiny|140m|1.8b|7b|20b`
 //!   (random init), or `--init-from MODEL_DIR` (continue from a HuggingFace checkpoint);
-//! - data: `--data` JSONL (`{"text": ...}` per line) or plain text (documents separated by a
-//!   blank line), tokenised with `--tokenizer` (tokenizer.model / tokenizer.json / directory)
-//!   or a byte-level BPE trained on the data with `--train-tokenizer VOCAB`;
+//! - data: `--data` a directory of token shards written by the data pipeline
+//!   (`internlm2_datasets::tokenize`, e.g. `target/data_pipeline/tokens`; already tokenised,
+//!   documents in shard order every epoch; `--tokenizer` is then only needed for the export), or
+//!   a document file / directory of shards (JSONL, `.jsonl.gz`, `.jsonl.zst`, Parquet; a
+//!   `text` field per record) or plain text (documents separated by a blank line), tokenised
+//!   with `--tokenizer` (tokenizer.model / tokenizer.json / directory) or a byte-level BPE
+//!   trained on the data with `--train-tokenizer VOCAB`;
 //! - schedule: `--phases phases.json` (a list of phases: name, steps, seq_len, batch_size,
 //!   micro_batches, schedule {peak_lr, warmup_steps, total_steps, min_ratio}, rope_theta), or
 //!   one phase from `--steps --seq-len --batch --micro-batches --lr --warmup --rope-theta`;
@@ -28,10 +32,11 @@ use clap::Parser;
 use internlm2::backends::{Cpu, CpuAutodiff};
 use internlm2::checkpoint::{SaveDtype, SaveOptions};
 use internlm2::train::{
-    DataParallel, InMemoryDocuments, LrSchedule, OptimizerConfig, Packer, PackingConfig, Phase,
-    RunOptions, TrainState, Trainer, latest_checkpoint, plot_loss_curve, run,
+    DataParallel, DocumentSource, InMemoryDocuments, LrSchedule, OptimizerConfig, Packer,
+    PackingConfig, Phase, RunOptions, TrainState, Trainer, latest_checkpoint, plot_loss_curve, run,
 };
 use internlm2::{InternLM2, InternLM2Config, Tokenizer};
+use internlm2_datasets::tokenize::TokenShards;
 
 #[derive(Parser)]
 #[command(about = "Pre-train an InternLM2 on CPU with the SDK's training engine")]
@@ -119,34 +124,50 @@ fn main() {
 }
 
 fn read_documents(path: &Path) -> Result<Vec<String>, Box<dyn std::error::Error>> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let is_jsonl = path
-        .extension()
-        .is_some_and(|e| e == "jsonl" || e == "json");
-    let docs: Vec<String> = if is_jsonl {
-        text.lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-            .map(|(i, line)| {
-                let v: serde_json::Value = serde_json::from_str(line)
-                    .map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
-                v["text"]
-                    .as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| format!("{}:{}: no \"text\" string", path.display(), i + 1))
-            })
-            .collect::<Result<_, String>>()?
-    } else {
-        text.split("\n\n")
+    let docs: Vec<String> = match internlm2_datasets::io::list_shards(path) {
+        Ok(files) if !files.is_empty() => {
+            let mut docs = Vec::new();
+            for file in files {
+                for doc in internlm2_datasets::io::read_documents(&file)? {
+                    docs.push(doc?.text);
+                }
+            }
+            docs
+        }
+        _ => std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .split("\n\n")
             .map(str::trim)
             .filter(|d| !d.is_empty())
             .map(str::to_string)
-            .collect()
+            .collect(),
     };
     if docs.is_empty() {
         return Err(format!("{}: no documents", path.display()).into());
     }
     Ok(docs)
+}
+
+/// Training documents: tokenised in memory (shuffled per epoch) or token shards on disk.
+enum Documents {
+    Memory(InMemoryDocuments),
+    Shards(TokenShards),
+}
+
+impl DocumentSource for Documents {
+    fn len(&self) -> usize {
+        match self {
+            Documents::Memory(d) => d.len(),
+            Documents::Shards(d) => DocumentSource::len(d),
+        }
+    }
+
+    fn document(&self, epoch: u64, index: usize) -> std::borrow::Cow<'_, [u32]> {
+        match self {
+            Documents::Memory(d) => d.document(epoch, index),
+            Documents::Shards(d) => d.document(epoch, index),
+        }
+    }
 }
 
 fn preset(name: &str, vocab: usize) -> Result<InternLM2Config, String> {
@@ -182,25 +203,59 @@ fn pretrain(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let device = Default::default();
     let devices = vec![device; args.devices.len()];
-    let texts = read_documents(&args.data)?;
-    let tokenizer = match (&args.tokenizer, args.train_tokenizer, &args.init_from) {
-        (Some(path), _, _) if path.is_dir() => Tokenizer::from_dir(path)?,
-        (Some(path), _, _) => Tokenizer::from_file(path)?,
-        (None, Some(vocab), _) => Tokenizer::train_bpe(texts.iter(), vocab)?,
-        (None, None, Some(dir)) => Tokenizer::from_dir(dir)?,
-        (None, None, None) => return Err("give --tokenizer or --train-tokenizer VOCAB".into()),
+    let shards = args
+        .data
+        .is_dir()
+        .then(|| TokenShards::open(&args.data).ok())
+        .flatten();
+    let texts = match &shards {
+        Some(_) => Vec::new(),
+        None => read_documents(&args.data)?,
     };
-    let documents: Vec<Vec<u32>> = texts
-        .iter()
-        .map(|t| tokenizer.encode(t, false))
-        .collect::<Result<_, _>>()?;
-    let tokens: usize = documents.iter().map(Vec::len).sum();
-    eprintln!(
-        "data: {} documents, {} tokens ({} ids)",
-        documents.len(),
-        tokens,
-        tokenizer.vocab_size()
-    );
+    let tokenizer = match (&args.tokenizer, args.train_tokenizer, &args.init_from) {
+        (Some(path), _, _) if path.is_dir() => Some(Tokenizer::from_dir(path)?),
+        (Some(path), _, _) => Some(Tokenizer::from_file(path)?),
+        (None, Some(vocab), _) if shards.is_none() => {
+            Some(Tokenizer::train_bpe(texts.iter(), vocab)?)
+        }
+        (None, None, Some(dir)) => Some(Tokenizer::from_dir(dir)?),
+        _ if shards.is_some() => None,
+        _ => return Err("give --tokenizer or --train-tokenizer VOCAB".into()),
+    };
+    let (documents, vocab_size, eos_id) = match shards {
+        Some(shards) => {
+            let vocab = shards.vocab();
+            eprintln!(
+                "data: token shards {}: {} documents, {} tokens, {} rows of {} ({} ids)",
+                args.data.display(),
+                shards.documents(),
+                shards.tokens(),
+                shards.rows(),
+                shards.seq_len(),
+                vocab.vocab_size
+            );
+            (Documents::Shards(shards), vocab.vocab_size, vocab.eos_id)
+        }
+        None => {
+            let tokenizer = tokenizer.as_ref().ok_or("no tokenizer")?;
+            let documents: Vec<Vec<u32>> = texts
+                .iter()
+                .map(|t| tokenizer.encode(t, false))
+                .collect::<Result<_, _>>()?;
+            let tokens: usize = documents.iter().map(Vec::len).sum();
+            eprintln!(
+                "data: {} documents, {} tokens ({} ids)",
+                documents.len(),
+                tokens,
+                tokenizer.vocab_size()
+            );
+            (
+                Documents::Memory(InMemoryDocuments::new(documents)),
+                tokenizer.vocab_size(),
+                tokenizer.eos_id(),
+            )
+        }
+    };
 
     let phases: Vec<Phase> = match &args.phases {
         Some(path) => serde_json::from_str(&std::fs::read_to_string(path)?)?,
@@ -238,18 +293,17 @@ fn pretrain(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 }
                 (None, None) => {
                     <CpuAutodiff as burn::tensor::backend::Backend>::seed(&device, args.seed);
-                    InternLM2::init(&preset(&args.preset, tokenizer.vocab_size())?, &device)
+                    InternLM2::init(&preset(&args.preset, vocab_size)?, &device)
                 }
             };
             (Trainer::new(model, optimizer), TrainState::new(args.seed))
         }
     };
     let config = trainer.model.config().clone();
-    if tokenizer.vocab_size() > config.vocab_size {
+    if vocab_size > config.vocab_size {
         return Err(format!(
             "the tokenizer has {} ids but the model only {}",
-            tokenizer.vocab_size(),
-            config.vocab_size
+            vocab_size, config.vocab_size
         )
         .into());
     }
@@ -265,11 +319,15 @@ fn pretrain(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .saturating_sub(state.step)
     );
 
+    let documents = match documents {
+        Documents::Memory(d) => Documents::Memory(d.shuffled(state.seed)),
+        shards => shards,
+    };
     let mut packer = Packer::new(
-        InMemoryDocuments::new(documents).shuffled(state.seed),
+        documents,
         PackingConfig {
             seq_len: phases[0].seq_len,
-            eos_id: tokenizer.eos_id().unwrap_or(config.eos_token_id),
+            eos_id: eos_id.unwrap_or(config.eos_token_id),
             cross_document_attention: args.cross_document_attention,
         },
     );
@@ -319,7 +377,10 @@ fn pretrain(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(out) = &args.out {
         let model = trainer.model.valid();
         model.save(out, &SaveOptions::default().with_dtype(SaveDtype::F32))?;
-        tokenizer.save_json(out.join("tokenizer.json"))?;
+        match &tokenizer {
+            Some(tokenizer) => tokenizer.save_json(out.join("tokenizer.json"))?,
+            None => eprintln!("no --tokenizer given: the export has no tokenizer.json"),
+        }
         plot_loss_curve(&state.losses, out.join("loss.png"), "pre-training loss")?;
         eprintln!(
             "exported to {} (config.json, model.safetensors, tokenizer.json, loss.png)",

@@ -4,7 +4,7 @@
 Baseline of `cargo run --release --example dedup_bench`, which calls this script on the
 corpus it generates; it can also be run by hand:
 
-    pip install datatrove spacy xxhash
+    pip install datatrove spacy orjson regex tokenizers "xxhash<4"
     python3 scripts/datatrove_minhash_bench.py --input corpus.jsonl --workdir /tmp/dt
 
 Stages timed (each one task at a time, `workers=1`, so the numbers are per core):
@@ -20,6 +20,7 @@ as a best case for datatrove. Prints one JSON object on the last line of stdout.
 """
 
 import argparse
+import importlib.metadata
 import json
 import os
 import shutil
@@ -38,7 +39,6 @@ def main() -> int:
     args = ap.parse_args()
 
     try:
-        import datatrove
         from datatrove.executor import LocalPipelineExecutor
         from datatrove.pipeline.dedup.minhash import (
             MinhashConfig,
@@ -98,7 +98,7 @@ def main() -> int:
     print(
         json.dumps(
             {
-                "datatrove": datatrove.__version__ if hasattr(datatrove, "__version__") else "unknown",
+                "datatrove": importlib.metadata.version("datatrove"),
                 "python": sys.version.split()[0],
                 "tokenizer": args.tokenizer,
                 "docs": docs,

@@ -6,6 +6,7 @@
 pub use internlm2;
 pub use internlm2::backends;
 pub use internlm2_align;
+pub use internlm2_datasets;
 
 /// The user guide's code blocks, compiled (and run unless marked `no_run`) as doctests.
 #[cfg(doctest)]
@@ -18,6 +19,8 @@ mod guide {
     struct Chat;
     #[doc = include_str!("../docs/generation.md")]
     struct Generation;
+    #[doc = include_str!("../docs/data-pipeline.md")]
+    struct DataPipeline;
     #[doc = include_str!("../docs/training.md")]
     struct Training;
     #[doc = include_str!("../docs/alignment.md")]

@@ -24,7 +24,9 @@ fn source(file: &str, line: usize) -> String {
 
 fn rejects(step_dir: &Path) -> HashMap<String, String> {
     let mut out = HashMap::new();
-    let Ok(entries) = std::fs::read_dir(step_dir.join("rejects")) else { return out };
+    let Ok(entries) = std::fs::read_dir(step_dir.join("rejects")) else {
+        return out;
+    };
     for e in entries {
         for d in read_documents(e.unwrap().path()).unwrap() {
             let d = d.unwrap();
@@ -59,7 +61,11 @@ fn sample_corpus_outcomes_match_the_manifest() {
     let counts: Vec<(String, u64, u64)> = report
         .steps
         .iter()
-        .flat_map(|s| s.stages.iter().map(|(n, st)| (format!("{}/{n}", s.name), st.read, st.kept)))
+        .flat_map(|s| {
+            s.stages
+                .iter()
+                .map(|(n, st)| (format!("{}/{n}", s.name), st.read, st.kept))
+        })
         .collect();
     let expected = [
         ("filter/format", 57, 56),
@@ -69,7 +75,10 @@ fn sample_corpus_outcomes_match_the_manifest() {
         ("safety/quality", 41, 38),
     ];
     for (name, read, kept) in expected {
-        let got = counts.iter().find(|c| c.0 == name).unwrap_or_else(|| panic!("no {name}"));
+        let got = counts
+            .iter()
+            .find(|c| c.0 == name)
+            .unwrap_or_else(|| panic!("no {name}"));
         assert_eq!((got.1, got.2), (read, kept), "{name}");
     }
     assert_eq!(summary.documents.len(), 38);
@@ -103,13 +112,21 @@ fn sample_corpus_outcomes_match_the_manifest() {
     ];
     for (file, line, reason) in planted {
         let src = source(file, line);
-        assert_eq!(dropped.get(&src).map(String::as_str), Some(reason), "{file}:{line} {src}");
+        assert_eq!(
+            dropped.get(&src).map(String::as_str),
+            Some(reason),
+            "{file}:{line} {src}"
+        );
     }
     assert_eq!(dropped.len(), planted.len(), "nothing else is dropped");
 
     // Kept on purpose: newer near-duplicate, far variant and its original, look-alike domain,
     // `scampi` (blocked word only inside a longer word).
-    let kept: Vec<&str> = summary.documents.iter().filter_map(|d| d.source.as_deref()).collect();
+    let kept: Vec<&str> = summary
+        .documents
+        .iter()
+        .filter_map(|d| d.source.as_deref())
+        .collect();
     for (file, line) in [
         ("web-00002.jsonl", 4),
         ("web-00001.jsonl", 19),
@@ -117,13 +134,21 @@ fn sample_corpus_outcomes_match_the_manifest() {
         ("web-00001.jsonl", 9),
         ("web-00000.jsonl", 18),
     ] {
-        assert!(kept.contains(&source(file, line).as_str()), "{file}:{line} kept");
+        assert!(
+            kept.contains(&source(file, line).as_str()),
+            "{file}:{line} kept"
+        );
     }
 
     // The repository: cycle shapes <-> units broken alphabetically, docs before their folder's
     // first code file, one markdown document.
     let repo = &summary.repositories[0];
-    let order: Vec<&str> = repo.metadata["files"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let order: Vec<&str> = repo.metadata["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
     assert_eq!(
         order,
         [

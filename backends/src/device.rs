@@ -79,7 +79,8 @@ pub enum DeviceSpec {
 }
 
 fn index(s: &str, spec: &str) -> Result<usize, DeviceError> {
-    s.parse().map_err(|_| DeviceError::Unknown { spec: spec.into() })
+    s.parse()
+        .map_err(|_| DeviceError::Unknown { spec: spec.into() })
 }
 
 impl DeviceSpec {
@@ -143,7 +144,9 @@ impl DeviceSpec {
             #[cfg(any(feature = "flex", feature = "ndarray"))]
             DeviceSpec::Cpu => Ok(task.run::<crate::Cpu>(Default::default())),
             #[cfg(feature = "cuda")]
-            DeviceSpec::Cuda(index) => Ok(task.run::<crate::Cuda>(burn::backend::cuda::CudaDevice::new(index))),
+            DeviceSpec::Cuda(index) => {
+                Ok(task.run::<crate::Cuda>(burn::backend::cuda::CudaDevice::new(index)))
+            }
             #[cfg(feature = "wgpu")]
             DeviceSpec::Wgpu(adapter) => {
                 use burn::backend::wgpu::WgpuDevice;
@@ -204,7 +207,10 @@ impl fmt::Display for DeviceSpec {
 
 /// Parse a comma-separated list (`cuda:0,cuda:1`).
 pub fn parse_devices(list: &str) -> Result<Vec<DeviceSpec>, DeviceError> {
-    list.split(',').filter(|s| !s.trim().is_empty()).map(str::parse).collect()
+    list.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(str::parse)
+        .collect()
 }
 
 /// `--dtype`: the device's default or a fixed dtype.
@@ -248,16 +254,15 @@ impl FromStr for DTypeChoice {
 /// Code generic over the backend, run by [`DeviceSpec::run`] on the backend a spec names.
 ///
 /// ```
-/// use burn::tensor::Tensor;
+/// use burn::tensor::{ElementConversion, Tensor};
 /// use internlm2_backends::{Kernels, device::{BackendTask, DeviceSpec}};
 /// struct SumOnes;
 /// impl BackendTask for SumOnes {
 ///     type Output = f32;
 ///     fn run<B: Kernels>(self, device: B::Device) -> f32 {
-///         Tensor::<B, 1>::ones([4], &device).sum().into_scalar().to_f32()
+///         Tensor::<B, 1>::ones([4], &device).sum().into_scalar().elem::<f32>()
 ///     }
 /// }
-/// # use burn::tensor::ToElement;
 /// assert_eq!(DeviceSpec::Cpu.run(SumOnes).unwrap(), 4.0);
 /// ```
 pub trait BackendTask {
@@ -287,7 +292,13 @@ mod tests {
             assert_eq!(DeviceSpec::parse_syntax(&spec.to_string()).unwrap(), spec);
         }
         for bad in ["gpu", "cuda:x", "cuda:0:1", "", "tch:mps"] {
-            assert!(matches!(DeviceSpec::parse_syntax(bad), Err(DeviceError::Unknown { .. })), "{bad}");
+            assert!(
+                matches!(
+                    DeviceSpec::parse_syntax(bad),
+                    Err(DeviceError::Unknown { .. })
+                ),
+                "{bad}"
+            );
         }
     }
 
@@ -313,8 +324,14 @@ mod tests {
     #[test]
     fn dtype_policy() {
         assert_eq!(DeviceSpec::Cuda(0).default_dtype(), DType::BF16);
-        assert_eq!(DeviceSpec::Tch(TchDevice::Cuda(0)).default_dtype(), DType::BF16);
-        assert_eq!(DeviceSpec::Wgpu(WgpuAdapter::Default).default_dtype(), DType::F32);
+        assert_eq!(
+            DeviceSpec::Tch(TchDevice::Cuda(0)).default_dtype(),
+            DType::BF16
+        );
+        assert_eq!(
+            DeviceSpec::Wgpu(WgpuAdapter::Default).default_dtype(),
+            DType::F32
+        );
         assert_eq!(DeviceSpec::Cpu.default_dtype(), DType::F32);
         let f16 = DTypeChoice::parse("f16").unwrap();
         assert_eq!(f16.resolve(&DeviceSpec::Cuda(0)), DType::F16);

@@ -18,7 +18,18 @@ pub mod stage;
 pub mod stages;
 pub mod tokenize;
 
+pub use code::{CodeQualityStage, Repository, group_repositories, repository_document};
+pub use dedup::{DedupConfig, DedupFilter, DedupPlan, merge_signatures, write_signatures};
 pub use error::{DataError, Result};
+pub use io::{DocumentReader, DocumentWriter, list_shards, read_documents};
+pub use pipeline::text::TextPipelineConfig;
+pub use pipeline::{PipelineReport, ShardSelection, StepOptions, run_step};
 pub use record::Document;
 pub use stage::{Chain, Stage, StageStats, Verdict};
 pub use stages::Classifier;
+pub use stages::format::{FormatConfig, FormatStage};
+pub use stages::long_context::{LongContextConfig, LongContextStage};
+pub use stages::quality::{NgramClassifier, QualityConfig, QualityStage, Threshold};
+pub use stages::rules::{RulesConfig, RulesStage};
+pub use stages::safety::{DomainBlocklist, SafetyConfig, SafetyStage, WordBlocklist};
+pub use tokenize::{PackConfig, PackedRow, TokenShards, pack_documents};

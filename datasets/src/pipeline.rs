@@ -141,7 +141,15 @@ impl StepOptions {
 /// The stem of a shard file name without its data extensions (`part-0.jsonl.zst` -> `part-0`).
 pub fn shard_stem(path: &Path) -> String {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("shard");
-    for ext in [".jsonl.zst", ".jsonl.gz", ".json.zst", ".json.gz", ".jsonl", ".json", ".parquet"] {
+    for ext in [
+        ".jsonl.zst",
+        ".jsonl.gz",
+        ".json.zst",
+        ".json.gz",
+        ".jsonl",
+        ".json",
+        ".parquet",
+    ] {
         if let Some(stem) = name.strip_suffix(ext) {
             return stem.to_string();
         }
@@ -154,7 +162,10 @@ pub fn shard_stem(path: &Path) -> String {
 pub fn step_outputs(step: &str, inputs: &[PathBuf], opts: &StepOptions) -> Vec<PathBuf> {
     inputs
         .iter()
-        .map(|i| opts.step_dir(step).join(format!("{}.{}", shard_stem(i), opts.extension)))
+        .map(|i| {
+            opts.step_dir(step)
+                .join(format!("{}.{}", shard_stem(i), opts.extension))
+        })
         .collect()
 }
 
@@ -207,7 +218,11 @@ impl StepReport {
 
     fn absorb(&mut self, shard: &ShardStats) {
         if self.stages.is_empty() {
-            self.stages = shard.stages.iter().map(|(n, _)| (n.clone(), StageStats::default())).collect();
+            self.stages = shard
+                .stages
+                .iter()
+                .map(|(n, _)| (n.clone(), StageStats::default()))
+                .collect();
         }
         for ((_, total), (_, s)) in self.stages.iter_mut().zip(&shard.stages) {
             total.merge(s);
@@ -243,16 +258,23 @@ pub(crate) fn progress_bar(show: bool, len: u64, name: &str) -> ProgressBar {
     }
     let bar = ProgressBar::new(len);
     bar.set_style(
-        ProgressStyle::with_template("{prefix:>14} [{bar:30}] {pos}/{len} shards {msg} ({elapsed})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{prefix:>14} [{bar:30}] {pos}/{len} shards {msg} ({elapsed})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     bar.set_prefix(name.to_string());
     bar
 }
 
 /// Run `chain` over the selected `inputs`, writing under `<output>/<name>/`.
-pub fn run_step(name: &str, chain: &Chain, inputs: &[PathBuf], opts: &StepOptions) -> Result<StepReport> {
+pub fn run_step(
+    name: &str,
+    chain: &Chain,
+    inputs: &[PathBuf],
+    opts: &StepOptions,
+) -> Result<StepReport> {
     let started = Instant::now();
     let dir = opts.step_dir(name);
     let selected: Vec<&PathBuf> = inputs
@@ -300,18 +322,30 @@ pub fn run_step(name: &str, chain: &Chain, inputs: &[PathBuf], opts: &StepOption
         report.absorb(&shard);
     }
     if report.stages.is_empty() {
-        report.stages = chain.names().into_iter().map(|n| (n, StageStats::default())).collect();
+        report.stages = chain
+            .names()
+            .into_iter()
+            .map(|n| (n, StageStats::default()))
+            .collect();
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
 
-fn run_shard(chain: &Chain, input: &Path, dir: &Path, stem: &str, opts: &StepOptions) -> Result<ShardStats> {
+fn run_shard(
+    chain: &Chain,
+    input: &Path,
+    dir: &Path,
+    stem: &str,
+    opts: &StepOptions,
+) -> Result<ShardStats> {
     let started = Instant::now();
     let output = dir.join(format!("{stem}.{}", opts.extension));
     let mut writer = DocumentWriter::create(&output)?;
     let mut rejects = if opts.rejects {
-        Some(DocumentWriter::create(dir.join("rejects").join(format!("{stem}.jsonl.zst")))?)
+        Some(DocumentWriter::create(
+            dir.join("rejects").join(format!("{stem}.jsonl.zst")),
+        )?)
     } else {
         None
     };
@@ -331,7 +365,9 @@ fn run_shard(chain: &Chain, input: &Path, dir: &Path, stem: &str, opts: &StepOpt
                 (v, local)
             })
             .collect();
-        let mut totals = stats.lock().map_err(|_| DataError::Config("poisoned".into()))?;
+        let mut totals = stats
+            .lock()
+            .map_err(|_| DataError::Config("poisoned".into()))?;
         for (verdict, local) in verdicts {
             for (t, l) in totals.iter_mut().zip(&local) {
                 t.merge(l);
@@ -352,7 +388,9 @@ fn run_shard(chain: &Chain, input: &Path, dir: &Path, stem: &str, opts: &StepOpt
     if let Some(r) = rejects {
         r.finish()?;
     }
-    let totals = stats.into_inner().map_err(|_| DataError::Config("poisoned".into()))?;
+    let totals = stats
+        .into_inner()
+        .map_err(|_| DataError::Config("poisoned".into()))?;
     Ok(ShardStats {
         input: input.to_path_buf(),
         output,
@@ -398,7 +436,8 @@ impl PipelineReport {
         ));
         for step in &self.steps {
             for (i, (stage, s)) in step.stages.iter().enumerate() {
-                let reasons: Vec<String> = s.dropped.iter().map(|(r, n)| format!("{r}={n}")).collect();
+                let reasons: Vec<String> =
+                    s.dropped.iter().map(|(r, n)| format!("{r}={n}")).collect();
                 out.push_str(&format!(
                     "{:<16} {:<18} {:>9} {:>9} {:>9}  {}\n",
                     if i == 0 { step.name.as_str() } else { "" },
@@ -439,7 +478,8 @@ mod tests {
                 let p = dir.join(format!("in/part-{s}.jsonl"));
                 let mut w = DocumentWriter::create(&p).unwrap();
                 for d in 0..docs {
-                    w.write(&Document::new("x".repeat(d)).with_id(format!("{s}-{d}"))).unwrap();
+                    w.write(&Document::new("x".repeat(d)).with_id(format!("{s}-{d}")))
+                        .unwrap();
                 }
                 w.finish().unwrap()
             })
@@ -454,12 +494,20 @@ mod tests {
         let mut opts = StepOptions::new(dir.path().join("out"));
         opts.chunk = 64;
         let report = run_step("s", &chain, &inputs, &opts).unwrap();
-        assert_eq!((report.read(), report.kept(), report.shards_run), (3000, 1500, 3));
+        assert_eq!(
+            (report.read(), report.kept(), report.shards_run),
+            (3000, 1500, 3)
+        );
         assert!(report.check());
-        let kept: Vec<Document> = read_documents(&report.outputs[1]).unwrap().map(|d| d.unwrap()).collect();
+        let kept: Vec<Document> = read_documents(&report.outputs[1])
+            .unwrap()
+            .map(|d| d.unwrap())
+            .collect();
         // Order is kept: lengths 0, 2, 4, ...
         assert!(kept.iter().enumerate().all(|(i, d)| d.text.len() == 2 * i));
-        let rejected = read_documents(opts.step_dir("s").join("rejects/part-1.jsonl.zst")).unwrap().count();
+        let rejected = read_documents(opts.step_dir("s").join("rejects/part-1.jsonl.zst"))
+            .unwrap()
+            .count();
         assert_eq!(rejected, 500);
         // A relaunch skips all three shards and reports the same counts.
         std::fs::remove_file(opts.step_dir("s").join("stats/part-2.json")).unwrap();
@@ -475,7 +523,8 @@ mod tests {
         let chain = Chain::new().add(DropOdd);
         let mut total = 0;
         for i in 0..2 {
-            let opts = StepOptions::new(dir.path().join("out")).with_selection(ShardSelection::new(i, 2).unwrap());
+            let opts = StepOptions::new(dir.path().join("out"))
+                .with_selection(ShardSelection::new(i, 2).unwrap());
             let r = run_step("s", &chain, &inputs, &opts).unwrap();
             assert_eq!(r.shards_run, if i == 0 { 3 } else { 2 });
             total += r.read();

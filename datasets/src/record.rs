@@ -101,7 +101,10 @@ mod tests {
     #[test]
     fn host_parsing() {
         let d = |s: &str| Document::new("").with_source(s);
-        assert_eq!(d("https://user@Sub.Example.org:8080/x?y").host(), Some("Sub.Example.org"));
+        assert_eq!(
+            d("https://user@Sub.Example.org:8080/x?y").host(),
+            Some("Sub.Example.org")
+        );
         assert_eq!(d("example.org/path").host(), Some("example.org"));
         assert_eq!(Document::new("").host(), None);
     }

@@ -104,7 +104,9 @@ impl StageStats {
                 self.kept += 1;
                 self.bytes_kept += doc.text.len() as u64;
             }
-            Verdict::Drop { reason, .. } => *self.dropped.entry(reason.to_string()).or_default() += 1,
+            Verdict::Drop { reason, .. } => {
+                *self.dropped.entry(reason.to_string()).or_default() += 1
+            }
         }
     }
 
@@ -234,8 +236,14 @@ mod tests {
             .filter_map(|t| chain.run(Document::new(t), &mut stats).ok())
             .collect();
         assert_eq!(out.len(), 1);
-        assert_eq!((stats[0].read, stats[0].kept, stats[0].dropped["too_short"]), (4, 2, 2));
-        assert_eq!((stats[1].read, stats[1].kept, stats[1].dropped["too_short"]), (2, 1, 1));
+        assert_eq!(
+            (stats[0].read, stats[0].kept, stats[0].dropped["too_short"]),
+            (4, 2, 2)
+        );
+        assert_eq!(
+            (stats[1].read, stats[1].kept, stats[1].dropped["too_short"]),
+            (2, 1, 1)
+        );
         assert!(stats.iter().all(StageStats::check));
     }
 }

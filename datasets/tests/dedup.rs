@@ -347,7 +347,8 @@ fn dedup_corrupt_files_give_typed_errors() {
     let other = dir.path().join("other.sig");
     write_signatures(&cfg.clone().with_seed(7), &docs, &other).unwrap();
     assert!(
-        corrupt_message(merge_signatures(&cfg, &[other.clone()]), &other).contains("configuration")
+        corrupt_message(merge_signatures(&cfg, std::slice::from_ref(&other)), &other)
+            .contains("configuration")
     );
     // A missing file is an I/O error naming it.
     let missing = dir.path().join("missing.sig");

@@ -64,7 +64,9 @@ fn main() {
     let args = Args::parse();
     let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/data");
     let sample = args.corpus.is_none();
-    let pick = |given: Option<PathBuf>, default: &str| given.or_else(|| sample.then(|| data.join(default)));
+    let pick = |given: Option<PathBuf>, default: &str| {
+        given.or_else(|| sample.then(|| data.join(default)))
+    };
     if args.fresh && args.output.exists() {
         std::fs::remove_dir_all(&args.output).expect("remove the output directory");
     }
@@ -104,7 +106,11 @@ fn main() {
             .as_array()
             .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
             .unwrap_or_default();
-        println!("repository {} in dependency order: {}", repo.id, files.join(" -> "));
+        println!(
+            "repository {} in dependency order: {}",
+            repo.id,
+            files.join(" -> ")
+        );
     }
     println!(
         "counts add up: {}; report: {}; {:.1} s",

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use internlm2::Tokenizer;
-use internlm2_datasets::code::{CodeQualityConfig, CodeQualityStage, RepoConfig, Repository, repository_document};
+use internlm2_datasets::code::{
+    CodeQualityConfig, CodeQualityStage, RepoConfig, Repository, repository_document,
+};
 use internlm2_datasets::dedup::{DedupConfig, DedupFilter, merge_signatures, write_signatures};
 use internlm2_datasets::io::{DocumentWriter, list_shards, read_documents};
 use internlm2_datasets::pipeline::text::TextPipelineConfig;
@@ -80,7 +82,10 @@ fn read_all(paths: &[PathBuf]) -> Result<Vec<Document>, DataError> {
 /// Run `chain` over in-memory documents, counting into a report step.
 fn run_in_memory(name: &str, chain: &Chain, docs: Vec<Document>) -> (StepReport, Vec<Document>) {
     let mut stats = vec![StageStats::default(); chain.len()];
-    let kept: Vec<Document> = docs.into_iter().filter_map(|d| chain.run(d, &mut stats).ok()).collect();
+    let kept: Vec<Document> = docs
+        .into_iter()
+        .filter_map(|d| chain.run(d, &mut stats).ok())
+        .collect();
     let report = StepReport {
         name: name.to_string(),
         shards_run: 1,
@@ -92,7 +97,11 @@ fn run_in_memory(name: &str, chain: &Chain, docs: Vec<Document>) -> (StepReport,
 
 /// The code pipeline on one repository directory: per-file quality tiers, code-aware
 /// file-level dedup, dependency-sorted markdown.
-fn code_pipeline(dir: &Path, out: &Path, report: &mut PipelineReport) -> Result<Document, DataError> {
+fn code_pipeline(
+    dir: &Path,
+    out: &Path,
+    report: &mut PipelineReport,
+) -> Result<Document, DataError> {
     let repo = Repository::from_dir(dir)?;
     let name = repo.name.clone();
     let files: Vec<Document> = repo
@@ -109,7 +118,10 @@ fn code_pipeline(dir: &Path, out: &Path, report: &mut PipelineReport) -> Result<
     // File-level dedup with the code-aware tokenisation (indentation does not matter).
     let cfg = DedupConfig::code();
     let sig = out.join("code/files.minhash");
-    std::fs::create_dir_all(out.join("code")).map_err(|source| DataError::Io { path: out.join("code"), source })?;
+    std::fs::create_dir_all(out.join("code")).map_err(|source| DataError::Io {
+        path: out.join("code"),
+        source,
+    })?;
     write_signatures(&cfg, &files, &sig)?;
     let plan = Arc::new(merge_signatures(&cfg, &[sig])?);
     let chain = Chain::new()
@@ -145,8 +157,10 @@ pub fn run(args: &DataArgs) -> Result<DataSummary, DataError> {
     if let Some(train) = &args.ad_train {
         let model = NgramClassifier::train_jsonl(train, NgramConfig::new("ad"))?;
         let path = args.output.join("models/ad.json");
-        std::fs::create_dir_all(args.output.join("models"))
-            .map_err(|source| DataError::Io { path: path.clone(), source })?;
+        std::fs::create_dir_all(args.output.join("models")).map_err(|source| DataError::Io {
+            path: path.clone(),
+            source,
+        })?;
         model.save_json(&path)?;
         quality = Some(QualityConfig::default().with_model(path, Threshold::Max(args.ad_max)));
     }
@@ -157,11 +171,22 @@ pub fn run(args: &DataArgs) -> Result<DataSummary, DataError> {
     if let Some(p) = &args.blocked_words {
         safety = safety.with_word_blocklist(p);
     }
-    let text = TextPipelineConfig::default().with_safety(Some(safety)).with_quality(quality);
-    std::fs::create_dir_all(&args.output).map_err(|source| DataError::Io { path: args.output.clone(), source })?;
+    let text = TextPipelineConfig::default()
+        .with_safety(Some(safety))
+        .with_quality(quality);
+    std::fs::create_dir_all(&args.output).map_err(|source| DataError::Io {
+        path: args.output.clone(),
+        source,
+    })?;
     let recipe = args.output.join("recipe.json");
-    std::fs::write(&recipe, serde_json::to_vec_pretty(&text).unwrap_or_default())
-        .map_err(|source| DataError::Io { path: recipe, source })?;
+    std::fs::write(
+        &recipe,
+        serde_json::to_vec_pretty(&text).unwrap_or_default(),
+    )
+    .map_err(|source| DataError::Io {
+        path: recipe,
+        source,
+    })?;
     let out = text.run(&inputs, &opts)?;
     let mut report = out.report;
     let documents = read_all(&out.outputs)?;
@@ -195,7 +220,11 @@ pub fn run(args: &DataArgs) -> Result<DataSummary, DataError> {
         Some(p) if p.is_dir() => Tokenizer::from_dir(p)?,
         Some(p) => Tokenizer::from_file(p)?,
         None => {
-            let texts: Vec<&str> = documents.iter().chain(&repositories).map(|d| d.text.as_str()).collect();
+            let texts: Vec<&str> = documents
+                .iter()
+                .chain(&repositories)
+                .map(|d| d.text.as_str())
+                .collect();
             let tok = Tokenizer::train_bpe(texts.into_iter(), args.vocab_size)?;
             tok.save_json(args.output.join("tokenizer.json"))?;
             tok

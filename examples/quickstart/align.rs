@@ -33,7 +33,7 @@ pub fn run(
         .map(|c| c.im_end)
         .ok_or("the tokenizer has no chat tokens")?;
 
-    println!("== 6. supervised fine-tuning");
+    println!("== 7. supervised fine-tuning");
     let t = Instant::now();
     let pairs = corpus::instructions(600, seed + 1);
     let examples = pairs
@@ -81,7 +81,7 @@ pub fn run(
     let reply = ask(&sft, &tokenizer, question, &chat_config)?;
     println!("   user> {question}\n   assistant> {reply}");
 
-    println!("== 7. reward model");
+    println!("== 8. reward model");
     let t = Instant::now();
     let preference = |n: usize, s: u64| -> Vec<PreferencePair> {
         corpus::instructions(n, s)
@@ -129,7 +129,7 @@ pub fn run(
         &internlm2::checkpoint::SaveOptions::default(),
     )?;
 
-    println!("== 8. PPO");
+    println!("== 9. PPO");
     let t = Instant::now();
     let reward = ConditionalReward {
         scorer: scorer(&reward_model),
@@ -182,7 +182,7 @@ pub fn run(
         t.elapsed().as_secs_f64()
     );
 
-    println!("== 9. chat with the aligned model");
+    println!("== 10. chat with the aligned model");
     let aligned: InternLM2<Cpu> = ppo.actor.valid();
     for question in ["Tell me a story about Mia and a fox.", "What is 6 plus 3?"] {
         let reply = ask(&aligned, &tokenizer, question, &chat_config)?;

@@ -4,22 +4,29 @@
 //! cargo run --release --example quickstart [-- --out target/quickstart --steps 300]
 //! ```
 //!
-//! 1. generates a small deterministic corpus (short stories and arithmetic facts);
-//! 2. trains a byte-level BPE tokenizer on it with the `tokenizers` crate;
-//! 3. pre-trains a tiny InternLM2 on the CPU backend with the SDK's training engine: packed
+//! 1. runs the data pipeline (`internlm2-datasets`) on the sample web corpus and code
+//!    repository shipped in `examples/data/`: format, rules, MinHash dedup, safety, quality,
+//!    code dependency sorting, long-context filter, token shards; prints what each stage
+//!    dropped and why (the same chain as `cargo run --release --example data_pipeline`);
+//! 2. generates a small deterministic corpus (short stories and arithmetic facts) and adds the
+//!    pipeline's surviving documents to it;
+//! 3. trains a byte-level BPE tokenizer on it with the `tokenizers` crate;
+//! 4. pre-trains a tiny InternLM2 on the CPU backend with the SDK's training engine: packed
 //!    sequences, AdamW, warmup + cosine, and a two-phase context curriculum (64 tokens at RoPE
 //!    base 50,000, then 128 tokens at 1,000,000), logging every step;
-//! 4. saves a HuggingFace checkpoint (`config.json`, `model.safetensors`, `tokenizer.json`);
-//! 5. reloads it for inference and generates text;
-//! 6. fine-tunes it on a tiny synthetic instruction set (SFT, loss on assistant tokens);
-//! 7. trains a reward model on synthetic preferences (focal ranking loss + log barrier);
-//! 8. runs a few PPO iterations against it, printing the held-out reward before and after;
-//! 9. answers a chat turn with the aligned model.
+//! 5. saves a HuggingFace checkpoint (`config.json`, `model.safetensors`, `tokenizer.json`);
+//! 6. reloads it for inference and generates text;
+//! 7. fine-tunes it on a tiny synthetic instruction set (SFT, loss on assistant tokens);
+//! 8. trains a reward model on synthetic preferences (focal ranking loss + log barrier);
+//! 9. runs a few PPO iterations against it, printing the held-out reward before and after;
+//! 10. answers a chat turn with the aligned model.
 //!
 //! No GPU, no downloads; a few minutes on two cores.
 
 mod align;
 mod corpus;
+#[path = "../data_pipeline/run.rs"]
+mod data;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -66,18 +73,52 @@ fn run_quickstart(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let device = Default::default();
     std::fs::create_dir_all(&args.out)?;
 
-    println!("== 1. corpus");
-    let texts = corpus::generate(args.documents, args.seed);
+    println!("== 1. data pipeline");
+    let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/data");
+    // Start the data steps afresh (they would otherwise resume from a previous run's files).
+    let _ = std::fs::remove_dir_all(args.out.join("data"));
+    let data = data::run(&data::DataArgs {
+        corpus: sample.join("corpus"),
+        code: Some(sample.join("code/tinyrepo")),
+        blocked_domains: Some(sample.join("safety/blocked_domains.txt")),
+        blocked_words: Some(sample.join("safety/blocked_words.txt")),
+        ad_train: Some(sample.join("quality/ad_train.jsonl")),
+        ad_max: 0.8,
+        output: args.out.join("data"),
+        tokenizer: None,
+        vocab_size: 1000,
+        seq_len: 256,
+        long_min_bytes: 32 * 1024,
+        progress: false,
+    })?;
+    for line in data.report.table().lines() {
+        println!("   {line}");
+    }
+    println!(
+        "   {} web documents and {} repository kept, {} tokens in {} packed rows ({}), {:.1}s",
+        data.documents.len(),
+        data.repositories.len(),
+        data.tokens,
+        data.rows,
+        data.token_dir.display(),
+        data.seconds
+    );
+
+    println!("== 2. corpus");
+    let mut texts = corpus::generate(args.documents, args.seed);
+    texts.extend(data.documents.iter().map(|d| d.text.clone()));
     let chars: usize = texts.iter().map(String::len).sum();
     println!(
-        "   {} documents, {} characters (generated, seed {})",
+        "   {} documents, {} characters ({} generated with seed {}, {} from the pipeline)",
         texts.len(),
         chars,
-        args.seed
+        args.documents,
+        args.seed,
+        data.documents.len()
     );
     println!("   e.g. {:?}", &texts[0][..texts[0].len().min(110)]);
 
-    println!("== 2. tokenizer");
+    println!("== 3. tokenizer");
     let t = Instant::now();
     let tokenizer = Tokenizer::train_bpe(texts.iter(), 1024)?;
     let documents: Vec<Vec<u32>> = texts
@@ -93,7 +134,7 @@ fn run_quickstart(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         chars as f64 / tokens as f64
     );
 
-    println!("== 3. pre-training");
+    println!("== 4. pre-training");
     let config = InternLM2Config::new(tokenizer.vocab_size(), 192, 512, 4, 6, 2)
         .with_max_position_embeddings(256)
         .with_rope_theta(50_000.0)
@@ -186,7 +227,7 @@ fn run_quickstart(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         args.out.join("metrics.jsonl").display()
     );
 
-    println!("== 4. export");
+    println!("== 5. export");
     let export = args.out.join("model");
     let trained = trainer.model.valid();
     trained.save(&export, &SaveOptions::default().with_dtype(SaveDtype::F32))?;
@@ -201,7 +242,7 @@ fn run_quickstart(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         bytes as f64 / 1e6
     );
 
-    println!("== 5. reload and generate");
+    println!("== 6. reload and generate");
     let model = InternLM2::<Cpu>::load(&export, DType::F32, &device)?;
     let tokenizer = Tokenizer::from_dir(&export)?;
     let prompts = [

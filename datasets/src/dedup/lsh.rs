@@ -8,7 +8,7 @@
 //!
 //! | J | 0.3 | 0.5 | 0.6 | 0.7 | 0.8 | 0.9 |
 //! |---|---|---|---|---|---|---|
-//! | P(candidate) | 0.229 | 0.873 | 0.986 | 0.99985 | 1 - 5e-8 | 1 - 1e-30 |
+//! | P(candidate) | 0.229 | 0.873 | 0.988 | 0.99985 | 1 - 4.8e-8 | 1 - 1.5e-15 |
 //!
 //! so pairs at the 0.7 threshold and above are practically never missed. The curve's
 //! midpoint `(1/bands)^(1/rows)` = 0.42 lies well below the threshold; the low-similarity
@@ -118,6 +118,8 @@ mod tests {
         // 1 - (1 - 0.8^4)^32 = 1 - 0.5904^32 = 1 - 4.7e-8.
         assert!((candidate_probability(0.8, 32, 4) - (1.0 - 4.7e-8)).abs() < 1e-8);
         assert!((candidate_probability(0.8, 16, 8) - 0.947).abs() < 1e-3);
+        // 0.6^4 = 0.1296, 0.8704^32 = 0.01178.
+        assert!((candidate_probability(0.6, 32, 4) - 0.98822).abs() < 1e-4);
         assert_eq!(candidate_probability(1.0, 32, 4), 1.0);
         assert_eq!(candidate_probability(0.0, 32, 4), 0.0);
     }

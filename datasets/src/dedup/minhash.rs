@@ -207,8 +207,8 @@ mod tests {
         let mut sig = vec![u32::MAX; h.num_perm()];
         for s in super::super::shingles(text, cfg) {
             let x = (s >> 32) as u32 ^ s as u32;
-            for i in 0..sig.len() {
-                sig[i] = sig[i].min(h.a[i].wrapping_mul(x).wrapping_add(h.b[i]));
+            for (i, v) in sig.iter_mut().enumerate() {
+                *v = (*v).min(h.a[i].wrapping_mul(x).wrapping_add(h.b[i]));
             }
         }
         sig

@@ -131,7 +131,7 @@ impl DedupConfig {
     /// Builder: number of permutations; also sets `bands = num_perm / rows` when that divides.
     pub fn with_num_perm(mut self, num_perm: usize) -> Self {
         self.num_perm = num_perm;
-        if self.rows > 0 && num_perm % self.rows == 0 {
+        if self.rows > 0 && num_perm.is_multiple_of(self.rows) {
             self.bands = num_perm / self.rows;
         }
         self

@@ -184,6 +184,20 @@ impl SignatureWriter {
         Ok(())
     }
 
+    /// Add documents from a reader (e.g. [`crate::io::read_documents`]), hashing them in
+    /// parallel batches; stops at the first error.
+    pub fn write_iter(&mut self, docs: impl IntoIterator<Item = Result<Document>>) -> Result<()> {
+        let mut batch: Vec<Document> = Vec::with_capacity(BATCH);
+        for doc in docs {
+            batch.push(doc?);
+            if batch.len() == BATCH {
+                self.write_batch(&batch.iter().collect::<Vec<_>>())?;
+                batch.clear();
+            }
+        }
+        self.write_batch(&batch.iter().collect::<Vec<_>>())
+    }
+
     /// Complete the file (header, rename); returns the number of documents.
     pub fn finish(mut self) -> Result<u64> {
         let mut header = [0u8; HEADER];

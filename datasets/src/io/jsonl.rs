@@ -141,7 +141,10 @@ impl JsonlWriter {
             Sink::Gzip(w) => w.finish().at(&self.tmp)?,
             Sink::Zstd(w) => w.finish().at(&self.tmp)?,
         };
-        let file = file.into_inner().map_err(|e| e.into_error()).at(&self.tmp)?;
+        let file = file
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .at(&self.tmp)?;
         file.sync_all().at(&self.tmp)?;
         std::fs::rename(&self.tmp, &self.path).at(&self.path)?;
         Ok(self.path)

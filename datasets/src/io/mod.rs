@@ -195,7 +195,9 @@ mod tests {
                 .with_id("a")
                 .with_source("https://x.org/1")
                 .with_timestamp(7),
-            Document::new("二番目 ✓").with_id("b").with_meta("score", 0.25),
+            Document::new("二番目 ✓")
+                .with_id("b")
+                .with_meta("score", 0.25),
             Document::new("").with_id("c"),
         ]
     }
@@ -239,6 +241,9 @@ mod tests {
         ));
         let pq = dir.path().join("bad.parquet");
         std::fs::write(&pq, b"not parquet").unwrap();
-        assert!(matches!(read_documents(&pq), Err(DataError::Parquet { .. })));
+        assert!(matches!(
+            read_documents(&pq),
+            Err(DataError::Parquet { .. })
+        ));
     }
 }

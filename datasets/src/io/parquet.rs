@@ -46,7 +46,8 @@ impl ParquetReader {
     /// Open `path`; fails when it is not Parquet or has no `text` column.
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).at(path)?;
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| pq_err(path, e))?;
+        let builder =
+            ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| pq_err(path, e))?;
         if builder.schema().field_with_name("text").is_err() {
             return Err(pq_err(path, "no `text` column"));
         }
@@ -70,8 +71,9 @@ impl ParquetReader {
             let name = field.name().as_str();
             match name {
                 "text" | "id" | "source" | "language" => {
-                    let values = strings(column)
-                        .ok_or_else(|| pq_err(&self.path, format!("`{name}` is not a string column")))?;
+                    let values = strings(column).ok_or_else(|| {
+                        pq_err(&self.path, format!("`{name}` is not a string column"))
+                    })?;
                     for (doc, v) in docs.iter_mut().zip(values) {
                         match name {
                             "text" => doc.text = v.unwrap_or_default(),
@@ -83,8 +85,9 @@ impl ParquetReader {
                     have_source |= name == "source";
                 }
                 "timestamp" => {
-                    let values = integers(column)
-                        .ok_or_else(|| pq_err(&self.path, "`timestamp` is not an integer column"))?;
+                    let values = integers(column).ok_or_else(|| {
+                        pq_err(&self.path, "`timestamp` is not an integer column")
+                    })?;
                     for (doc, v) in docs.iter_mut().zip(values) {
                         doc.timestamp = v;
                     }
@@ -95,7 +98,10 @@ impl ParquetReader {
                     for (row, (doc, v)) in docs.iter_mut().zip(values).enumerate() {
                         let Some(v) = v else { continue };
                         let map: Map<String, Value> = serde_json::from_str(&v).map_err(|e| {
-                            pq_err(&self.path, format!("row {row}: metadata is not a JSON object: {e}"))
+                            pq_err(
+                                &self.path,
+                                format!("row {row}: metadata is not a JSON object: {e}"),
+                            )
                         })?;
                         doc.metadata.extend(map);
                     }
@@ -121,7 +127,8 @@ impl ParquetReader {
 }
 
 fn strings(column: &ArrayRef) -> Option<Vec<Option<String>>> {
-    let collect = |it: &mut dyn Iterator<Item = Option<&str>>| it.map(|v| v.map(str::to_string)).collect();
+    let collect =
+        |it: &mut dyn Iterator<Item = Option<&str>>| it.map(|v| v.map(str::to_string)).collect();
     Some(match column.data_type() {
         DataType::Utf8 => collect(&mut column.as_string::<i32>().iter()),
         DataType::LargeUtf8 => collect(&mut column.as_string::<i64>().iter()),
@@ -156,14 +163,26 @@ fn json_values(column: &ArrayRef) -> Vec<Option<Value>> {
         return i.into_iter().map(|v| v.map(Value::from)).collect();
     }
     match column.data_type() {
-        DataType::UInt64 => column.as_primitive::<UInt64Type>().iter().map(|v| v.map(Value::from)).collect(),
-        DataType::Float64 => column.as_primitive::<Float64Type>().iter().map(|v| v.map(Value::from)).collect(),
+        DataType::UInt64 => column
+            .as_primitive::<UInt64Type>()
+            .iter()
+            .map(|v| v.map(Value::from))
+            .collect(),
+        DataType::Float64 => column
+            .as_primitive::<Float64Type>()
+            .iter()
+            .map(|v| v.map(Value::from))
+            .collect(),
         DataType::Float32 => column
             .as_primitive::<Float32Type>()
             .iter()
             .map(|v| v.map(|x| Value::from(x as f64)))
             .collect(),
-        DataType::Boolean => column.as_boolean().iter().map(|v| v.map(Value::Bool)).collect(),
+        DataType::Boolean => column
+            .as_boolean()
+            .iter()
+            .map(|v| v.map(Value::Bool))
+            .collect(),
         _ => vec![None; column.len()],
     }
 }
@@ -251,16 +270,28 @@ impl ParquetWriter {
             })
             .collect();
         let columns: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from_iter_values(docs.iter().map(|d| d.id.as_str()))),
-            Arc::new(LargeStringArray::from_iter_values(docs.iter().map(|d| d.text.as_str()))),
-            Arc::new(StringArray::from_iter(docs.iter().map(|d| d.source.as_deref()))),
-            Arc::new(StringArray::from_iter(docs.iter().map(|d| d.language.as_deref()))),
+            Arc::new(StringArray::from_iter_values(
+                docs.iter().map(|d| d.id.as_str()),
+            )),
+            Arc::new(LargeStringArray::from_iter_values(
+                docs.iter().map(|d| d.text.as_str()),
+            )),
+            Arc::new(StringArray::from_iter(
+                docs.iter().map(|d| d.source.as_deref()),
+            )),
+            Arc::new(StringArray::from_iter(
+                docs.iter().map(|d| d.language.as_deref()),
+            )),
             Arc::new(Int64Array::from_iter(docs.iter().map(|d| d.timestamp))),
-            Arc::new(StringArray::from_iter(metadata.iter().map(Option::as_deref))),
+            Arc::new(StringArray::from_iter(
+                metadata.iter().map(Option::as_deref),
+            )),
         ];
         let batch =
             RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| pq_err(&self.tmp, e))?;
-        self.writer.write(&batch).map_err(|e| pq_err(&self.tmp, e))?;
+        self.writer
+            .write(&batch)
+            .map_err(|e| pq_err(&self.tmp, e))?;
         Ok(())
     }
 

@@ -30,16 +30,28 @@ pub fn plan_path(opts: &StepOptions, step: &str) -> PathBuf {
 
 /// Phase 1: write the signature file of every selected shard (skipping existing ones).
 /// Returns documents signed now.
-pub fn dedup_signatures(step: &str, cfg: &DedupConfig, inputs: &[PathBuf], opts: &StepOptions) -> Result<u64> {
+pub fn dedup_signatures(
+    step: &str,
+    cfg: &DedupConfig,
+    inputs: &[PathBuf],
+    opts: &StepOptions,
+) -> Result<u64> {
     let dir = opts.step_dir(step).join("signatures");
-    std::fs::create_dir_all(&dir).map_err(|source| DataError::Io { path: dir.clone(), source })?;
+    std::fs::create_dir_all(&dir).map_err(|source| DataError::Io {
+        path: dir.clone(),
+        source,
+    })?;
     let selected: Vec<&PathBuf> = inputs
         .iter()
         .enumerate()
         .filter(|(i, _)| opts.selection.selects(*i))
         .map(|(_, p)| p)
         .collect();
-    let bar = progress_bar(opts.progress, selected.len() as u64, &format!("{step}:sign"));
+    let bar = progress_bar(
+        opts.progress,
+        selected.len() as u64,
+        &format!("{step}:sign"),
+    );
     let counts: Vec<Result<u64>> = selected
         .par_iter()
         .map(|input| {
@@ -50,7 +62,10 @@ pub fn dedup_signatures(step: &str, cfg: &DedupConfig, inputs: &[PathBuf], opts:
                 let mut w = SignatureWriter::create(cfg, &path)?;
                 let mut reader = read_documents(input)?;
                 loop {
-                    let batch: Vec<_> = reader.by_ref().take(opts.chunk.max(1)).collect::<Result<_>>()?;
+                    let batch: Vec<_> = reader
+                        .by_ref()
+                        .take(opts.chunk.max(1))
+                        .collect::<Result<_>>()?;
                     if batch.is_empty() {
                         break;
                     }
@@ -68,12 +83,20 @@ pub fn dedup_signatures(step: &str, cfg: &DedupConfig, inputs: &[PathBuf], opts:
 
 /// Phase 2: merge the signature files of *all* `inputs` into the plan (loaded when present).
 /// On a cluster this is one job that runs after every signature job finished.
-pub fn dedup_merge(step: &str, cfg: &DedupConfig, inputs: &[PathBuf], opts: &StepOptions) -> Result<DedupPlan> {
+pub fn dedup_merge(
+    step: &str,
+    cfg: &DedupConfig,
+    inputs: &[PathBuf],
+    opts: &StepOptions,
+) -> Result<DedupPlan> {
     let plan = plan_path(opts, step);
     if plan.exists() {
         return DedupPlan::load(&plan);
     }
-    let files: Vec<PathBuf> = inputs.iter().map(|i| signature_path(opts, step, i)).collect();
+    let files: Vec<PathBuf> = inputs
+        .iter()
+        .map(|i| signature_path(opts, step, i))
+        .collect();
     if let Some(missing) = files.iter().find(|f| !f.exists()) {
         return Err(DataError::Config(format!(
             "dedup merge: signature file {} is missing (run the signature phase of every shard first)",
@@ -91,7 +114,12 @@ pub fn dedup_merge(step: &str, cfg: &DedupConfig, inputs: &[PathBuf], opts: &Ste
 /// merge phases then find their files and skip).
 ///
 /// The report has one stage, `dedup`, whose drops are `exact_duplicate` / `near_duplicate`.
-pub fn run_dedup(step: &str, cfg: &DedupConfig, inputs: &[PathBuf], opts: &StepOptions) -> Result<StepReport> {
+pub fn run_dedup(
+    step: &str,
+    cfg: &DedupConfig,
+    inputs: &[PathBuf],
+    opts: &StepOptions,
+) -> Result<StepReport> {
     let started = Instant::now();
     dedup_signatures(step, cfg, inputs, opts)?;
     let plan = Arc::new(dedup_merge(step, cfg, inputs, opts)?);

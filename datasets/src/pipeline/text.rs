@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::dedup::run_dedup;
+use super::dedup::{dedup_merge, dedup_signatures, run_dedup};
 use super::{PipelineReport, StepOptions, run_step, step_outputs};
 use crate::dedup::DedupConfig;
 use crate::stages::format::{FormatConfig, FormatStage};
@@ -83,10 +83,7 @@ impl TextPipelineConfig {
         self
     }
 
-    /// Run every step over `inputs` (see [`crate::pipeline`] for files, restart and scale-out).
-    /// The configured files (blocklists, classifier models) are loaded first, so a bad path fails
-    /// before any data is touched.
-    pub fn run(&self, inputs: &[PathBuf], opts: &StepOptions) -> Result<TextPipelineOutput> {
+    fn chains(&self) -> Result<(Chain, Chain)> {
         let mut filter = Chain::new().add(FormatStage::new(self.format.clone()));
         if let Some(rules) = &self.rules {
             filter = filter.add(RulesStage::new(rules.clone())?);
@@ -98,20 +95,78 @@ impl TextPipelineConfig {
         if let Some(quality) = &self.quality {
             tail = tail.add(QualityStage::from_config(quality)?);
         }
-        let mut report = PipelineReport::default();
-        report.push(run_step("filter", &filter, inputs, opts)?);
-        let mut current = step_outputs("filter", inputs, opts);
-        if let Some(dedup) = &self.dedup {
-            report.push(run_dedup("dedup", dedup, &current, opts)?);
-            current = step_outputs("dedup", &current, opts);
-        }
-        if !tail.is_empty() {
-            report.push(run_step("safety", &tail, &current, opts)?);
-            current = step_outputs("safety", &current, opts);
-        }
-        Ok(TextPipelineOutput {
-            report,
-            outputs: current,
-        })
+        Ok((filter, tail))
     }
+
+    /// Run every step over `inputs` (see [`crate::pipeline`] for files, restart and scale-out).
+    /// The configured files (blocklists, classifier models) are loaded first, so a bad path fails
+    /// before any data is touched. Equivalent to the three [`TextPhase`]s in order.
+    pub fn run(&self, inputs: &[PathBuf], opts: &StepOptions) -> Result<TextPipelineOutput> {
+        let mut report = PipelineReport::default();
+        let mut outputs = Vec::new();
+        for phase in [TextPhase::Shards, TextPhase::Merge, TextPhase::Finish] {
+            let out = self.run_phase(phase, inputs, opts)?;
+            report.steps.extend(out.report.steps);
+            outputs = out.outputs;
+        }
+        Ok(TextPipelineOutput { report, outputs })
+    }
+
+    /// Run one phase. On a cluster: [`TextPhase::Shards`] as a job array over the shards (each
+    /// task with its [`ShardSelection`](super::ShardSelection) in `opts`), then one
+    /// [`TextPhase::Merge`] job, then [`TextPhase::Finish`] as a job array again. `outputs` are
+    /// the phase's output files for every input shard.
+    pub fn run_phase(
+        &self,
+        phase: TextPhase,
+        inputs: &[PathBuf],
+        opts: &StepOptions,
+    ) -> Result<TextPipelineOutput> {
+        let (filter, tail) = self.chains()?;
+        let mut report = PipelineReport::default();
+        let filtered = step_outputs("filter", inputs, opts);
+        let deduped = match self.dedup {
+            Some(_) => step_outputs("dedup", &filtered, opts),
+            None => filtered.clone(),
+        };
+        let outputs = match phase {
+            TextPhase::Shards => {
+                report.push(run_step("filter", &filter, inputs, opts)?);
+                if let Some(dedup) = &self.dedup {
+                    dedup_signatures("dedup", dedup, &filtered, opts)?;
+                }
+                filtered
+            }
+            TextPhase::Merge => {
+                if let Some(dedup) = &self.dedup {
+                    dedup_merge("dedup", dedup, &filtered, opts)?;
+                }
+                filtered
+            }
+            TextPhase::Finish => {
+                if let Some(dedup) = &self.dedup {
+                    report.push(run_dedup("dedup", dedup, &filtered, opts)?);
+                }
+                if tail.is_empty() {
+                    deduped
+                } else {
+                    report.push(run_step("safety", &tail, &deduped, opts)?);
+                    step_outputs("safety", &deduped, opts)
+                }
+            }
+        };
+        Ok(TextPipelineOutput { report, outputs })
+    }
+}
+
+/// The phases of a text pipeline run (see [`TextPipelineConfig::run_phase`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TextPhase {
+    /// Per shard: format and rules, then the dedup signature file.
+    Shards,
+    /// Once: merge every signature file into the dedup plan.
+    Merge,
+    /// Per shard: drop duplicates, then safety and quality.
+    Finish,
 }

@@ -23,10 +23,40 @@ use crate::{DataError, Document, Result, Stage, Verdict};
 
 /// Words that signal connected discourse (English and Chinese), counted by the statistical filter.
 pub const DISCOURSE_WORDS: &[&str] = &[
-    "however", "therefore", "because", "although", "moreover", "furthermore", "thus", "hence",
-    "consequently", "meanwhile", "nevertheless", "otherwise", "instead", "finally", "firstly",
-    "secondly", "since", "whereas", "accordingly", "indeed", "但是", "因此", "所以", "因为", "然而",
-    "而且", "并且", "虽然", "于是", "总之", "首先", "其次", "最后", "例如",
+    "however",
+    "therefore",
+    "because",
+    "although",
+    "moreover",
+    "furthermore",
+    "thus",
+    "hence",
+    "consequently",
+    "meanwhile",
+    "nevertheless",
+    "otherwise",
+    "instead",
+    "finally",
+    "firstly",
+    "secondly",
+    "since",
+    "whereas",
+    "accordingly",
+    "indeed",
+    "但是",
+    "因此",
+    "所以",
+    "因为",
+    "然而",
+    "而且",
+    "并且",
+    "虽然",
+    "于是",
+    "总之",
+    "首先",
+    "其次",
+    "最后",
+    "例如",
 ];
 
 /// Thresholds of the long-context stage (SPEC 5 publishes the 32K-byte floor; the other
@@ -163,8 +193,16 @@ pub fn text_stats(text: &str) -> TextStats {
     let distinct = head.iter().collect::<std::collections::HashSet<_>>().len();
     TextStats {
         words: words.len(),
-        discourse_per_1k: if words.is_empty() { 0.0 } else { discourse as f64 * 1000.0 / words.len() as f64 },
-        distinct_ratio: if head.is_empty() { 0.0 } else { distinct as f64 / head.len() as f64 },
+        discourse_per_1k: if words.is_empty() {
+            0.0
+        } else {
+            discourse as f64 * 1000.0 / words.len() as f64
+        },
+        distinct_ratio: if head.is_empty() {
+            0.0
+        } else {
+            distinct as f64 / head.len() as f64
+        },
     }
 }
 
@@ -221,16 +259,21 @@ impl Stage for LongContextStage {
             return Verdict::drop(doc, "too_short");
         }
         let stats = text_stats(&doc.text);
-        if c.min_discourse_per_1k.is_some_and(|m| stats.discourse_per_1k < m) {
+        if c.min_discourse_per_1k
+            .is_some_and(|m| stats.discourse_per_1k < m)
+        {
             return Verdict::drop(doc, "few_discourse_words");
         }
-        if c.min_distinct_ratio.is_some_and(|m| stats.distinct_ratio < m) {
+        if c.min_distinct_ratio
+            .is_some_and(|m| stats.distinct_ratio < m)
+        {
             return Verdict::drop(doc, "low_lexical_diversity");
         }
         if let Some(scorer) = &self.scorer {
             match self.nll_increase(scorer.as_ref(), &doc.text) {
                 Ok(diff) => {
-                    doc.metadata.insert("context_nll_increase".into(), diff.into());
+                    doc.metadata
+                        .insert("context_nll_increase".into(), diff.into());
                     if diff > c.threshold(&doc) {
                         return Verdict::drop(doc, "context_hurts_perplexity");
                     }
@@ -267,48 +310,63 @@ impl<B: Kernels> ModelScorer<B> {
     }
 }
 
+impl<B: Kernels> ModelScorer<B> {
+    /// Mean NLL (nats per token) of `target` ids following `context` ids (at least one: the
+    /// first target token is predicted from the last context token).
+    pub fn mean_nll_ids(&self, context: &[u32], target: &[u32]) -> Result<f64> {
+        if context.is_empty() || target.is_empty() {
+            return Err(DataError::Model(
+                "perplexity needs at least one context and one target token".into(),
+            ));
+        }
+        let ids: Vec<i64> = context.iter().chain(target).map(|&i| i as i64).collect();
+        let n = ids.len();
+        let start = context.len();
+        let model = self
+            .model
+            .lock()
+            .map_err(|_| DataError::Model("a scoring thread panicked".into()))?;
+        let vocab = model.config().vocab_size;
+        if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+            return Err(DataError::Model(format!(
+                "token id {bad} outside the model's vocabulary of {vocab}"
+            )));
+        }
+        let device = model.device();
+        let input = Tensor::<B, 2, Int>::from_data(
+            TensorData::new(ids[..n - 1].to_vec(), [1, n - 1]),
+            &device,
+        );
+        let targets =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(ids[1..].to_vec(), [1, n - 1]), &device);
+        let logp = activation::log_softmax(model.forward(input), 2)
+            .gather(2, targets.reshape([1, n - 1, 1]))
+            .reshape([n - 1]);
+        // Position p predicts token p + 1: the targets are tokens start..n, predicted at start-1..n-1.
+        let scored = logp.slice([start - 1..n - 1]);
+        let sum: f64 = scored.sum().into_scalar().elem::<f64>();
+        Ok(-sum / target.len() as f64)
+    }
+}
+
 impl<B: Kernels> ContextScorer for ModelScorer<B>
 where
     InternLM2<B>: Send,
 {
+    /// Context = `<s>` + the last `max_tokens` tokens of `context`; target = the first
+    /// `max_tokens` tokens of `target`.
     fn mean_nll(&self, context: &str, target: &str) -> Result<f64> {
-        let mut ids = Vec::new();
-        if let Some(bos) = self.tokenizer.bos_id() {
-            ids.push(bos);
-        }
+        let bos = self
+            .tokenizer
+            .bos_id()
+            .ok_or_else(|| DataError::Model("the tokenizer has no BOS token".into()))?;
+        let mut ctx = vec![bos];
         if !context.is_empty() {
-            let ctx = self.tokenizer.encode(context, false)?;
-            ids.extend_from_slice(&ctx[ctx.len().saturating_sub(self.max_tokens)..]);
+            let c = self.tokenizer.encode(context, false)?;
+            ctx.extend_from_slice(&c[c.len().saturating_sub(self.max_tokens)..]);
         }
         let tgt = self.tokenizer.encode(target, false)?;
-        let tgt = &tgt[..tgt.len().min(self.max_tokens)];
-        if tgt.is_empty() {
-            return Err(DataError::Model("empty target segment".into()));
-        }
-        if ids.is_empty() {
-            // No BOS and no context: the first target token has nothing to be predicted from.
-            ids.push(tgt[0]);
-        }
-        let start = ids.len();
-        ids.extend_from_slice(tgt);
-        let model = self.model.lock().map_err(|_| DataError::Model("poisoned".into()))?;
-        let device = model.device();
-        let n = ids.len();
-        let input = Tensor::<B, 2, Int>::from_data(
-            TensorData::new(ids[..n - 1].iter().map(|&i| i as i64).collect::<Vec<_>>(), [1, n - 1]),
-            &device,
-        );
-        let targets = Tensor::<B, 2, Int>::from_data(
-            TensorData::new(ids[1..].iter().map(|&i| i as i64).collect::<Vec<_>>(), [1, n - 1]),
-            &device,
-        );
-        let logp = activation::log_softmax(model.forward(input), 2)
-            .gather(2, targets.reshape([1, n - 1, 1]))
-            .reshape([n - 1]);
-        let scored = logp.slice([start - 1..n - 1]);
-        let count = scored.dims()[0];
-        let sum: f64 = scored.sum().into_scalar().elem::<f64>();
-        Ok(-sum / count as f64)
+        self.mean_nll_ids(&ctx, &tgt[..tgt.len().min(self.max_tokens)])
     }
 }
 
@@ -322,7 +380,11 @@ mod tests {
     }
     impl ContextScorer for Fixed {
         fn mean_nll(&self, context: &str, _: &str) -> Result<f64> {
-            Ok(if context.is_empty() { self.without } else { self.with })
+            Ok(if context.is_empty() {
+                self.without
+            } else {
+                self.with
+            })
         }
     }
 
@@ -339,7 +401,10 @@ mod tests {
         let t = "aé中b".repeat(10);
         let segs = segments(&t, 4);
         assert_eq!(segs.concat(), t);
-        assert!(segs.iter().all(|s| s.len() >= 4 || std::ptr::eq(*s, *segs.last().unwrap())));
+        assert!(
+            segs.iter()
+                .all(|s| s.len() >= 4 || std::ptr::eq(*s, *segs.last().unwrap()))
+        );
     }
 
     #[test]
@@ -356,10 +421,25 @@ mod tests {
         let cfg = LongContextConfig::default().with_threshold("de", 0.5);
         let text = long_text();
         assert!(text.len() >= cfg.min_bytes);
-        let helps = LongContextStage::new(cfg.clone(), Some(Box::new(Fixed { with: 2.0, without: 3.0 })));
-        let hurts = LongContextStage::new(cfg.clone(), Some(Box::new(Fixed { with: 3.2, without: 3.0 })));
+        let helps = LongContextStage::new(
+            cfg.clone(),
+            Some(Box::new(Fixed {
+                with: 2.0,
+                without: 3.0,
+            })),
+        );
+        let hurts = LongContextStage::new(
+            cfg.clone(),
+            Some(Box::new(Fixed {
+                with: 3.2,
+                without: 3.0,
+            })),
+        );
         assert!(helps.apply(Document::new(text.clone())).is_keep());
-        assert_eq!(hurts.apply(Document::new(text.clone())).reason(), Some("context_hurts_perplexity"));
+        assert_eq!(
+            hurts.apply(Document::new(text.clone())).reason(),
+            Some("context_hurts_perplexity")
+        );
         // German documents allow an increase up to 0.5 nats.
         let mut de = Document::new(text);
         de.language = Some("de".into());
@@ -370,12 +450,17 @@ mod tests {
     fn statistical_filters_fire() {
         let stage = LongContextStage::new(LongContextConfig::default(), None);
         let repetitive = "word ".repeat(8000);
-        assert_eq!(stage.apply(Document::new(repetitive)).reason(), Some("few_discourse_words"));
+        assert_eq!(
+            stage.apply(Document::new(repetitive)).reason(),
+            Some("few_discourse_words")
+        );
         let mut cfg = LongContextConfig::default();
         cfg.min_discourse_per_1k = None;
         let stage = LongContextStage::new(cfg, None);
         assert_eq!(
-            stage.apply(Document::new("same words here ".repeat(3000))).reason(),
+            stage
+                .apply(Document::new("same words here ".repeat(3000)))
+                .reason(),
             Some("low_lexical_diversity")
         );
     }
