@@ -52,6 +52,7 @@ fn sample_corpus_outcomes_match_the_manifest() {
         vocab_size: 600,
         seq_len: 256,
         long_min_bytes: 32 * 1024,
+        scorer_model: None,
         progress: false,
     };
     let summary = run::run(&args).unwrap();

@@ -1,17 +1,24 @@
 //! Parity with the official InternLM2 implementation: every case of the `reference.json` of
 //! both tiny fixtures (`../shared/fixtures/tiny-internlm2*`, made with HuggingFace's remote
-//! code in float32), computed by the SDK on the CPU backend in f32.
+//! code in float32), computed by the SDK in f32 on the CPU backend — or, built with
+//! `--features wgpu`, on burn's wgpu backend with the fused cube kernels (CI runs it on Mesa's
+//! software Vulkan driver).
 
 mod common;
 
 use burn::tensor::{DType, Int, Tensor, TensorData};
-use internlm2::backends::Cpu;
+/// The backend under test.
+#[cfg(not(feature = "wgpu"))]
+type B = internlm2::backends::Cpu;
+/// The backend under test.
+#[cfg(feature = "wgpu")]
+type B = internlm2::backends::Wgpu;
 use internlm2::{ForwardInput, InternLM2, KvCache};
 
 /// The bar: full logits within 1e-4 max-abs in f32.
 const TOLERANCE: f32 = 1e-4;
 
-fn ids_tensor(ids: &[Vec<i64>]) -> Tensor<Cpu, 2, Int> {
+fn ids_tensor(ids: &[Vec<i64>]) -> Tensor<B, 2, Int> {
     let (b, s) = (ids.len(), ids[0].len());
     let flat: Vec<i64> = ids.iter().flatten().copied().collect();
     Tensor::from_data(TensorData::new(flat, [b, s]), &Default::default())
@@ -43,7 +50,7 @@ fn max_abs_diff(
     worst
 }
 
-fn load(dir: &std::path::Path) -> InternLM2<Cpu> {
+fn load(dir: &std::path::Path) -> InternLM2<B> {
     InternLM2::load(dir, DType::F32, &Default::default()).expect("fixture loads")
 }
 

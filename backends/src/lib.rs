@@ -22,7 +22,7 @@
 pub mod device;
 pub mod kernels;
 
-#[cfg(feature = "flex")]
+#[cfg(any(feature = "flex", feature = "cuda", feature = "wgpu"))]
 use burn::tensor::Tensor;
 
 pub use kernels::{AttentionMask, Kernels};
@@ -119,11 +119,70 @@ impl<B: Kernels, C: burn::backend::autodiff::checkpoint::strategy::CheckpointStr
 {
 }
 
-#[cfg(feature = "cuda")]
-impl Kernels for burn::backend::Cuda {}
+/// The CubeCL backends (CUDA, wgpu) run the fused kernels of [`kernels::cube`] for RMSNorm,
+/// RoPE and SwiGLU; attention, the KV-cache write and dense layers stay composite (burn's own
+/// matmul and attention kernels).
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+impl<R, F, I, BT> Kernels for burn_cubecl::CubeBackend<R, F, I, BT>
+where
+    R: burn_cubecl::CubeRuntime,
+    F: burn_cubecl::FloatElement,
+    I: burn_cubecl::IntElement,
+    BT: burn_cubecl::BoolElement,
+{
+    fn rms_norm(x: Tensor<Self, 3>, weight: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 3> {
+        kernels::cube::rms_norm(x, weight, eps)
+    }
 
-#[cfg(feature = "wgpu")]
-impl Kernels for burn::backend::Wgpu {}
+    fn add_rms_norm(
+        x: Tensor<Self, 3>,
+        residual: Tensor<Self, 3>,
+        weight: Tensor<Self, 1>,
+        eps: f64,
+    ) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
+        kernels::cube::add_rms_norm(x, residual, weight, eps)
+    }
+
+    fn rope(x: Tensor<Self, 4>, cos: Tensor<Self, 3>, sin: Tensor<Self, 3>) -> Tensor<Self, 4> {
+        kernels::cube::rope(x, cos, sin)
+    }
+
+    fn swiglu(gate: Tensor<Self, 3>, up: Tensor<Self, 3>) -> Tensor<Self, 3> {
+        kernels::cube::swiglu(gate, up)
+    }
+}
+
+/// burn's `Cuda` and `Wgpu` are fusion backends over `CubeBackend`: the same fused kernels,
+/// each recorded as a custom operation of the fusion stream ([`kernels::cube::fusion`]).
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+impl<R, F, I, BT> Kernels for burn_fusion::Fusion<burn_cubecl::CubeBackend<R, F, I, BT>>
+where
+    R: burn_cubecl::CubeRuntime,
+    F: burn_cubecl::FloatElement,
+    I: burn_cubecl::IntElement,
+    BT: burn_cubecl::BoolElement,
+{
+    fn rms_norm(x: Tensor<Self, 3>, weight: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 3> {
+        kernels::cube::rms_norm(x, weight, eps)
+    }
+
+    fn add_rms_norm(
+        x: Tensor<Self, 3>,
+        residual: Tensor<Self, 3>,
+        weight: Tensor<Self, 1>,
+        eps: f64,
+    ) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
+        kernels::cube::add_rms_norm(x, residual, weight, eps)
+    }
+
+    fn rope(x: Tensor<Self, 4>, cos: Tensor<Self, 3>, sin: Tensor<Self, 3>) -> Tensor<Self, 4> {
+        kernels::cube::rope(x, cos, sin)
+    }
+
+    fn swiglu(gate: Tensor<Self, 3>, up: Tensor<Self, 3>) -> Tensor<Self, 3> {
+        kernels::cube::swiglu(gate, up)
+    }
+}
 
 #[cfg(feature = "tch")]
 impl Kernels for burn::backend::LibTorch {}

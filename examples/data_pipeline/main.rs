@@ -55,6 +55,10 @@ struct Args {
     /// Minimum bytes of a long-context document (SPEC 5: 32K).
     #[arg(long, default_value_t = 32 * 1024)]
     long_min_bytes: usize,
+    /// InternLM2 checkpoint directory (config.json, safetensors, tokenizer) that scores the
+    /// perplexity-difference filter of the long-context step.
+    #[arg(long)]
+    scorer_model: Option<PathBuf>,
     /// Delete the output directory first.
     #[arg(long)]
     fresh: bool,
@@ -82,6 +86,7 @@ fn main() {
         vocab_size: args.vocab_size,
         seq_len: args.seq_len,
         long_min_bytes: args.long_min_bytes,
+        scorer_model: args.scorer_model,
         progress: true,
     };
     let summary = match run::run(&config) {

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use internlm2::Tokenizer;
+use burn::tensor::DType;
+use internlm2::backends::Cpu;
+use internlm2::{InternLM2, Tokenizer};
 use internlm2_datasets::code::{
     CodeQualityConfig, CodeQualityStage, RepoConfig, Repository, repository_document,
 };
@@ -16,7 +18,9 @@ use internlm2_datasets::dedup::{DedupConfig, DedupFilter, merge_signatures, writ
 use internlm2_datasets::io::{DocumentWriter, list_shards, read_documents};
 use internlm2_datasets::pipeline::text::TextPipelineConfig;
 use internlm2_datasets::pipeline::{PipelineReport, StepOptions, StepReport};
-use internlm2_datasets::stages::long_context::{LongContextConfig, LongContextStage};
+use internlm2_datasets::stages::long_context::{
+    ContextScorer, LongContextConfig, LongContextStage, ModelScorer,
+};
 use internlm2_datasets::stages::quality::{NgramClassifier, NgramConfig, QualityConfig, Threshold};
 use internlm2_datasets::stages::safety::SafetyConfig;
 use internlm2_datasets::tokenize::{PackConfig, TokenShards, pack_documents};
@@ -47,6 +51,9 @@ pub struct DataArgs {
     pub seq_len: usize,
     /// Long-context floor in bytes.
     pub long_min_bytes: usize,
+    /// An InternLM2 checkpoint directory (with its tokenizer) for the perplexity-difference
+    /// filter of the long-context step; without it only the length and statistical filters run.
+    pub scorer_model: Option<PathBuf>,
     /// Progress bars.
     pub progress: bool,
 }
@@ -197,9 +204,17 @@ pub fn run(args: &DataArgs) -> Result<DataSummary, DataError> {
     }
 
     // Long context: only documents of at least `long_min_bytes` go to the long-context set.
+    let scorer: Option<Box<dyn ContextScorer>> = match &args.scorer_model {
+        Some(dir) => {
+            let model = InternLM2::<Cpu>::load(dir, DType::F32, &Default::default())
+                .map_err(|e| DataError::Model(e.to_string()))?;
+            Some(Box::new(ModelScorer::new(model, Tokenizer::from_dir(dir)?, 1024)))
+        }
+        None => None,
+    };
     let long = Chain::new().add(LongContextStage::new(
         LongContextConfig::default().with_min_bytes(args.long_min_bytes),
-        None,
+        scorer,
     ));
     let (step, long_docs) = run_in_memory(
         "long_context",

@@ -89,6 +89,7 @@ fn run_quickstart(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         vocab_size: 1000,
         seq_len: 256,
         long_min_bytes: 32 * 1024,
+        scorer_model: None,
         progress: false,
     })?;
     for line in data.report.table().lines() {

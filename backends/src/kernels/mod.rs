@@ -8,6 +8,8 @@
 pub mod composite;
 #[cfg(feature = "flex")]
 pub mod cpu;
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+pub mod cube;
 
 use burn::tensor::{Bool, Int, Tensor, backend::Backend};
 

@@ -1,0 +1,305 @@
+//! The CubeCL kernels (`kernels::cube`) against the composite reference on the same wgpu
+//! device (lavapipe's software Vulkan in CI), on random inputs: odd widths, one and 33 tokens,
+//! strided views, f32 and f16. Each kernel is checked twice: through burn's fusion backend
+//! (`Wgpu`, what the model uses) and on the plain `CubeBackend`; each case is run through the
+//! `CubeOps` entry point, which always launches the kernel (no composite fallback), and through
+//! the `Kernels` trait the model calls.
+//!
+//! Tolerance, with `eps` the machine epsilon of the dtype (2^-23 for f32, 2^-10 for f16):
+//! `|ours - reference| <= ulps * eps * (1 + |reference|)`, with `ulps` = 8 in f32 (the two
+//! differ only in summation order and in the order of f32 operations) and 2 in f16 (one
+//! rounding of an f32 intermediate to f16 may go the other way, then one more product).
+//!
+//! `timings` (ignored by default) prints composite vs fused times per kernel.
+
+#![cfg(feature = "wgpu")]
+
+use std::time::Instant;
+
+use burn::backend::wgpu::{CubeBackend, WgpuDevice, WgpuRuntime};
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Distribution, Tensor, TensorPrimitive};
+use internlm2_backends::kernels::composite;
+use internlm2_backends::kernels::cube::CubeOps;
+use internlm2_backends::{Kernels, Wgpu};
+
+/// burn's wgpu backend without the fusion layer.
+type Plain = CubeBackend<WgpuRuntime, f32, i32, u32>;
+
+const EPS: f64 = 1e-6;
+
+fn device() -> WgpuDevice {
+    WgpuDevice::DefaultDevice
+}
+
+/// The dtypes to test: f32, and f16 where the device has it.
+fn dtypes<B: Backend<Device = WgpuDevice>>() -> Vec<DType> {
+    let mut dtypes = vec![DType::F32];
+    if B::supports_dtype(&device(), DType::F16) {
+        dtypes.push(DType::F16);
+    } else {
+        eprintln!("this device has no f16: testing f32 only");
+    }
+    dtypes
+}
+
+fn random<B: Backend<Device = WgpuDevice>, const D: usize>(
+    shape: [usize; D],
+    dtype: DType,
+) -> Tensor<B, D> {
+    Tensor::<B, D>::random(shape, Distribution::Normal(0.0, 1.0), &device()).cast(dtype)
+}
+
+fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.cast(DType::F32).into_data().to_vec::<f32>().unwrap()
+}
+
+/// Panics when `ours` and `reference` differ by more than the tolerance of `dtype`.
+fn assert_close<B: Backend, const D: usize>(
+    what: &str,
+    ours: Tensor<B, D>,
+    reference: Tensor<B, D>,
+    dtype: DType,
+) {
+    assert_eq!(ours.dims(), reference.dims(), "{what}: shapes");
+    assert_eq!(ours.dtype(), dtype, "{what}: output dtype");
+    let (eps, ulps) = match dtype {
+        DType::F32 => (f32::EPSILON, 8.0),
+        DType::F16 => (half_epsilon(), 2.0),
+        other => panic!("no tolerance for {other:?}"),
+    };
+    let (ours, reference) = (values(ours), values(reference));
+    let mut worst = 0f32;
+    for (i, (a, r)) in ours.iter().zip(&reference).enumerate() {
+        let tol = ulps * eps * (1.0 + r.abs());
+        assert!(
+            (a - r).abs() <= tol && a.is_finite(),
+            "{what} {dtype:?}: element {i}: {a} vs {r} (tolerance {tol})"
+        );
+        worst = worst.max((a - r).abs() / (eps * (1.0 + r.abs())));
+    }
+    println!("{what} {dtype:?}: worst {worst:.2} eps");
+}
+
+/// Machine epsilon of f16: 2^-10.
+fn half_epsilon() -> f32 {
+    1.0 / 1024.0
+}
+
+fn float<B: Backend, const D: usize>(t: Tensor<B, D>) -> burn::tensor::ops::FloatTensor<B> {
+    t.into_primitive().tensor()
+}
+
+fn tensor<B: Backend, const D: usize>(t: burn::tensor::ops::FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+const HIDDEN: [usize; 5] = [1, 7, 64, 130, 4096];
+const SEQ: [usize; 2] = [1, 33];
+
+fn check_rms_norm<B: CubeOps + Kernels<Device = WgpuDevice>>(name: &str) {
+    for dtype in dtypes::<B>() {
+        for h in HIDDEN {
+            for (b, s) in SEQ.iter().map(|&s| (2, s)) {
+                let what = format!("{name} rms_norm {b}x{s}x{h}");
+                let (x, w) = (random::<B, 3>([b, s, h], dtype), random::<B, 1>([h], dtype));
+                let reference = composite::rms_norm(x.clone(), w.clone(), EPS);
+                let ours = B::fused_rms_norm(float(x.clone()), float(w.clone()), EPS as f32);
+                assert_close(&what, tensor(ours), reference.clone(), dtype);
+                assert_close(&what, B::rms_norm(x, w, EPS), reference, dtype);
+            }
+        }
+        // A strided view: [b, h, s] seen as [b, s, h].
+        let x = random::<B, 3>([2, 130, 33], dtype).swap_dims(1, 2);
+        let w = random::<B, 1>([130], dtype);
+        let reference = composite::rms_norm(x.clone(), w.clone(), EPS);
+        let ours = tensor(B::fused_rms_norm(float(x), float(w), EPS as f32));
+        assert_close(&format!("{name} rms_norm strided"), ours, reference, dtype);
+    }
+}
+
+fn check_add_rms_norm<B: CubeOps + Kernels<Device = WgpuDevice>>(name: &str) {
+    for dtype in dtypes::<B>() {
+        for h in HIDDEN {
+            for s in SEQ {
+                let what = format!("{name} add_rms_norm 2x{s}x{h}");
+                let (x, r) = (
+                    random::<B, 3>([2, s, h], dtype),
+                    random::<B, 3>([2, s, h], dtype),
+                );
+                let w = random::<B, 1>([h], dtype);
+                let (sum, normed) = composite::add_rms_norm(x.clone(), r.clone(), w.clone(), EPS);
+                let (s1, n1) = B::fused_add_rms_norm(
+                    float(x.clone()),
+                    float(r.clone()),
+                    float(w.clone()),
+                    EPS as f32,
+                );
+                assert_close(&format!("{what} sum"), tensor(s1), sum.clone(), dtype);
+                assert_close(&format!("{what} normed"), tensor(n1), normed.clone(), dtype);
+                let (s2, n2) = B::add_rms_norm(x, r, w, EPS);
+                assert_close(&format!("{what} sum"), s2, sum, dtype);
+                assert_close(&format!("{what} normed"), n2, normed, dtype);
+            }
+        }
+    }
+}
+
+/// The query layout of the model: the `[b, s, kv, G + 2, d]` projection, sliced, reshaped to
+/// `[b, s, heads, d]` and viewed as `[b, heads, s, d]`.
+fn model_queries<B: Backend<Device = WgpuDevice>>(
+    [b, s, kv, g, d]: [usize; 5],
+    dtype: DType,
+) -> Tensor<B, 4> {
+    random::<B, 5>([b, s, kv, g + 2, d], dtype)
+        .slice([0..b, 0..s, 0..kv, 0..g, 0..d])
+        .reshape([b, s, kv * g, d])
+        .swap_dims(1, 2)
+}
+
+fn check_rope<B: CubeOps + Kernels<Device = WgpuDevice>>(name: &str) {
+    for dtype in dtypes::<B>() {
+        for d in [2, 8, 64, 128] {
+            for s in SEQ {
+                let (b, h) = (2, 3);
+                let what = format!("{name} rope {b}x{h}x{s}x{d}");
+                let views = [
+                    random::<B, 4>([b, h, s, d], dtype),
+                    random::<B, 4>([b, s, h, d], dtype).swap_dims(1, 2),
+                    model_queries::<B>([b, s, 1, h, d], dtype),
+                ];
+                let (cos, sin) = (
+                    random::<B, 3>([b, s, d], dtype),
+                    random::<B, 3>([b, s, d], dtype),
+                );
+                for x in views {
+                    let reference = composite::rope(x.clone(), cos.clone(), sin.clone());
+                    let ours =
+                        B::fused_rope(float(x.clone()), float(cos.clone()), float(sin.clone()));
+                    assert_close(&what, tensor(ours), reference.clone(), dtype);
+                    assert_close(
+                        &what,
+                        B::rope(x, cos.clone(), sin.clone()),
+                        reference,
+                        dtype,
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn check_swiglu<B: CubeOps + Kernels<Device = WgpuDevice>>(name: &str) {
+    for dtype in dtypes::<B>() {
+        for n in [1, 7, 130, 1537, 4096] {
+            for s in SEQ {
+                let what = format!("{name} swiglu 2x{s}x{n}");
+                let (g, u) = (
+                    random::<B, 3>([2, s, n], dtype),
+                    random::<B, 3>([2, s, n], dtype),
+                );
+                let reference = composite::swiglu(g.clone(), u.clone());
+                let ours = B::fused_swiglu(float(g.clone()), float(u.clone()));
+                assert_close(&what, tensor(ours), reference.clone(), dtype);
+                assert_close(&what, B::swiglu(g, u), reference, dtype);
+            }
+        }
+    }
+}
+
+#[test]
+fn rms_norm_matches_composite() {
+    check_rms_norm::<Wgpu>("fusion");
+    check_rms_norm::<Plain>("plain");
+}
+
+#[test]
+fn add_rms_norm_matches_composite() {
+    check_add_rms_norm::<Wgpu>("fusion");
+    check_add_rms_norm::<Plain>("plain");
+}
+
+#[test]
+fn rope_matches_composite_on_strided_views() {
+    check_rope::<Wgpu>("fusion");
+    check_rope::<Plain>("plain");
+}
+
+#[test]
+fn swiglu_matches_composite() {
+    check_swiglu::<Wgpu>("fusion");
+    check_swiglu::<Plain>("plain");
+}
+
+/// Mean seconds per call of `f` over 10 calls, synced, after a warm-up round (shader
+/// compilation, autotuning). Outputs stay alive until the sync so that no backend can skip
+/// computing them.
+fn time<B: Backend<Device = WgpuDevice>, T>(mut f: impl FnMut() -> T) -> f64 {
+    let reps = 10;
+    let mut round = || {
+        let start = Instant::now();
+        let outputs: Vec<T> = (0..reps).map(|_| f()).collect();
+        B::sync(&device()).unwrap();
+        let elapsed = start.elapsed().as_secs_f64();
+        drop(outputs);
+        elapsed / reps as f64
+    };
+    round();
+    round()
+}
+
+fn row(kernel: &str, composite: f64, fused: f64) {
+    println!(
+        "| {kernel} | {:.3} | {:.3} | {:.2}x |",
+        composite * 1e3,
+        fused * 1e3,
+        composite / fused
+    );
+}
+
+fn timings_on<B: CubeOps + Kernels<Device = WgpuDevice>>(name: &str) {
+    let (b, s, h, heads, d, inter) = (1, 512, 2048, 16, 128, 8192);
+    let dt = DType::F32;
+    println!(
+        "\n{name} backend, f32, batch {b}, seq {s}, hidden {h}, heads {heads}x{d}, ffn {inter}"
+    );
+    println!("| kernel | composite ms | fused ms | speed-up |\n|---|---|---|---|");
+    let (x, r, w) = (
+        random::<B, 3>([b, s, h], dt),
+        random::<B, 3>([b, s, h], dt),
+        random::<B, 1>([h], dt),
+    );
+    row(
+        "rms_norm",
+        time::<B, _>(|| composite::rms_norm(x.clone(), w.clone(), EPS)),
+        time::<B, _>(|| B::rms_norm(x.clone(), w.clone(), EPS)),
+    );
+    row(
+        "add_rms_norm",
+        time::<B, _>(|| composite::add_rms_norm(x.clone(), r.clone(), w.clone(), EPS)),
+        time::<B, _>(|| B::add_rms_norm(x.clone(), r.clone(), w.clone(), EPS)),
+    );
+    let q = random::<B, 4>([b, s, heads, d], dt).swap_dims(1, 2);
+    let (cos, sin) = (random::<B, 3>([b, s, d], dt), random::<B, 3>([b, s, d], dt));
+    row(
+        "rope",
+        time::<B, _>(|| composite::rope(q.clone(), cos.clone(), sin.clone())),
+        time::<B, _>(|| B::rope(q.clone(), cos.clone(), sin.clone())),
+    );
+    let (g, u) = (
+        random::<B, 3>([b, s, inter], dt),
+        random::<B, 3>([b, s, inter], dt),
+    );
+    row(
+        "swiglu",
+        time::<B, _>(|| composite::swiglu(g.clone(), u.clone())),
+        time::<B, _>(|| B::swiglu(g.clone(), u.clone())),
+    );
+}
+
+#[test]
+#[ignore = "timing table, run with --run-ignored all --no-capture"]
+fn timings() {
+    timings_on::<Wgpu>("fusion (burn::backend::Wgpu)");
+    timings_on::<Plain>("plain CubeBackend");
+}
