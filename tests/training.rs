@@ -364,3 +364,59 @@ fn two_data_parallel_replicas_equal_one_replica_at_twice_the_batch() {
     );
     assert!((p - q).abs() < 1e-5);
 }
+
+/// bf16 mixed precision: the forward/backward runs on bf16 copies of the weights, the master
+/// weights and AdamW stay f32, and the run tracks the f32 run closely without being identical.
+#[test]
+fn bf16_mixed_precision_tracks_f32_with_f32_master_weights() {
+    let mut full = Trainer::new(model(3), OptimizerConfig::new());
+    let mut mixed =
+        Trainer::new(model(3), OptimizerConfig::new()).with_mixed_precision(Some(DType::BF16));
+    assert_eq!(mixed.compute_dtype(), Some(DType::BF16));
+    let mut data = packer(32);
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for step in 0..30 {
+        let batch = data.next_batch(4);
+        let lr = LrSchedule::new(3e-3, 3, 30).lr(step);
+        a.push(full.step(std::slice::from_ref(&batch), lr).unwrap());
+        b.push(mixed.step(&[batch], lr).unwrap());
+    }
+    let tail =
+        |v: &[internlm2::train::StepStats]| v[25..].iter().map(|s| s.loss).sum::<f64>() / 5.0;
+    println!(
+        "f32: {:.4} -> {:.4} (grad norm {:.4}); bf16 mixed: {:.4} -> {:.4} (grad norm {:.4})",
+        a[0].loss,
+        tail(&a),
+        a[0].grad_norm,
+        b[0].loss,
+        tail(&b),
+        b[0].grad_norm
+    );
+    // The first loss differs only by bf16 rounding of the same weights.
+    let first = (a[0].loss - b[0].loss).abs();
+    assert!(first > 0.0, "bf16 compute must change the numbers at all");
+    assert!(
+        first < 0.05 * a[0].loss,
+        "first losses {} vs {}",
+        a[0].loss,
+        b[0].loss
+    );
+    assert!(b[0].grad_norm > 0.0 && (b[0].grad_norm - a[0].grad_norm).abs() < 0.1 * a[0].grad_norm);
+    // Both learn, to about the same place.
+    assert!(
+        tail(&b) < b[0].loss - 1.0,
+        "mixed precision did not learn: {} -> {}",
+        b[0].loss,
+        tail(&b)
+    );
+    assert!(
+        (tail(&a) - tail(&b)).abs() < 0.15 * tail(&a),
+        "f32 {} vs bf16 {}",
+        tail(&a),
+        tail(&b)
+    );
+    // Master weights stay f32.
+    assert_eq!(mixed.model.dtype(), DType::F32);
+    let w = mixed.model.model.layers[0].attention.wqkv.weight.val();
+    assert_eq!(w.dtype(), DType::F32);
+}

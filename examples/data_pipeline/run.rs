@@ -208,7 +208,11 @@ pub fn run(args: &DataArgs) -> Result<DataSummary, DataError> {
         Some(dir) => {
             let model = InternLM2::<Cpu>::load(dir, DType::F32, &Default::default())
                 .map_err(|e| DataError::Model(e.to_string()))?;
-            Some(Box::new(ModelScorer::new(model, Tokenizer::from_dir(dir)?, 1024)))
+            Some(Box::new(ModelScorer::new(
+                model,
+                Tokenizer::from_dir(dir)?,
+                1024,
+            )))
         }
         None => None,
     };

@@ -4,11 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::module::{AutodiffModule as _, Module};
+use burn::module::{AutodiffModule as _, Module, ModuleMapper, Param};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
-use burn::tensor::ElementConversion as _;
 use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{DType, ElementConversion as _, Tensor};
 use internlm2_backends::Kernels;
 use serde::{Deserialize, Serialize};
 
@@ -62,9 +62,26 @@ pub struct Trainer<B: AutodiffBackend + Kernels>
 where
     B::InnerBackend: Kernels,
 {
-    /// The model being trained.
+    /// The model being trained (the master weights, in the dtype they were created in).
     pub model: InternLM2<B>,
     optimizer: GroupedAdamW<InternLM2<B>, B>,
+    compute_dtype: Option<DType>,
+}
+
+/// Casts every float parameter inside the autodiff graph: the cast's backward casts the
+/// gradient back, so gradients arrive on the master weights in their own dtype.
+struct CastParams(DType);
+
+impl<B: AutodiffBackend> ModuleMapper<B> for CastParams {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let tensor = if tensor.dtype() == self.0 {
+            tensor
+        } else {
+            tensor.cast(self.0)
+        };
+        Param::from_mapped_value(id, tensor, mapper)
+    }
 }
 
 fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
@@ -87,6 +104,40 @@ where
         Self {
             optimizer: GroupedAdamW::new(&model, config),
             model,
+            compute_dtype: None,
+        }
+    }
+
+    /// Mixed precision: forward and backward run with the weights cast to `dtype` (e.g.
+    /// `DType::BF16`) while the master weights, gradients and AdamW moments stay in the
+    /// model's own dtype (f32). Norm statistics, attention softmax, logits and the loss are
+    /// computed in f32 by the model in either case. `None` (the default) trains in the
+    /// master dtype. Not stored in checkpoints: set it again after
+    /// [`load_checkpoint`](Self::load_checkpoint).
+    ///
+    /// ```
+    /// use burn::tensor::DType;
+    /// use internlm2::train::{OptimizerConfig, Trainer};
+    /// use internlm2::{InternLM2, InternLM2Config, backends::CpuAutodiff};
+    /// let model = InternLM2::<CpuAutodiff>::init(&InternLM2Config::new(64, 32, 64, 1, 2, 1), &Default::default());
+    /// let trainer = Trainer::new(model, OptimizerConfig::new()).with_mixed_precision(Some(DType::BF16));
+    /// assert_eq!(trainer.compute_dtype(), Some(DType::BF16));
+    /// ```
+    pub fn with_mixed_precision(mut self, dtype: Option<DType>) -> Self {
+        self.compute_dtype = dtype.filter(|d| *d != self.model.dtype());
+        self
+    }
+
+    /// The dtype forward and backward run in, when it differs from the master weights'.
+    pub fn compute_dtype(&self) -> Option<DType> {
+        self.compute_dtype
+    }
+
+    /// The model as the forward pass sees it: the master weights, cast to the compute dtype.
+    fn compute_model(&self) -> InternLM2<B> {
+        match self.compute_dtype {
+            Some(dtype) => self.model.clone().map(&mut CastParams(dtype)),
+            None => self.model.clone(),
         }
     }
 
@@ -137,7 +188,8 @@ where
         let mut accumulator = GradientsAccumulator::<InternLM2<B>>::new();
         let mut loss = 0.0;
         for batch in micro_batches {
-            let part = batch_loss_sum(&self.model, batch).div_scalar(normalizer as f64);
+            let model = self.compute_model();
+            let part = batch_loss_sum(&model, batch).div_scalar(normalizer as f64);
             loss += part.clone().into_scalar().elem::<f64>();
             let grads = GradientsParams::from_grads(part.backward(), &self.model);
             accumulator.accumulate(&self.model, grads);
