@@ -52,6 +52,10 @@ struct Args {
     /// Skip the datatrove baseline.
     #[arg(long)]
     no_datatrove: bool,
+    /// Also time the whole text pipeline (format, rules, dedup, safety, quality) end to end
+    /// on the same corpus, with 1 thread and with all of them.
+    #[arg(long)]
+    pipeline: bool,
     /// Work directory (corpus, signature files, datatrove's files).
     #[arg(long, default_value = "target/dedup_bench")]
     dir: PathBuf,
@@ -160,6 +164,90 @@ fn run(args: Args) -> BoxResult<()> {
         }
     }
     print_table(&ours, &baseline, &planted);
+    if args.pipeline {
+        run_pipeline(&corpus, &args.dir, args.shards, cores)?;
+    }
+    Ok(())
+}
+
+/// The whole text recipe of `data_pipeline` (sample blocklists, an advertisement classifier
+/// trained from the sample labels) over the corpus split into shards, timed per step.
+fn run_pipeline(corpus: &Path, dir: &Path, shards: usize, cores: usize) -> BoxResult<()> {
+    use internlm2_datasets::io::{DocumentWriter, read_documents};
+    use internlm2_datasets::pipeline::StepOptions;
+    use internlm2_datasets::pipeline::text::TextPipelineConfig;
+    use internlm2_datasets::stages::quality::{
+        NgramClassifier, NgramConfig, QualityConfig, Threshold,
+    };
+    use internlm2_datasets::stages::safety::SafetyConfig;
+
+    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/data");
+    let work = dir.join("pipeline");
+    let _ = std::fs::remove_dir_all(&work);
+    // Split the corpus into shards (not timed).
+    let mut writers = (0..shards.max(1))
+        .map(|i| DocumentWriter::create(work.join(format!("in/part-{i:05}.jsonl"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (mut docs, mut bytes) = (0u64, 0u64);
+    for (i, doc) in read_documents(corpus)?.enumerate() {
+        let doc = doc?;
+        docs += 1;
+        bytes += doc.text.len() as u64;
+        let n = writers.len();
+        writers[i % n].write(&doc)?;
+    }
+    let inputs = writers
+        .into_iter()
+        .map(|w| w.finish())
+        .collect::<Result<Vec<_>, _>>()?;
+    let ad =
+        NgramClassifier::train_jsonl(data.join("quality/ad_train.jsonl"), NgramConfig::new("ad"))?;
+    ad.save_json(work.join("ad.json"))?;
+    let recipe = TextPipelineConfig::default()
+        .with_safety(Some(
+            SafetyConfig::default()
+                .with_domain_blocklist(data.join("safety/blocked_domains.txt"))
+                .with_word_blocklist(data.join("safety/blocked_words.txt")),
+        ))
+        .with_quality(Some(
+            QualityConfig::default().with_model(work.join("ad.json"), Threshold::Max(0.8)),
+        ));
+    let mb = bytes as f64 / 1e6;
+    println!(
+        "\nend-to-end text pipeline on {docs} docs, {mb:.1} MB, {} shards",
+        inputs.len()
+    );
+    println!("| threads | step | seconds | MB/s (of the input) | docs/s | kept after the step |");
+    println!("|---|---|---|---|---|---|");
+    for threads in [1, cores] {
+        let out = work.join(format!("out-{threads}"));
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()?;
+        let started = Instant::now();
+        let result = pool.install(|| recipe.run(&inputs, &StepOptions::new(&out)))?;
+        let total = started.elapsed().as_secs_f64();
+        for step in &result.report.steps {
+            println!(
+                "| {threads} | {} | {:.2} | {:.1} | {:.0} | {} |",
+                step.name,
+                step.seconds,
+                mb / step.seconds,
+                docs as f64 / step.seconds,
+                step.kept()
+            );
+        }
+        println!(
+            "| {threads} | **all** | {total:.2} | {:.1} ({:.1} per core) | {:.0} | {} |",
+            mb / total,
+            mb / total / threads as f64,
+            docs as f64 / total,
+            result.report.steps.last().map_or(0, |s| s.kept())
+        );
+        if threads == cores {
+            break;
+        }
+    }
     Ok(())
 }
 

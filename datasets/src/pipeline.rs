@@ -80,6 +80,15 @@ impl ShardSelection {
     pub fn selects(&self, position: usize) -> bool {
         position % self.count == self.index
     }
+
+    /// This task's items of `all` (by position), in order.
+    pub fn pick<'a, T>(&self, all: &'a [T]) -> Vec<&'a T> {
+        all.iter()
+            .enumerate()
+            .filter(|(i, _)| self.selects(*i))
+            .map(|(_, t)| t)
+            .collect()
+    }
 }
 
 /// Where and how a step writes.
@@ -277,12 +286,7 @@ pub fn run_step(
 ) -> Result<StepReport> {
     let started = Instant::now();
     let dir = opts.step_dir(name);
-    let selected: Vec<&PathBuf> = inputs
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| opts.selection.selects(*i))
-        .map(|(_, p)| p)
-        .collect();
+    let selected = opts.selection.pick(inputs);
     let bar = progress_bar(opts.progress, selected.len() as u64, name);
     let docs_done = std::sync::atomic::AtomicU64::new(0);
     let results: Vec<Result<(ShardStats, bool)>> = selected

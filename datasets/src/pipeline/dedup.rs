@@ -41,12 +41,7 @@ pub fn dedup_signatures(
         path: dir.clone(),
         source,
     })?;
-    let selected: Vec<&PathBuf> = inputs
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| opts.selection.selects(*i))
-        .map(|(_, p)| p)
-        .collect();
+    let selected = opts.selection.pick(inputs);
     let bar = progress_bar(
         opts.progress,
         selected.len() as u64,
