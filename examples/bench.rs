@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cargo run --release --example bench -- --config benches/internlm2-140m.json \
-//!     --prompt-len 512 --new-tokens 64 --batch 1 [--dtype f32] [--json]
+//!     --prompt-len 512 --new-tokens 64 --batch 1 [--device cpu] [--dtype auto] [--json]
+//! # on a GPU build (cargo ... --features cuda): --device cuda:0 (bf16 by default)
 //! ```
 //!
 //! Prefill runs the whole `[batch, prompt_len]` prompt through the model with the KV cache
@@ -15,7 +16,8 @@ use std::time::Instant;
 
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use clap::Parser;
-use internlm2::backends::Cpu;
+use internlm2::backends::Kernels;
+use internlm2::backends::device::{BackendTask, DTypeChoice, DeviceSpec};
 use internlm2::{ForwardInput, InternLM2, InternLM2Config, KvCache};
 
 #[derive(Parser)]
@@ -33,9 +35,13 @@ struct Args {
     /// Rows.
     #[arg(long, default_value_t = 1)]
     batch: usize,
-    /// Compute dtype: f32, bf16 or f16.
-    #[arg(long, default_value = "f32")]
-    dtype: String,
+    /// Device: cpu, cuda[:N], wgpu, vulkan, tch:cpu, tch:cuda[:N] (its backend's feature must
+    /// be compiled in).
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
+    /// Compute dtype: auto (bf16 on CUDA, f32 elsewhere), f32, bf16 or f16.
+    #[arg(long, default_value = "auto")]
+    dtype: DTypeChoice,
     /// Print one JSON line instead of a table.
     #[arg(long)]
     json: bool,
@@ -56,65 +62,88 @@ fn main() {
     }
 }
 
+/// Prefill and decode on one backend: seconds of each.
+struct Measure {
+    config: InternLM2Config,
+    dtype: DType,
+    ids: Vec<i64>,
+    batch: usize,
+    prompt_len: usize,
+    new_tokens: usize,
+}
+
+impl BackendTask for Measure {
+    type Output = (f64, f64);
+
+    fn run<B: Kernels>(self, device: B::Device) -> (f64, f64) {
+        let (b, p, n) = (self.batch, self.prompt_len, self.new_tokens);
+        let model = InternLM2::<B>::init_with_dtype(&self.config, self.dtype, &device);
+        // Warm-up: a short forward pass (allocator, thread pool, kernel compilation).
+        let warm = Tensor::<B, 2, Int>::from_data(
+            TensorData::new(self.ids[..8.min(p)].to_vec(), [1, 8.min(p)]),
+            &device,
+        );
+        let _ = model
+            .forward_input(ForwardInput::new(warm).with_last_logits_only(true))
+            .into_data();
+
+        let mut cache = KvCache::new(&self.config, b, p + n);
+        let prompt = Tensor::<B, 2, Int>::from_data(TensorData::new(self.ids, [b, p]), &device);
+        let t = Instant::now();
+        let logits = model.forward_cache(
+            ForwardInput::new(prompt).with_last_logits_only(true),
+            &mut cache,
+        );
+        let mut next = logits.argmax(2).reshape([b, 1]);
+        let _ = next.to_data(); // wait for the device
+        let prefill_s = t.elapsed().as_secs_f64();
+
+        let t = Instant::now();
+        for _ in 0..n {
+            let logits = model.forward_cache(
+                ForwardInput::new(next).with_last_logits_only(true),
+                &mut cache,
+            );
+            next = logits.argmax(2).reshape([b, 1]);
+            let _ = next.to_data();
+        }
+        (prefill_s, t.elapsed().as_secs_f64())
+    }
+}
+
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let config = InternLM2Config::from_hf_file(&args.config)?;
-    let dtype = match args.dtype.as_str() {
-        "f32" => DType::F32,
-        "bf16" => DType::BF16,
-        "f16" => DType::F16,
-        other => return Err(format!("unknown dtype {other} (f32, bf16, f16)").into()),
-    };
+    let dtype = args.dtype.resolve(&args.device);
     let (b, p, n) = (args.batch, args.prompt_len, args.new_tokens);
     if b == 0 || p == 0 {
         return Err("--batch and --prompt-len must be at least 1".into());
     }
-    let device = Default::default();
-    let model = InternLM2::<Cpu>::init_with_dtype(&config, dtype, &device);
     let vocab = config.vocab_size as i64;
     // Deterministic pseudo-random prompt ids.
     let ids: Vec<i64> = (0..b * p)
         .map(|i| 3 + (i as i64 * 7919) % (vocab - 3))
         .collect();
-
-    // Warm-up: a short forward pass (allocator, thread pool).
-    let warm = Tensor::<Cpu, 2, Int>::from_data(
-        TensorData::new(ids[..8.min(p)].to_vec(), [1, 8.min(p)]),
-        &device,
-    );
-    let _ = model
-        .forward_input(ForwardInput::new(warm).with_last_logits_only(true))
-        .into_data();
-
-    let mut cache = KvCache::new(&config, b, p + n);
-    let prompt = Tensor::<Cpu, 2, Int>::from_data(TensorData::new(ids, [b, p]), &device);
-    let t = Instant::now();
-    let logits = model.forward_cache(
-        ForwardInput::new(prompt).with_last_logits_only(true),
-        &mut cache,
-    );
-    let mut next = logits.argmax(2).reshape([b, 1]);
-    let _ = next.to_data(); // wait for the device
-    let prefill_s = t.elapsed().as_secs_f64();
-
-    let t = Instant::now();
-    for _ in 0..n {
-        let logits = model.forward_cache(
-            ForwardInput::new(next).with_last_logits_only(true),
-            &mut cache,
-        );
-        next = logits.argmax(2).reshape([b, 1]);
-        let _ = next.to_data();
-    }
-    let decode_s = t.elapsed().as_secs_f64();
+    let (prefill_s, decode_s) = args.device.run(Measure {
+        config: config.clone(),
+        dtype,
+        ids,
+        batch: b,
+        prompt_len: p,
+        new_tokens: n,
+    })?;
 
     let prefill = (b * p) as f64 / prefill_s;
     let decode = (b * n) as f64 / decode_s;
     let peak = peak_rss_bytes();
-    let device_name = format!(
-        "cpu (burn {}, {} threads)",
-        internlm2::backends::CPU_BACKEND_NAME,
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    );
+    let device_name = match args.device {
+        DeviceSpec::Cpu => format!(
+            "cpu (burn {}, {} threads)",
+            internlm2::backends::CPU_BACKEND_NAME,
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        ),
+        other => other.to_string(),
+    };
+    let dtype_name = format!("{dtype:?}").to_lowercase();
     if args.json {
         println!(
             "{}",
@@ -123,7 +152,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 "decode_tokens_per_s": decode,
                 "peak_memory_bytes": peak,
                 "device": device_name,
-                "dtype": args.dtype,
+                "dtype": dtype_name,
                 "batch": b,
                 "prompt_len": p,
                 "new_tokens": n,
@@ -140,7 +169,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             args.config.display(),
             config.num_parameters() as f64 / 1e6,
             device_name,
-            args.dtype,
+            dtype_name,
             b,
             p,
             n,
