@@ -2,17 +2,21 @@
 //! both tiny fixtures (`../shared/fixtures/tiny-internlm2*`, made with HuggingFace's remote
 //! code in float32), computed by the SDK in f32 on the CPU backend — or, built with
 //! `--features wgpu`, on burn's wgpu backend with the fused cube kernels (CI runs it on Mesa's
-//! software Vulkan driver).
+//! software Vulkan driver), or, built with `--features tch`, on libtorch (CI: the pip
+//! `torch==2.9.0` wheel's libtorch on the CPU).
 
 mod common;
 
 use burn::tensor::{DType, Int, Tensor, TensorData};
 /// The backend under test.
-#[cfg(not(feature = "wgpu"))]
+#[cfg(not(any(feature = "wgpu", feature = "tch")))]
 type B = internlm2::backends::Cpu;
 /// The backend under test.
 #[cfg(feature = "wgpu")]
 type B = internlm2::backends::Wgpu;
+/// The backend under test.
+#[cfg(all(feature = "tch", not(feature = "wgpu")))]
+type B = internlm2::backends::LibTorch;
 use internlm2::{ForwardInput, InternLM2, KvCache};
 
 /// The bar: full logits within 1e-4 max-abs in f32.

@@ -184,5 +184,16 @@ where
     }
 }
 
+/// libtorch runs attention through its fused scaled-dot-product attention
+/// ([`kernels::torch`]); the rest is the composite reference on libtorch's native ops.
 #[cfg(feature = "tch")]
-impl Kernels for burn::backend::LibTorch {}
+impl Kernels for burn::backend::LibTorch {
+    fn causal_attention(
+        q: burn::tensor::Tensor<Self, 4>,
+        k: burn::tensor::Tensor<Self, 4>,
+        v: burn::tensor::Tensor<Self, 4>,
+        mask: &AttentionMask<Self>,
+    ) -> burn::tensor::Tensor<Self, 4> {
+        kernels::torch::causal_attention(q, k, v, mask)
+    }
+}

@@ -10,6 +10,8 @@ pub mod composite;
 pub mod cpu;
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 pub mod cube;
+#[cfg(feature = "tch")]
+pub mod torch;
 
 use burn::tensor::{Bool, Int, Tensor, backend::Backend};
 
