@@ -119,6 +119,34 @@ impl<B: Kernels, C: burn::backend::autodiff::checkpoint::strategy::CheckpointStr
 {
 }
 
+/// The `Kernels` methods the CubeCL backends override with [`kernels::cube`]; shared by the
+/// plain and the fusion backend impls below.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+macro_rules! cube_kernel_methods {
+    () => {
+        fn rms_norm(x: Tensor<Self, 3>, weight: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 3> {
+            kernels::cube::rms_norm(x, weight, eps)
+        }
+
+        fn add_rms_norm(
+            x: Tensor<Self, 3>,
+            residual: Tensor<Self, 3>,
+            weight: Tensor<Self, 1>,
+            eps: f64,
+        ) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
+            kernels::cube::add_rms_norm(x, residual, weight, eps)
+        }
+
+        fn rope(x: Tensor<Self, 4>, cos: Tensor<Self, 3>, sin: Tensor<Self, 3>) -> Tensor<Self, 4> {
+            kernels::cube::rope(x, cos, sin)
+        }
+
+        fn swiglu(gate: Tensor<Self, 3>, up: Tensor<Self, 3>) -> Tensor<Self, 3> {
+            kernels::cube::swiglu(gate, up)
+        }
+    };
+}
+
 /// The CubeCL backends (CUDA, wgpu) run the fused kernels of [`kernels::cube`] for RMSNorm,
 /// RoPE and SwiGLU; attention, the KV-cache write and dense layers stay composite (burn's own
 /// matmul and attention kernels).
@@ -130,26 +158,7 @@ where
     I: burn_cubecl::IntElement,
     BT: burn_cubecl::BoolElement,
 {
-    fn rms_norm(x: Tensor<Self, 3>, weight: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 3> {
-        kernels::cube::rms_norm(x, weight, eps)
-    }
-
-    fn add_rms_norm(
-        x: Tensor<Self, 3>,
-        residual: Tensor<Self, 3>,
-        weight: Tensor<Self, 1>,
-        eps: f64,
-    ) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
-        kernels::cube::add_rms_norm(x, residual, weight, eps)
-    }
-
-    fn rope(x: Tensor<Self, 4>, cos: Tensor<Self, 3>, sin: Tensor<Self, 3>) -> Tensor<Self, 4> {
-        kernels::cube::rope(x, cos, sin)
-    }
-
-    fn swiglu(gate: Tensor<Self, 3>, up: Tensor<Self, 3>) -> Tensor<Self, 3> {
-        kernels::cube::swiglu(gate, up)
-    }
+    cube_kernel_methods!();
 }
 
 /// burn's `Cuda` and `Wgpu` are fusion backends over `CubeBackend`: the same fused kernels,
@@ -162,26 +171,7 @@ where
     I: burn_cubecl::IntElement,
     BT: burn_cubecl::BoolElement,
 {
-    fn rms_norm(x: Tensor<Self, 3>, weight: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 3> {
-        kernels::cube::rms_norm(x, weight, eps)
-    }
-
-    fn add_rms_norm(
-        x: Tensor<Self, 3>,
-        residual: Tensor<Self, 3>,
-        weight: Tensor<Self, 1>,
-        eps: f64,
-    ) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
-        kernels::cube::add_rms_norm(x, residual, weight, eps)
-    }
-
-    fn rope(x: Tensor<Self, 4>, cos: Tensor<Self, 3>, sin: Tensor<Self, 3>) -> Tensor<Self, 4> {
-        kernels::cube::rope(x, cos, sin)
-    }
-
-    fn swiglu(gate: Tensor<Self, 3>, up: Tensor<Self, 3>) -> Tensor<Self, 3> {
-        kernels::cube::swiglu(gate, up)
-    }
+    cube_kernel_methods!();
 }
 
 /// libtorch runs attention through its fused scaled-dot-product attention

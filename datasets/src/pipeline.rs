@@ -313,9 +313,6 @@ pub fn run_step(
         name: name.to_string(),
         ..Default::default()
     };
-    if chain.is_empty() {
-        report.stages = Vec::new();
-    }
     for r in results {
         let (shard, skipped) = r?;
         if skipped {

@@ -12,7 +12,8 @@ use burn::tensor::DType;
 use internlm2::backends::Cpu;
 use internlm2::{InternLM2, Tokenizer};
 use internlm2_datasets::code::{
-    CodeQualityConfig, CodeQualityStage, RepoConfig, Repository, repository_document,
+    CodeQualityConfig, CodeQualityStage, RepoConfig, Repository, group_repositories,
+    repository_document,
 };
 use internlm2_datasets::dedup::{DedupConfig, DedupFilter, merge_signatures, write_signatures};
 use internlm2_datasets::io::{DocumentWriter, list_shards, read_documents};
@@ -23,7 +24,7 @@ use internlm2_datasets::stages::long_context::{
 };
 use internlm2_datasets::stages::quality::{NgramClassifier, NgramConfig, QualityConfig, Threshold};
 use internlm2_datasets::stages::safety::SafetyConfig;
-use internlm2_datasets::tokenize::{PackConfig, TokenShards, pack_documents};
+use internlm2_datasets::tokenize::{PackConfig, pack_documents};
 use internlm2_datasets::{Chain, DataError, Document, StageStats};
 
 /// Inputs and settings of one run.
@@ -103,14 +104,13 @@ fn run_in_memory(name: &str, chain: &Chain, docs: Vec<Document>) -> (StepReport,
 }
 
 /// The code pipeline on one repository directory: per-file quality tiers, code-aware
-/// file-level dedup, dependency-sorted markdown.
+/// file-level dedup, dependency-sorted markdown (`None` when no file survives).
 fn code_pipeline(
     dir: &Path,
     out: &Path,
     report: &mut PipelineReport,
-) -> Result<Document, DataError> {
+) -> Result<Option<Document>, DataError> {
     let repo = Repository::from_dir(dir)?;
-    let name = repo.name.clone();
     let files: Vec<Document> = repo
         .files
         .iter()
@@ -136,21 +136,15 @@ fn code_pipeline(
         .add(DedupFilter::new(plan));
     let (step, kept) = run_in_memory("code_files", &chain, files);
     report.push(step);
-    let repo = Repository::new(
-        name,
-        kept.into_iter()
-            .map(|d| {
-                let mut f = internlm2_datasets::code::CodeFile::new(
-                    d.metadata["repo"].as_str().unwrap_or_default(),
-                    d.metadata["path"].as_str().unwrap_or_default(),
-                    d.text.clone(),
-                );
-                f.sample_weight = d.metadata.get("sample_weight").and_then(|w| w.as_f64());
-                f
-            })
-            .collect(),
-    )?;
-    Ok(repository_document(&repo, &RepoConfig::default()))
+    // The surviving files (metadata `repo`, `path`, `sample_weight`) regrouped into their repository.
+    let grouping = group_repositories(kept, &RepoConfig::default());
+    if let Some((doc, reason)) = grouping.rejected.first() {
+        return Err(DataError::Config(format!("code file {}: {reason}", doc.id)));
+    }
+    Ok(grouping
+        .repositories
+        .first()
+        .map(|repo| repository_document(repo, &RepoConfig::default())))
 }
 
 /// Run the whole chain.
@@ -200,7 +194,7 @@ pub fn run(args: &DataArgs) -> Result<DataSummary, DataError> {
 
     let mut repositories = Vec::new();
     if let Some(dir) = &args.code {
-        repositories.push(code_pipeline(dir, &args.output, &mut report)?);
+        repositories.extend(code_pipeline(dir, &args.output, &mut report)?);
     }
 
     // Long context: only documents of at least `long_min_bytes` go to the long-context set.
@@ -258,8 +252,6 @@ pub fn run(args: &DataArgs) -> Result<DataSummary, DataError> {
         &token_dir,
         "train-00000",
     )?;
-    let shards = TokenShards::open(&token_dir)?;
-    debug_assert_eq!(shards.rows(), stats.rows);
     let summary = DataSummary {
         report,
         documents,

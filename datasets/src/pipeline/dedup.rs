@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use super::{StepOptions, StepReport, progress_bar, run_step, shard_stem};
 use crate::dedup::{DedupConfig, DedupFilter, DedupPlan, SignatureWriter, merge_signatures};
 use crate::io::read_documents;
-use crate::{Chain, DataError, Result, StageStats};
+use crate::{Chain, DataError, Result};
 
 /// The signature file of `input` under the step directory.
 pub fn signature_path(opts: &StepOptions, step: &str, input: &std::path::Path) -> PathBuf {
@@ -120,9 +120,6 @@ pub fn run_dedup(
     let plan = Arc::new(dedup_merge(step, cfg, inputs, opts)?);
     let chain = Chain::new().add(DedupFilter::new(plan));
     let mut report = run_step(step, &chain, inputs, opts)?;
-    if report.stages.is_empty() {
-        report.stages = vec![("dedup".into(), StageStats::default())];
-    }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
