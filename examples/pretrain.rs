@@ -21,19 +21,40 @@
 //! - schedule: `--phases phases.json` (a list of phases: name, steps, seq_len, batch_size,
 //!   micro_batches, schedule {peak_lr, warmup_steps, total_steps, min_ratio}, rope_theta), or
 //!   one phase from `--steps --seq-len --batch --micro-batches --lr --warmup --rope-theta`;
-//! - `--devices cpu` (the CPU backend; `cpu,cpu` runs two data-parallel replicas through
-//!   burn-collective; GPU training arrives with the backends issue).
+//! - `--devices`: one device spec or several of the same backend (`cpu`, `cpu,cpu`, `cuda:0,cuda:1`,
+//!   `wgpu`, `tch:cuda:0`; backends other than the CPU need their cargo feature, e.g.
+//!   `--features cuda`); several run data-parallel replicas through burn-collective.
+//!   `--dtype auto` trains in bf16 with f32 master weights where the device policy says bf16
+//!   (CUDA), f32 elsewhere;
+//! - several nodes: `--nodes N --node-rank R --orchestrator ws://HOST:PORT --node-address
+//!   ws://THIS_HOST:PORT` on every node, with the same data and flags; one process serves the
+//!   orchestrator (`--host-orchestrator` on node 0, or `cargo run --example orchestrator`).
+//!   Node 0 writes the checkpoints (put `--checkpoint-dir` on a shared filesystem) and the
+//!   export. Two nodes on one machine:
+//!
+//! ```text
+//! cargo run --release --example pretrain -- --data corpus.jsonl --train-tokenizer 2000 \
+//!     --batch 8 --nodes 2 --node-rank 0 --orchestrator ws://127.0.0.1:3000 \
+//!     --node-address ws://127.0.0.1:3001 --host-orchestrator --out runs/two-nodes &
+//! cargo run --release --example pretrain -- --data corpus.jsonl --train-tokenizer 2000 \
+//!     --batch 8 --nodes 2 --node-rank 1 --orchestrator ws://127.0.0.1:3000 \
+//!     --node-address ws://127.0.0.1:3002
+//! ```
 
 use std::path::{Path, PathBuf};
 
+use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::tensor::DType;
+use burn::tensor::backend::Backend;
 use clap::Parser;
-use internlm2::backends::{Cpu, CpuAutodiff};
+use internlm2::backends::Kernels;
+use internlm2::backends::device::{DTypeChoice, DeviceSpec, DevicesTask, parse_devices, run_on};
 use internlm2::checkpoint::{SaveDtype, SaveOptions};
 use internlm2::train::{
-    DataParallel, DocumentSource, InMemoryDocuments, LrSchedule, OptimizerConfig, Packer,
-    PackingConfig, Phase, RunOptions, TrainState, Trainer, latest_checkpoint, plot_loss_curve, run,
+    ClusterConfig, DataParallel, DocumentSource, InMemoryDocuments, LrSchedule, OptimizerConfig,
+    Packer, PackingConfig, Phase, RunOptions, TrainState, Trainer, latest_checkpoint,
+    plot_loss_curve, run, spawn_orchestrator,
 };
 use internlm2::{InternLM2, InternLM2Config, Tokenizer};
 use internlm2_datasets::tokenize::TokenShards;
@@ -86,10 +107,14 @@ struct Args {
     /// Let attention cross document boundaries in packed rows.
     #[arg(long)]
     cross_document_attention: bool,
-    /// Training devices, comma separated; several run data-parallel (one replica each).
-    /// Only `cpu` is available to this example (`cpu,cpu` runs two CPU replicas).
-    #[arg(long, default_value = "cpu", value_delimiter = ',')]
-    devices: Vec<String>,
+    /// Training devices, comma separated, of one backend (cpu, cuda:N, wgpu, tch:cpu,
+    /// tch:cuda:N); several run data-parallel (one replica each).
+    #[arg(long, default_value = "cpu")]
+    devices: String,
+    /// Compute dtype: auto (the device's policy: bf16 on CUDA, f32 elsewhere), f32 or bf16
+    /// (bf16 compute with f32 master weights).
+    #[arg(long, default_value = "auto")]
+    dtype: DTypeChoice,
     /// Checkpoint directory.
     #[arg(long)]
     checkpoint_dir: Option<PathBuf>,
@@ -114,10 +139,46 @@ struct Args {
     /// Peak device FLOP/s for MFU (default: measured f32 matmul throughput).
     #[arg(long)]
     peak_flops: Option<f64>,
+    /// Number of nodes of a multi-node run (each runs this program with its own --node-rank).
+    #[arg(long, default_value_t = 1)]
+    nodes: u32,
+    /// This node's rank, 0..nodes.
+    #[arg(long, default_value_t = 0)]
+    node_rank: u32,
+    /// The orchestrator's URL, ws://HOST:PORT (multi-node runs).
+    #[arg(long)]
+    orchestrator: Option<String>,
+    /// This node's URL as the other nodes reach it, ws://HOST:PORT; tensors are served on PORT.
+    #[arg(long)]
+    node_address: Option<String>,
+    /// Serve the orchestrator in this process, on the port of --orchestrator.
+    #[arg(long)]
+    host_orchestrator: bool,
+}
+
+/// The run, generic over the backend the `--devices` specs name.
+struct Pretrain {
+    args: Args,
+    dtype: DType,
+}
+
+impl DevicesTask for Pretrain {
+    type Output = Result<(), Box<dyn std::error::Error>>;
+    fn run<B: Kernels>(self, devices: Vec<B::Device>) -> Self::Output {
+        pretrain::<B>(self.args, self.dtype, devices)
+    }
 }
 
 fn main() {
-    if let Err(e) = pretrain(Args::parse()) {
+    let args = Args::parse();
+    let result = parse_devices(&args.devices)
+        .map_err(Into::into)
+        .and_then(|specs: Vec<DeviceSpec>| {
+            let dtype = args.dtype.resolve(&specs[0]);
+            Ok(run_on(&specs, Pretrain { args, dtype })?)
+        })
+        .and_then(|run| run);
+    if let Err(e) = result {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
@@ -194,15 +255,35 @@ fn preset(name: &str, vocab: usize) -> Result<InternLM2Config, String> {
     })
 }
 
-fn pretrain(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    if let Some(other) = args.devices.iter().find(|d| d.as_str() != "cpu") {
-        return Err(format!(
-            "device {other:?} is not supported by this example yet: training runs on the CPU backend (--devices cpu[,cpu...])"
-        )
-        .into());
-    }
-    let device = Default::default();
-    let devices = vec![device; args.devices.len()];
+fn pretrain<B: Kernels>(
+    args: Args,
+    dtype: DType,
+    devices: Vec<B::Device>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let device = devices[0].clone();
+    let mixed_precision = match dtype {
+        DType::F32 => None,
+        DType::BF16 if B::supports_dtype(&device, DType::BF16) => Some(DType::BF16),
+        other => {
+            return Err(format!(
+                "--dtype {other:?} is not available on {device:?} (f32 always is; bf16 where the device has it)"
+            )
+            .into());
+        }
+    };
+    let cluster = match (&args.orchestrator, &args.node_address) {
+        _ if args.nodes <= 1 && !args.host_orchestrator => None,
+        (Some(orchestrator), Some(node)) => {
+            let cluster = ClusterConfig::new(args.nodes, args.node_rank, orchestrator, node)?;
+            if args.host_orchestrator {
+                let port = orchestrator.rsplit(':').next().unwrap_or_default();
+                spawn_orchestrator(port.trim_end_matches('/').parse()?)?;
+                eprintln!("serving the orchestrator at {orchestrator}");
+            }
+            Some(cluster)
+        }
+        _ => return Err("a multi-node run needs --orchestrator and --node-address".into()),
+    };
     let shards = args
         .data
         .is_dir()
@@ -280,25 +361,33 @@ fn pretrain(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         (None, true) => return Err("--resume needs --checkpoint-dir".into()),
         _ => None,
     };
-    let (mut trainer, mut state) = match resume_from {
+    let (trainer, mut state) = match resume_from {
         Some(path) => {
             eprintln!("resuming from {}", path.display());
-            Trainer::<CpuAutodiff>::load_checkpoint(&path, optimizer, &device)?
+            Trainer::<Autodiff<B>>::load_checkpoint(&path, optimizer, &device)?
         }
         None => {
             let model = match (&args.init_from, &args.config) {
-                (Some(dir), _) => InternLM2::<CpuAutodiff>::load(dir, DType::F32, &device)?,
+                (Some(dir), _) => InternLM2::<Autodiff<B>>::load(dir, DType::F32, &device)?,
                 (None, Some(path)) => {
                     InternLM2::init(&InternLM2Config::from_hf_file(path)?, &device)
                 }
                 (None, None) => {
-                    <CpuAutodiff as burn::tensor::backend::Backend>::seed(&device, args.seed);
+                    Autodiff::<B>::seed(&device, args.seed);
                     InternLM2::init(&preset(&args.preset, vocab_size)?, &device)
                 }
             };
             (Trainer::new(model, optimizer), TrainState::new(args.seed))
         }
     };
+    let mut trainer = trainer.with_mixed_precision(mixed_precision);
+    eprintln!(
+        "devices: {devices:?}; compute {}",
+        match mixed_precision {
+            Some(_) => "bf16 with f32 master weights",
+            None => "f32",
+        }
+    );
     let config = trainer.model.config().clone();
     if vocab_size > config.vocab_size {
         return Err(format!(
@@ -331,26 +420,41 @@ fn pretrain(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             cross_document_attention: args.cross_document_attention,
         },
     );
+    // Nodes other than 0 log beside node 0's log (a shared checkpoint directory).
+    let log_name = match &cluster {
+        Some(c) if c.node_rank() != 0 => format!("metrics-node{}.jsonl", c.node_rank()),
+        _ => "metrics.jsonl".to_string(),
+    };
     let log = args.log.clone().or_else(|| {
         args.checkpoint_dir
             .as_ref()
             .or(args.out.as_ref())
-            .map(|d| d.join("metrics.jsonl"))
+            .map(|d| d.join(&log_name))
     });
-    let options = RunOptions {
-        phases,
-        checkpoint_dir: args.checkpoint_dir.clone(),
-        checkpoint_every: args.checkpoint_every,
-        keep_last: args.keep_last,
-        log_path: log.clone(),
-        peak_flops: Some(args.peak_flops.unwrap_or_else(|| {
-            internlm2::train::metrics::measure_matmul_flops::<Cpu>(&device, 512)
-        })),
-        progress: true,
-        stop_at_step: None,
-    };
-    if devices.len() > 1 {
-        eprintln!("data-parallel over {} replicas", devices.len());
+    let options =
+        RunOptions {
+            phases,
+            checkpoint_dir: args.checkpoint_dir.clone(),
+            checkpoint_every: args.checkpoint_every,
+            keep_last: args.keep_last,
+            log_path: log.clone(),
+            peak_flops: Some(args.peak_flops.unwrap_or_else(|| {
+                internlm2::train::metrics::measure_matmul_flops::<B>(&device, 512)
+            })),
+            progress: true,
+            stop_at_step: None,
+        };
+    let leader = cluster.as_ref().is_none_or(|c| c.node_rank() == 0);
+    if devices.len() > 1 || cluster.is_some() {
+        match &cluster {
+            Some(c) => eprintln!(
+                "data-parallel over {} nodes x {} replicas (this is node {})",
+                c.num_nodes(),
+                devices.len(),
+                c.node_rank()
+            ),
+            None => eprintln!("data-parallel over {} replicas", devices.len()),
+        }
         let model = trainer.model.clone();
         let resume = args
             .checkpoint_dir
@@ -360,10 +464,15 @@ fn pretrain(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .transpose()?
             .flatten();
         drop(trainer);
-        let mut group = match resume {
-            Some(path) => DataParallel::load_checkpoint(&path, OptimizerConfig::new(), &devices)?.0,
-            None => DataParallel::new(model, OptimizerConfig::new(), &devices)?,
-        };
+        let optimizer = OptimizerConfig::new();
+        let mut group = match (resume, cluster) {
+            (Some(path), cluster) => {
+                DataParallel::load_checkpoint(&path, optimizer, &devices, cluster)?.0
+            }
+            (None, Some(cluster)) => DataParallel::join(cluster, model, optimizer, &devices)?,
+            (None, None) => DataParallel::new(model, optimizer, &devices)?,
+        }
+        .with_mixed_precision(mixed_precision)?;
         run(&mut group, &mut packer, &mut state, &options, |_| {})?;
         trainer = Trainer::new(group.model()?, OptimizerConfig::new());
     } else {
@@ -374,7 +483,7 @@ fn pretrain(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         state.step,
         state.losses.last().copied().unwrap_or(f64::NAN)
     );
-    if let Some(out) = &args.out {
+    if let Some(out) = args.out.as_ref().filter(|_| leader) {
         let model = trainer.model.valid();
         model.save(out, &SaveOptions::default().with_dtype(SaveDtype::F32))?;
         match &tokenizer {

@@ -40,6 +40,14 @@ pub enum DeviceError {
         /// The feature to enable.
         feature: &'static str,
     },
+    /// Devices of one group name different backends.
+    #[error("devices {first:?} and {other:?} use different backends; one group uses one backend")]
+    MixedBackends {
+        /// The first device given.
+        first: String,
+        /// The first device of another backend.
+        other: String,
+    },
     /// A dtype name that is not `auto`, `f32`, `bf16` or `f16`.
     #[error("unknown dtype {0:?}: expected auto, f32, bf16 or f16")]
     UnknownDType(String),
@@ -134,44 +142,83 @@ impl DeviceSpec {
 
     /// Run `task` with this spec's backend and device.
     pub fn run<T: BackendTask>(&self, task: T) -> Result<T::Output, DeviceError> {
-        if !self.is_compiled() {
-            return Err(DeviceError::FeatureMissing {
-                spec: self.to_string(),
-                feature: self.feature(),
-            });
+        struct One<T>(T);
+        impl<T: BackendTask> DevicesTask for One<T> {
+            type Output = T::Output;
+            fn run<B: Kernels>(self, devices: Vec<B::Device>) -> T::Output {
+                let device = devices.into_iter().next().expect("one spec, one device");
+                self.0.run::<B>(device)
+            }
         }
-        match *self {
-            #[cfg(any(feature = "flex", feature = "ndarray"))]
-            DeviceSpec::Cpu => Ok(task.run::<crate::Cpu>(Default::default())),
-            #[cfg(feature = "cuda")]
-            DeviceSpec::Cuda(index) => {
-                Ok(task.run::<crate::Cuda>(burn::backend::cuda::CudaDevice::new(index)))
-            }
-            #[cfg(feature = "wgpu")]
-            DeviceSpec::Wgpu(adapter) => {
-                use burn::backend::wgpu::WgpuDevice;
-                let device = match adapter {
-                    WgpuAdapter::Default => WgpuDevice::DefaultDevice,
-                    WgpuAdapter::Discrete(n) => WgpuDevice::DiscreteGpu(n),
-                    WgpuAdapter::Cpu => WgpuDevice::Cpu,
-                };
-                Ok(task.run::<crate::Wgpu>(device))
-            }
-            #[cfg(feature = "tch")]
-            DeviceSpec::Tch(d) => {
-                use burn::backend::libtorch::LibTorchDevice;
-                let device = match d {
-                    TchDevice::Cpu => LibTorchDevice::Cpu,
-                    TchDevice::Cuda(n) => LibTorchDevice::Cuda(n),
-                };
-                Ok(task.run::<crate::LibTorch>(device))
-            }
-            #[allow(unreachable_patterns)]
-            _ => Err(DeviceError::FeatureMissing {
-                spec: self.to_string(),
-                feature: self.feature(),
-            }),
+        run_on(std::slice::from_ref(self), One(task))
+    }
+}
+
+/// Run `task` on the backend that all `specs` name, with one device per spec (e.g. the
+/// devices of a data-parallel group, `cuda:0,cuda:1`). Specs of different backends are
+/// [`DeviceError::MixedBackends`]; an empty list is [`DeviceError::Unknown`].
+pub fn run_on<T: DevicesTask>(specs: &[DeviceSpec], task: T) -> Result<T::Output, DeviceError> {
+    let first = specs.first().ok_or_else(|| DeviceError::Unknown {
+        spec: String::new(),
+    })?;
+    if let Some(other) = specs.iter().find(|s| s.feature() != first.feature()) {
+        return Err(DeviceError::MixedBackends {
+            first: first.to_string(),
+            other: other.to_string(),
+        });
+    }
+    if !first.is_compiled() {
+        return Err(DeviceError::FeatureMissing {
+            spec: first.to_string(),
+            feature: first.feature(),
+        });
+    }
+    match *first {
+        #[cfg(any(feature = "flex", feature = "ndarray"))]
+        DeviceSpec::Cpu => Ok(task.run::<crate::Cpu>(vec![Default::default(); specs.len()])),
+        #[cfg(feature = "cuda")]
+        DeviceSpec::Cuda(_) => {
+            let devices = specs
+                .iter()
+                .map(|s| match *s {
+                    DeviceSpec::Cuda(index) => burn::backend::cuda::CudaDevice::new(index),
+                    _ => unreachable!("checked: one backend"),
+                })
+                .collect();
+            Ok(task.run::<crate::Cuda>(devices))
         }
+        #[cfg(feature = "wgpu")]
+        DeviceSpec::Wgpu(_) => {
+            use burn::backend::wgpu::WgpuDevice;
+            let devices = specs
+                .iter()
+                .map(|s| match *s {
+                    DeviceSpec::Wgpu(WgpuAdapter::Default) => WgpuDevice::DefaultDevice,
+                    DeviceSpec::Wgpu(WgpuAdapter::Discrete(n)) => WgpuDevice::DiscreteGpu(n),
+                    DeviceSpec::Wgpu(WgpuAdapter::Cpu) => WgpuDevice::Cpu,
+                    _ => unreachable!("checked: one backend"),
+                })
+                .collect();
+            Ok(task.run::<crate::Wgpu>(devices))
+        }
+        #[cfg(feature = "tch")]
+        DeviceSpec::Tch(_) => {
+            use burn::backend::libtorch::LibTorchDevice;
+            let devices = specs
+                .iter()
+                .map(|s| match *s {
+                    DeviceSpec::Tch(TchDevice::Cpu) => LibTorchDevice::Cpu,
+                    DeviceSpec::Tch(TchDevice::Cuda(n)) => LibTorchDevice::Cuda(n),
+                    _ => unreachable!("checked: one backend"),
+                })
+                .collect();
+            Ok(task.run::<crate::LibTorch>(devices))
+        }
+        #[allow(unreachable_patterns)]
+        _ => Err(DeviceError::FeatureMissing {
+            spec: first.to_string(),
+            feature: first.feature(),
+        }),
     }
 }
 
@@ -272,6 +319,26 @@ pub trait BackendTask {
     fn run<B: Kernels>(self, device: B::Device) -> Self::Output;
 }
 
+/// Code generic over the backend that runs on several devices of it, run by [`run_on`].
+///
+/// ```
+/// use internlm2_backends::{Kernels, device::{DevicesTask, parse_devices, run_on}};
+/// struct Count;
+/// impl DevicesTask for Count {
+///     type Output = usize;
+///     fn run<B: Kernels>(self, devices: Vec<B::Device>) -> usize {
+///         devices.len()
+///     }
+/// }
+/// assert_eq!(run_on(&parse_devices("cpu,cpu").unwrap(), Count).unwrap(), 2);
+/// ```
+pub trait DevicesTask {
+    /// What the task returns.
+    type Output;
+    /// Run on backend `B` with `devices` (one per spec, in order).
+    fn run<B: Kernels>(self, devices: Vec<B::Device>) -> Self::Output;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,6 +386,20 @@ mod tests {
             }
         }
         assert_eq!(parse_devices("cpu,cpu").unwrap(), vec![DeviceSpec::Cpu; 2]);
+        let mixed = [DeviceSpec::Cpu, DeviceSpec::Cuda(0)];
+        struct Nothing;
+        impl DevicesTask for Nothing {
+            type Output = ();
+            fn run<B: Kernels>(self, _: Vec<B::Device>) {}
+        }
+        assert!(matches!(
+            run_on(&mixed, Nothing),
+            Err(DeviceError::MixedBackends { .. })
+        ));
+        assert!(matches!(
+            run_on(&[], Nothing),
+            Err(DeviceError::Unknown { .. })
+        ));
     }
 
     #[test]

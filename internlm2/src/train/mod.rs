@@ -6,13 +6,15 @@
 //! - [`Packer`]: documents packed into fixed-length rows with EOS separators, positions
 //!   restarting and attention kept inside each document.
 //! - [`run`]: the loop over curriculum [`Phase`]s with logging, MFU, checkpoints and resume.
-//! - [`DataParallel`]: replicas on several devices stepping together (burn-collective).
+//! - [`DataParallel`]: replicas on several devices stepping together (burn-collective), and
+//!   across nodes through burn-collective's global orchestrator ([`cluster`]).
 //!
 //! The model trains on any `B: AutodiffBackend + Kernels`, e.g.
 //! `burn::backend::Autodiff<internlm2::backends::Cpu>`; under autodiff every kernel is the
 //! differentiable composite reference. Activation checkpointing is burn's: train on
 //! `Autodiff<B, BalancedCheckpointing>` instead of `Autodiff<B>`.
 
+pub mod cluster;
 pub mod data;
 pub mod loss;
 pub mod metrics;
@@ -24,6 +26,7 @@ pub mod trainer;
 
 use std::path::PathBuf;
 
+pub use cluster::{ClusterConfig, serve_orchestrator, spawn_orchestrator};
 pub use data::{DataCursor, DocumentSource, InMemoryDocuments, Packer, PackingConfig, TokenBatch};
 pub use metrics::{StepRecord, plot_loss_curve};
 pub use optim::{GroupedAdamW, OptimizerConfig};

@@ -8,8 +8,8 @@
 //!
 //! burn-collective keeps one local server per backend type in the process, so one
 //! `DataParallel` group runs at a time (a second one waits for the first to be dropped).
-//! Across nodes, burn-collective's global orchestrator joins several such groups; see
-//! docs/training.md.
+//! Across nodes, burn-collective's global orchestrator joins one such group per node
+//! ([`DataParallel::join`], [`super::cluster`]); see docs/training.md.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -17,17 +17,22 @@ use std::sync::{Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use burn::collective::{
-    CollectiveConfig, PeerId, ReduceOperation, finish_collective, register, reset_collective,
+    CollectiveConfig, PeerId, ReduceOperation, all_reduce, finish_collective, register,
+    reset_collective,
 };
 use burn::module::Module;
 use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{DType, Tensor, TensorPrimitive};
 use internlm2_backends::Kernels;
 
 use super::TrainError;
+use super::cluster::{
+    ClusterConfig, flatten_gradients, quiet_collective_logs, unflatten_gradients,
+};
 use super::data::TokenBatch;
 use super::optim::OptimizerConfig;
 use super::run::StepEngine;
-use super::trainer::{StepStats, TrainState, Trainer};
+use super::trainer::{StepStats, TrainState, Trainer, checkpoint_name};
 use crate::config::InternLM2Config;
 use crate::model::InternLM2;
 
@@ -41,6 +46,7 @@ enum Command {
         normalizer: usize,
     },
     RopeTheta(f64),
+    MixedPrecision(Option<DType>),
     Model,
     Save {
         dir: PathBuf,
@@ -75,6 +81,7 @@ where
 {
     workers: Vec<Worker<B>>,
     config: InternLM2Config,
+    cluster: Option<ClusterConfig>,
     _group: MutexGuard<'static, ()>,
 }
 
@@ -96,14 +103,33 @@ where
             .iter()
             .map(|device| Trainer::new(model.clone().fork(device), optimizer.clone()))
             .collect();
-        Self::from_trainers(trainers, devices)
+        Self::from_trainers(trainers, devices, None)
     }
 
-    /// Replicas restored from one checkpoint (see [`Trainer::load_checkpoint`]).
+    /// This node's share of a multi-node group: one replica of `model` per local device,
+    /// joined to the other nodes through burn-collective's global orchestrator (see
+    /// [`super::cluster`]). Every node must start from the same weights and be fed the same
+    /// global batches; node `r` trains on its own rows of each.
+    pub fn join(
+        cluster: ClusterConfig,
+        model: InternLM2<B>,
+        optimizer: OptimizerConfig,
+        devices: &[B::Device],
+    ) -> Result<Self, TrainError> {
+        let trainers = devices
+            .iter()
+            .map(|device| Trainer::new(model.clone().fork(device), optimizer.clone()))
+            .collect();
+        Self::from_trainers(trainers, devices, Some(cluster))
+    }
+
+    /// Replicas restored from one checkpoint (see [`Trainer::load_checkpoint`]); with a
+    /// `cluster`, this node's share of a multi-node group as in [`DataParallel::join`].
     pub fn load_checkpoint(
         path: &Path,
         optimizer: OptimizerConfig,
         devices: &[B::Device],
+        cluster: Option<ClusterConfig>,
     ) -> Result<(Self, TrainState), TrainError> {
         let mut state = None;
         let mut trainers = Vec::with_capacity(devices.len());
@@ -113,14 +139,21 @@ where
             state = Some(s);
         }
         let state = state.ok_or_else(|| TrainError::InvalidConfig("no devices given".into()))?;
-        Ok((Self::from_trainers(trainers, devices)?, state))
+        Ok((Self::from_trainers(trainers, devices, cluster)?, state))
     }
 
-    fn from_trainers(trainers: Vec<Trainer<B>>, devices: &[B::Device]) -> Result<Self, TrainError> {
+    fn from_trainers(
+        trainers: Vec<Trainer<B>>,
+        devices: &[B::Device],
+        cluster: Option<ClusterConfig>,
+    ) -> Result<Self, TrainError> {
         if devices.is_empty() {
             return Err(TrainError::InvalidConfig(
                 "data parallelism needs at least one device".into(),
             ));
+        }
+        if cluster.is_some() {
+            quiet_collective_logs();
         }
         let group = GROUP
             .lock()
@@ -135,8 +168,16 @@ where
             .map(|(rank, (trainer, device))| {
                 let (commands, inbox) = channel::<Command>();
                 let (outbox, replies) = channel::<Reply<B>>();
-                let thread =
-                    std::thread::spawn(move || worker(rank, n, device, trainer, inbox, outbox));
+                let cluster = cluster.clone();
+                let thread = std::thread::spawn(move || {
+                    let peer = Peer {
+                        rank,
+                        local: n,
+                        device,
+                        cluster,
+                    };
+                    worker(peer, trainer, inbox, outbox)
+                });
                 Worker {
                     commands,
                     replies,
@@ -147,13 +188,36 @@ where
         Ok(Self {
             workers,
             config,
+            cluster,
             _group: group,
         })
     }
 
-    /// Number of replicas.
+    /// Every replica computes in `dtype` with f32 master weights (see
+    /// [`Trainer::with_mixed_precision`]); `None` computes in the weights' dtype.
+    pub fn with_mixed_precision(self, dtype: Option<DType>) -> Result<Self, TrainError> {
+        for worker in &self.workers {
+            worker
+                .commands
+                .send(Command::MixedPrecision(dtype))
+                .map_err(collective_err)?;
+        }
+        Ok(self)
+    }
+
+    /// Number of replicas on this node.
     pub fn replicas(&self) -> usize {
         self.workers.len()
+    }
+
+    /// Number of replicas in the whole group (all nodes).
+    pub fn world_size(&self) -> usize {
+        self.workers.len() * self.cluster.as_ref().map_or(1, |c| c.num_nodes() as usize)
+    }
+
+    /// The cluster this group belongs to, if any.
+    pub fn cluster(&self) -> Option<&ClusterConfig> {
+        self.cluster.as_ref()
     }
 
     /// A copy of the (identical) model of replica 0.
@@ -174,23 +238,36 @@ where
     }
 }
 
-fn worker<B: AutodiffBackend + Kernels>(
+/// Where a replica thread sits in the group.
+struct Peer<D> {
+    /// Rank among this node's replicas.
     rank: usize,
-    n: usize,
-    device: B::Device,
+    /// Number of replicas on this node.
+    local: usize,
+    device: D,
+    cluster: Option<ClusterConfig>,
+}
+
+fn worker<B: AutodiffBackend + Kernels>(
+    peer: Peer<B::Device>,
     mut trainer: Trainer<B>,
     inbox: Receiver<Command>,
     outbox: Sender<Reply<B>>,
 ) where
     B::InnerBackend: Kernels,
 {
-    let peer = PeerId(rank as u32);
-    let registered = register::<B::InnerBackend>(
-        peer,
-        device,
-        CollectiveConfig::default().with_num_devices(n),
-    )
-    .map_err(|e| format!("{e:?}"));
+    let id = PeerId(peer.rank as u32);
+    // On one node the replicas register once; across nodes every step registers (see
+    // `cluster`: burn-collective 0.21 completes one global all-reduce per registration).
+    let registered = match peer.cluster {
+        None => register::<B::InnerBackend>(
+            id,
+            peer.device.clone(),
+            CollectiveConfig::default().with_num_devices(peer.local),
+        )
+        .map_err(|e| format!("{e:?}")),
+        Some(_) => Ok(()),
+    };
     while let Ok(command) = inbox.recv() {
         let reply =
             match command {
@@ -199,16 +276,25 @@ fn worker<B: AutodiffBackend + Kernels>(
                     lr,
                     normalizer,
                 } => Reply::Step(registered.clone().map_err(TrainError::Collective).and_then(
-                    |_| {
-                        let (loss, grads) = trainer.gradients(&shards, normalizer)?;
-                        let grads = grads
-                            .all_reduce::<B::InnerBackend>(peer, ReduceOperation::Sum)
-                            .map_err(collective_err)?;
-                        Ok((loss, trainer.apply(grads, lr)))
+                    |_| match &peer.cluster {
+                        None => {
+                            let (loss, grads) = trainer.gradients(&shards, normalizer)?;
+                            let grads = grads
+                                .all_reduce::<B::InnerBackend>(id, ReduceOperation::Sum)
+                                .map_err(collective_err)?;
+                            Ok((loss, trainer.apply(grads, lr)))
+                        }
+                        Some(cluster) => {
+                            cluster_step(&peer, cluster, &mut trainer, &shards, normalizer, lr)
+                        }
                     },
                 )),
                 Command::RopeTheta(theta) => {
                     trainer.model.config_mut().rope_theta = theta;
+                    continue;
+                }
+                Command::MixedPrecision(dtype) => {
+                    trainer = trainer.with_mixed_precision(dtype);
                     continue;
                 }
                 Command::Model => Reply::Model(Box::new(trainer.model.clone())),
@@ -223,7 +309,51 @@ fn worker<B: AutodiffBackend + Kernels>(
             break;
         }
     }
-    let _ = finish_collective::<B::InnerBackend>(peer);
+    if peer.cluster.is_none() {
+        let _ = finish_collective::<B::InnerBackend>(id);
+    }
+}
+
+/// One replica's share of a multi-node step: one flattened global all-reduce inside its own
+/// registration. Returns the whole step's loss and the gradient norm.
+fn cluster_step<B: AutodiffBackend + Kernels>(
+    peer: &Peer<B::Device>,
+    cluster: &ClusterConfig,
+    trainer: &mut Trainer<B>,
+    shards: &[TokenBatch],
+    normalizer: usize,
+    lr: f64,
+) -> Result<(f64, f64), TrainError>
+where
+    B::InnerBackend: Kernels,
+{
+    let id = PeerId(peer.rank as u32);
+    let (loss, mut grads) = trainer.gradients(shards, normalizer)?;
+    // Extras: this replica's loss part, and 1 from one replica per node (the node count).
+    let node_mark = if peer.rank == 0 { 1.0 } else { 0.0 };
+    let flat = flatten_gradients(&trainer.model, &mut grads, &[loss as f32, node_mark]);
+    register::<B::InnerBackend>(
+        id,
+        peer.device.clone(),
+        cluster.collective_config(peer.local),
+    )
+    .map_err(collective_err)?;
+    let reduced =
+        all_reduce::<B::InnerBackend>(id, flat.into_primitive().tensor(), ReduceOperation::Sum);
+    let finished = finish_collective::<B::InnerBackend>(id);
+    let reduced = reduced.map_err(collective_err)?;
+    finished.map_err(collective_err)?;
+    let flat = Tensor::<B::InnerBackend, 1>::from_primitive(TensorPrimitive::Float(reduced));
+    let (grads, extras) = unflatten_gradients(&trainer.model, flat, 2);
+    let nodes = extras[1].round() as i64;
+    if nodes != i64::from(cluster.num_nodes()) {
+        return Err(TrainError::Collective(format!(
+            "{nodes} nodes took part in the all-reduce, expected {} (a node re-registered \
+             before another finished the previous step; restart from the last checkpoint)",
+            cluster.num_nodes()
+        )));
+    }
+    Ok((f64::from(extras[0]), trainer.apply(grads, lr)))
 }
 
 impl<B: AutodiffBackend + Kernels> StepEngine for DataParallel<B>
@@ -232,21 +362,24 @@ where
 {
     fn step(&mut self, micro_batches: &[TokenBatch], lr: f64) -> Result<StepStats, TrainError> {
         let n = self.workers.len();
+        let world = self.world_size();
+        // This node's replicas are `first..first + n` of the group's `world`.
+        let first = self.cluster.as_ref().map_or(0, |c| c.node_rank() as usize) * n;
         let normalizer: usize = micro_batches.iter().map(TokenBatch::loss_tokens).sum();
         if normalizer == 0 {
             return Err(TrainError::NoLossTokens);
         }
         let mut shards: Vec<Vec<TokenBatch>> = vec![Vec::new(); n];
         for batch in micro_batches {
-            if batch.batch % n != 0 {
+            if batch.batch % world != 0 {
                 return Err(TrainError::InvalidConfig(format!(
-                    "{} rows per micro-batch do not split over {n} replicas",
+                    "{} rows per micro-batch do not split over {world} replicas",
                     batch.batch
                 )));
             }
-            let rows = batch.batch / n;
+            let rows = batch.batch / world;
             for (rank, shard) in shards.iter_mut().enumerate() {
-                shard.push(slice_rows(batch, rank * rows, rows));
+                shard.push(slice_rows(batch, (first + rank) * rows, rows));
             }
         }
         for (worker, shards) in self.workers.iter().zip(shards) {
@@ -265,7 +398,12 @@ where
             match reply {
                 Reply::Step(result) => {
                     let (part, norm) = result?;
-                    loss += part;
+                    // Across nodes every replica already returns the whole step's loss.
+                    loss = if self.cluster.is_some() {
+                        part
+                    } else {
+                        loss + part
+                    };
                     grad_norm = norm;
                 }
                 _ => return Err(TrainError::Collective("unexpected reply".into())),
@@ -296,6 +434,11 @@ where
         state: &TrainState,
         keep_last: usize,
     ) -> Result<PathBuf, TrainError> {
+        // Across nodes the replicas are identical everywhere: node 0 writes, on a filesystem
+        // every node reads when it resumes.
+        if self.cluster.as_ref().is_some_and(|c| c.node_rank() != 0) {
+            return Ok(dir.join(checkpoint_name(state.step)));
+        }
         let w = &self.workers[0];
         w.commands
             .send(Command::Save {

@@ -218,7 +218,7 @@ where
             move |source| TrainError::Io { path, source }
         };
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let name = format!("step-{:08}", state.step);
+        let name = checkpoint_name(state.step);
         let tmp = dir.join(format!("{name}.tmp"));
         let target = dir.join(&name);
         if tmp.exists() {
@@ -289,6 +289,11 @@ where
         })?;
         Ok((trainer, state))
     }
+}
+
+/// The directory name of the checkpoint taken after `step` steps.
+pub(crate) fn checkpoint_name(step: usize) -> String {
+    format!("step-{step:08}")
 }
 
 /// The `step-XXXXXXXX` checkpoints in `dir` (unordered).
