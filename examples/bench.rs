@@ -10,6 +10,13 @@
 //! (logits of the last position only, as generation needs); decode then produces
 //! `new_tokens` tokens per row one step at a time (greedy, argmax on the device). Peak memory
 //! is the process's peak resident set (VmHWM), weights included.
+//!
+//! `--limits` also measures the device's read bandwidth and matmul throughput in the compute
+//! dtype and prints each figure next to its physical limit: decode reads every weight once
+//! per step (`batch x bandwidth / weight bytes`, or `matmul peak / 2 x params` when compute
+//! binds first), prefill needs `2 x (params - embedding - LM head) + 2 x layers x hidden x
+//! prompt` FLOPs per token (the LM head runs for the last position only; causal attention) at
+//! the measured matmul peak.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -18,6 +25,7 @@ use burn::tensor::{DType, Int, Tensor, TensorData};
 use clap::Parser;
 use internlm2::backends::Kernels;
 use internlm2::backends::device::{BackendTask, DTypeChoice, DeviceSpec};
+use internlm2::train::metrics::{best_of_5, measure_matmul_flops_in};
 use internlm2::{ForwardInput, InternLM2, InternLM2Config, KvCache};
 
 #[derive(Parser)]
@@ -45,6 +53,9 @@ struct Args {
     /// Print one JSON line instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also measure read bandwidth and matmul peak, and print the fraction of each limit.
+    #[arg(long)]
+    limits: bool,
 }
 
 /// Peak resident set size of this process in bytes (Linux), if known.
@@ -62,7 +73,15 @@ fn main() {
     }
 }
 
-/// Prefill and decode on one backend: seconds of each.
+/// What one backend measured.
+struct Measured {
+    prefill_s: f64,
+    decode_s: f64,
+    /// Read bandwidth in bytes/s and matmul throughput in FLOP/s, with `--limits`.
+    limits: Option<(f64, f64)>,
+}
+
+/// Prefill and decode on one backend.
 struct Measure {
     config: InternLM2Config,
     dtype: DType,
@@ -70,12 +89,34 @@ struct Measure {
     batch: usize,
     prompt_len: usize,
     new_tokens: usize,
+    limits: bool,
+}
+
+/// Read bandwidth (a sum over a large tensor: bytes read per second, what a decode step's
+/// weight reads need) and the best square-matmul FLOP/s of two sizes, in `dtype`.
+fn device_limits<B: Kernels>(device: &B::Device, dtype: DType, cpu: bool) -> (f64, f64) {
+    let elements = if cpu { 1 << 26 } else { 1 << 30 };
+    let x = Tensor::<B, 1>::ones([elements], device).cast(dtype);
+    let read_s = best_of_5::<B>(device, || {
+        let _ = x.clone().sum();
+    });
+    let bandwidth = elements as f64 * dtype.size() as f64 / read_s;
+    let sizes = if cpu { [1024, 2048] } else { [4096, 8192] };
+    let flops = sizes
+        .into_iter()
+        .map(|n| measure_matmul_flops_in::<B>(device, n, dtype))
+        .fold(0.0, f64::max);
+    (bandwidth, flops)
 }
 
 impl BackendTask for Measure {
-    type Output = (f64, f64);
+    type Output = Measured;
 
-    fn run<B: Kernels>(self, device: B::Device) -> (f64, f64) {
+    fn run<B: Kernels>(self, device: B::Device) -> Measured {
+        let cpu = format!("{device:?}").to_lowercase().contains("cpu");
+        let limits = self
+            .limits
+            .then(|| device_limits::<B>(&device, self.dtype, cpu));
         let (b, p, n) = (self.batch, self.prompt_len, self.new_tokens);
         let model = InternLM2::<B>::init_with_dtype(&self.config, self.dtype, &device);
         // Warm-up: a short forward pass (allocator, thread pool, kernel compilation).
@@ -107,7 +148,11 @@ impl BackendTask for Measure {
             next = logits.argmax(2).reshape([b, 1]);
             let _ = next.to_data();
         }
-        (prefill_s, t.elapsed().as_secs_f64())
+        Measured {
+            prefill_s,
+            decode_s: t.elapsed().as_secs_f64(),
+            limits,
+        }
     }
 }
 
@@ -123,17 +168,30 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let ids: Vec<i64> = (0..b * p)
         .map(|i| 3 + (i as i64 * 7919) % (vocab - 3))
         .collect();
-    let (prefill_s, decode_s) = args.device.run(Measure {
+    let measured = args.device.run(Measure {
         config: config.clone(),
         dtype,
         ids,
         batch: b,
         prompt_len: p,
         new_tokens: n,
+        limits: args.limits,
     })?;
 
-    let prefill = (b * p) as f64 / prefill_s;
-    let decode = (b * n) as f64 / decode_s;
+    let prefill = (b * p) as f64 / measured.prefill_s;
+    let decode = (b * n) as f64 / measured.decode_s;
+    // Physical limits (see the module docs): weights read per decode step, FLOPs per token.
+    let params = config.num_parameters() as f64;
+    let lookup = (config.vocab_size * config.hidden_size) as f64; // embedding rows are gathered
+    let weight_bytes = (params - lookup) * dtype.size() as f64;
+    let limits = measured.limits.map(|(bandwidth, flops)| {
+        let decode_limit =
+            (b as f64 * bandwidth / weight_bytes).min(flops / (2.0 * (params - lookup)));
+        // Prefill computes the LM head for the last position only.
+        let attention = 2.0 * (config.num_hidden_layers * config.hidden_size * p) as f64;
+        let prefill_limit = flops / (2.0 * (params - 2.0 * lookup) + attention);
+        (bandwidth, flops, prefill_limit, decode_limit)
+    });
     let peak = peak_rss_bytes();
     let device_name = match args.device {
         DeviceSpec::Cpu => format!(
@@ -157,6 +215,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 "prompt_len": p,
                 "new_tokens": n,
                 "parameters": config.num_parameters(),
+                "read_bandwidth_bytes_per_s": limits.map(|l| l.0),
+                "matmul_flops": limits.map(|l| l.1),
+                "prefill_limit_tokens_per_s": limits.map(|l| l.2),
+                "decode_limit_tokens_per_s": limits.map(|l| l.3),
             })
         );
     } else {
@@ -180,6 +242,22 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 p as f64 / (1 << 20) as f64
             ))
         );
+        if let Some((bandwidth, flops, prefill_limit, decode_limit)) = limits {
+            println!();
+            println!(
+                "| read bandwidth | matmul peak ({dtype_name}) | prefill limit tok/s | prefill % | decode limit tok/s | decode % |"
+            );
+            println!("|---|---|---|---|---|---|");
+            println!(
+                "| {:.1} GB/s | {:.2} TFLOP/s | {:.1} | {:.1}% | {:.1} | {:.1}% |",
+                bandwidth / 1e9,
+                flops / 1e12,
+                prefill_limit,
+                100.0 * prefill / prefill_limit,
+                decode_limit,
+                100.0 * decode / decode_limit
+            );
+        }
     }
     Ok(())
 }

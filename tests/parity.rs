@@ -3,14 +3,18 @@
 //! code in float32), computed by the SDK in f32 on the CPU backend — or, built with
 //! `--features wgpu`, on burn's wgpu backend with the fused cube kernels (CI runs it on Mesa's
 //! software Vulkan driver), or, built with `--features tch`, on libtorch (CI: the pip
-//! `torch==2.9.0` wheel's libtorch on the CPU).
+//! `torch==2.9.0` wheel's libtorch on the CPU), or, built with `--features cuda`, on CUDA
+//! (`scripts/gpu-check.sh`).
 
 mod common;
 
 use burn::tensor::{DType, Int, Tensor, TensorData};
 /// The backend under test.
-#[cfg(not(any(feature = "wgpu", feature = "tch")))]
+#[cfg(not(any(feature = "wgpu", feature = "tch", feature = "cuda")))]
 type B = internlm2::backends::Cpu;
+/// The backend under test (`scripts/gpu-check.sh` runs it on the lent GPU).
+#[cfg(all(feature = "cuda", not(any(feature = "wgpu", feature = "tch"))))]
+type B = internlm2::backends::Cuda;
 /// The backend under test.
 #[cfg(feature = "wgpu")]
 type B = internlm2::backends::Wgpu;

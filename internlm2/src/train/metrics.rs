@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::{DType, Distribution, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::TrainError;
@@ -46,16 +46,40 @@ pub fn measure_matmul_flops<B: burn::tensor::backend::Backend>(
     device: &B::Device,
     n: usize,
 ) -> f64 {
-    let a = Tensor::<B, 2>::random([n, n], Distribution::Normal(0.0, 1.0), device);
-    let b = Tensor::<B, 2>::random([n, n], Distribution::Normal(0.0, 1.0), device);
-    let _ = a.clone().matmul(b.clone()).into_data(); // warm-up
-    let mut best = f64::MAX;
-    for _ in 0..3 {
-        let t = std::time::Instant::now();
-        let _ = a.clone().matmul(b.clone()).into_data();
-        best = best.min(t.elapsed().as_secs_f64());
-    }
-    2.0 * (n * n * n) as f64 / best
+    measure_matmul_flops_in::<B>(device, n, DType::F32)
+}
+
+/// Square-matmul throughput of size `n` in `dtype` on `device` (FLOP/s): the best of 5 after
+/// a warm-up, the device synchronised around each (no copy back to the host).
+pub fn measure_matmul_flops_in<B: burn::tensor::backend::Backend>(
+    device: &B::Device,
+    n: usize,
+    dtype: DType,
+) -> f64 {
+    let a = Tensor::<B, 2>::random([n, n], Distribution::Normal(0.0, 1.0), device).cast(dtype);
+    let b = Tensor::<B, 2>::random([n, n], Distribution::Normal(0.0, 1.0), device).cast(dtype);
+    let seconds = best_of_5::<B>(device, || {
+        let _ = a.clone().matmul(b.clone());
+    });
+    2.0 * (n as f64).powi(3) / seconds
+}
+
+/// Best of 5 timings of `work` (after one warm-up run) in seconds, with `B::sync` after each
+/// run so that asynchronous devices are timed to completion.
+pub fn best_of_5<B: burn::tensor::backend::Backend>(
+    device: &B::Device,
+    mut work: impl FnMut(),
+) -> f64 {
+    work();
+    let _ = B::sync(device);
+    (0..5)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            work();
+            let _ = B::sync(device);
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::MAX, f64::min)
 }
 
 /// Appends [`StepRecord`]s to a JSONL file.
