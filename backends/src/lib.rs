@@ -144,12 +144,21 @@ macro_rules! cube_kernel_methods {
         fn swiglu(gate: Tensor<Self, 3>, up: Tensor<Self, 3>) -> Tensor<Self, 3> {
             kernels::cube::swiglu(gate, up)
         }
+
+        fn causal_attention(
+            q: Tensor<Self, 4>,
+            k: Tensor<Self, 4>,
+            v: Tensor<Self, 4>,
+            mask: &AttentionMask<Self>,
+        ) -> Tensor<Self, 4> {
+            kernels::cube::causal_attention(q, k, v, mask)
+        }
     };
 }
 
 /// The CubeCL backends (CUDA, wgpu) run the fused kernels of [`kernels::cube`] for RMSNorm,
-/// RoPE and SwiGLU; attention, the KV-cache write and dense layers stay composite (burn's own
-/// matmul and attention kernels).
+/// RoPE, SwiGLU and causal attention (a tiled flash-attention kernel); the KV-cache write and
+/// dense layers stay composite (burn's own matmul kernels).
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 impl<R, F, I, BT> Kernels for burn_cubecl::CubeBackend<R, F, I, BT>
 where

@@ -10,6 +10,18 @@
 //! differ only in summation order and in the order of f32 operations) and 2 in f16 (one
 //! rounding of an f32 intermediate to f16 may go the other way, then one more product).
 //!
+//! Attention (`attention_matches_composite`) runs GQA ratios 1, 2, 4 and 6 over decoding (1
+//! query over 37 slots), prefill (33 queries), a cache offset (7 queries after 5 slots), left
+//! key padding (with rows of queries that see no key at all, where the kernel reproduces the
+//! composite's uniform average), packed segments and both together, head widths 7, 24, 40, 64
+//! and 128, on strided and contiguous Q/K/V. It sums over up to 37 keys in another order than
+//! the composite's two matmuls and softmax, through a running maximum whose rescaling adds an
+//! `exp` rounding per tile, so its tolerance is 64 eps in f32; in f16 it is 4 eps, because the
+//! composite rounds the probabilities to f16 before its second matmul and the kernel keeps them
+//! in f32 (each of the two outputs is within about one f16 rounding of the exact value). The
+//! attention reference is the composite on the plain backend for both backends (the fusion
+//! backend's JIT compiles the composite's many fused kernels slowly on lavapipe).
+//!
 //! `timings` (ignored by default) prints composite vs fused times per kernel.
 
 #![cfg(feature = "wgpu")]
@@ -18,10 +30,10 @@ use std::time::Instant;
 
 use burn::backend::wgpu::{CubeBackend, WgpuDevice, WgpuRuntime};
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Distribution, Tensor, TensorPrimitive};
+use burn::tensor::{Bool, DType, Distribution, Int, Tensor, TensorData, TensorPrimitive};
 use internlm2_backends::kernels::composite;
 use internlm2_backends::kernels::cube::CubeOps;
-use internlm2_backends::{Kernels, Wgpu};
+use internlm2_backends::{AttentionMask, Kernels, Wgpu};
 
 /// burn's wgpu backend without the fusion layer.
 type Plain = CubeBackend<WgpuRuntime, f32, i32, u32>;
@@ -61,11 +73,22 @@ fn assert_close<B: Backend, const D: usize>(
     reference: Tensor<B, D>,
     dtype: DType,
 ) {
+    assert_within(what, ours, reference, dtype, [8.0, 2.0]);
+}
+
+/// Panics when `ours` and `reference` differ by more than `ulps` (for f32, f16) eps of `dtype`.
+fn assert_within<B: Backend, C: Backend, const D: usize>(
+    what: &str,
+    ours: Tensor<B, D>,
+    reference: Tensor<C, D>,
+    dtype: DType,
+    [ulps_f32, ulps_f16]: [f32; 2],
+) {
     assert_eq!(ours.dims(), reference.dims(), "{what}: shapes");
     assert_eq!(ours.dtype(), dtype, "{what}: output dtype");
     let (eps, ulps) = match dtype {
-        DType::F32 => (f32::EPSILON, 8.0),
-        DType::F16 => (half_epsilon(), 2.0),
+        DType::F32 => (f32::EPSILON, ulps_f32),
+        DType::F16 => (half_epsilon(), ulps_f16),
         other => panic!("no tolerance for {other:?}"),
     };
     let (ours, reference) = (values(ours), values(reference));
@@ -207,6 +230,204 @@ fn check_swiglu<B: CubeOps + Kernels<Device = WgpuDevice>>(name: &str) {
     }
 }
 
+/// Attention tolerance in eps of the dtype (f32, f16): see the module doc.
+const ATTENTION_ULPS: [f32; 2] = [64.0, 4.0];
+
+/// `[b, t]` key padding with the first `pads[row]` slots of each row padded (left padding).
+fn left_padding<B: Backend<Device = WgpuDevice>>(t: usize, pads: &[usize]) -> Tensor<B, 2, Bool> {
+    let flat: Vec<bool> = (pads.iter())
+        .flat_map(|&p| (0..t).map(move |j| j < p))
+        .collect();
+    Tensor::from_data(TensorData::new(flat, [pads.len(), t]), &device())
+}
+
+/// `[b, t]` segment ids of packed documents: row `r` switches document at slots that are
+/// multiples of `t / (r + 2)` (so rows differ), ids counting up from 7.
+fn packed_segments<B: Backend<Device = WgpuDevice>>(b: usize, t: usize) -> Tensor<B, 2, Int> {
+    let flat: Vec<i64> = (0..b * t)
+        .map(|i| {
+            let (row, slot) = (i / t, i % t);
+            7 + (slot / (t / (row + 2)).max(1)) as i64
+        })
+        .collect();
+    Tensor::from_data(TensorData::new(flat, [b, t]), &device())
+}
+
+/// One attention case: batch, KV heads, queries, cache length, head width, left padding per
+/// row (empty: none), packed segments.
+struct AttentionCase {
+    b: usize,
+    kv: usize,
+    s: usize,
+    past: usize,
+    d: usize,
+    pads: &'static [usize],
+    packed: bool,
+}
+
+/// Query heads per KV head.
+const GROUPS: [usize; 4] = [1, 2, 4, 6];
+
+const ATTENTION_CASES: [AttentionCase; 7] = [
+    // Decoding one token over a cache of 36.
+    AttentionCase {
+        b: 1,
+        kv: 1,
+        s: 1,
+        past: 36,
+        d: 64,
+        pads: &[],
+        packed: false,
+    },
+    // Prefill of 33, plain causal.
+    AttentionCase {
+        b: 1,
+        kv: 2,
+        s: 33,
+        past: 0,
+        d: 64,
+        pads: &[],
+        packed: false,
+    },
+    // Prefill of 33 with left padding: queries 0..5 of row 1 see no key at all.
+    AttentionCase {
+        b: 2,
+        kv: 1,
+        s: 33,
+        past: 0,
+        d: 40,
+        pads: &[0, 5],
+        packed: false,
+    },
+    // 7 queries after 5 cached slots (t = 12), row 1 padded up to slot 8: its first 3 queries
+    // see nothing, and the keys after the block's causal limit count in their average.
+    AttentionCase {
+        b: 2,
+        kv: 2,
+        s: 7,
+        past: 5,
+        d: 24,
+        pads: &[3, 8],
+        packed: false,
+    },
+    // Packed documents.
+    AttentionCase {
+        b: 2,
+        kv: 1,
+        s: 33,
+        past: 0,
+        d: 64,
+        pads: &[],
+        packed: true,
+    },
+    // Packed documents after a cache, head width 128.
+    AttentionCase {
+        b: 1,
+        kv: 1,
+        s: 17,
+        past: 20,
+        d: 128,
+        pads: &[],
+        packed: true,
+    },
+    // Padding and segments together, odd head width.
+    AttentionCase {
+        b: 2,
+        kv: 1,
+        s: 9,
+        past: 0,
+        d: 7,
+        pads: &[2, 0],
+        packed: true,
+    },
+];
+
+/// A copy of `t` on [`Plain`] (same device and dtype, contiguous).
+fn on_plain<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<Plain, D> {
+    let dtype = t.dtype();
+    Tensor::<Plain, D>::from_data(t.cast(DType::F32).into_data(), &device()).cast(dtype)
+}
+
+/// The reference is the composite on [`Plain`] for both backends: the same kernels as on the
+/// fusion backend, without the fusion JIT's compilations (about 150 s on lavapipe here).
+fn check_attention<B: CubeOps + Kernels<Device = WgpuDevice>>(name: &str) {
+    for dtype in dtypes::<B>() {
+        for (n, case) in ATTENTION_CASES.iter().enumerate() {
+            // Two GQA ratios per case, so that every ratio meets several cases.
+            for groups in [GROUPS[n % 4], GROUPS[(n + 1) % 4]] {
+                let AttentionCase {
+                    b,
+                    kv,
+                    s,
+                    past,
+                    d,
+                    pads,
+                    packed,
+                } = *case;
+                let (heads, t) = (kv * groups, past + s);
+                let what = format!(
+                    "{name} attention G={groups} b={b} kv={kv} s={s} past={past} d={d} \
+                     pads={pads:?} packed={packed}"
+                );
+                // Alternate the model's strided Q and K/V views with contiguous tensors.
+                let (q, k, v) = if n % 2 == 0 {
+                    (
+                        model_queries::<B>([b, s, kv, groups, d], dtype),
+                        random::<B, 4>([b, t, kv, d], dtype).swap_dims(1, 2),
+                        random::<B, 4>([b, t, kv, d], dtype).swap_dims(1, 2),
+                    )
+                } else {
+                    (
+                        random::<B, 4>([b, heads, s, d], dtype),
+                        random::<B, 4>([b, kv, t, d], dtype),
+                        random::<B, 4>([b, kv, t, d], dtype),
+                    )
+                };
+                let mask = AttentionMask {
+                    past_len: past,
+                    key_padding: (!pads.is_empty()).then(|| left_padding::<B>(t, pads)),
+                    segments: packed.then(|| packed_segments::<B>(b, t)),
+                };
+                let reference = composite::causal_attention(
+                    on_plain(q.clone()),
+                    on_plain(k.clone()),
+                    on_plain(v.clone()),
+                    &AttentionMask {
+                        past_len: past,
+                        key_padding: (mask.key_padding.clone())
+                            .map(|p| Tensor::from_data(p.into_data(), &device())),
+                        segments: (mask.segments.clone())
+                            .map(|g| Tensor::from_data(g.into_data(), &device())),
+                    },
+                );
+                let ours = B::fused_attention(
+                    float(q.clone()),
+                    float(k.clone()),
+                    float(v.clone()),
+                    mask.key_padding.clone().map(|p| p.int().into_primitive()),
+                    mask.segments.clone().map(|g| g.into_primitive()),
+                    past,
+                );
+                assert_within(
+                    &what,
+                    tensor::<B, 4>(ours),
+                    reference.clone(),
+                    dtype,
+                    ATTENTION_ULPS,
+                );
+                let ours = B::causal_attention(q, k, v, &mask);
+                assert_within(&what, ours, reference, dtype, ATTENTION_ULPS);
+            }
+        }
+    }
+}
+
+#[test]
+fn attention_matches_composite() {
+    check_attention::<Wgpu>("fusion");
+    check_attention::<Plain>("plain");
+}
+
 #[test]
 fn rms_norm_matches_composite() {
     check_rms_norm::<Wgpu>("fusion");
@@ -294,6 +515,24 @@ fn timings_on<B: CubeOps + Kernels<Device = WgpuDevice>>(name: &str) {
         "swiglu",
         time::<B, _>(|| composite::swiglu(g.clone(), u.clone())),
         time::<B, _>(|| B::swiglu(g.clone(), u.clone())),
+    );
+    let kv_heads = heads / 2;
+    let (k, v) = (
+        random::<B, 4>([b, kv_heads, s, d], dt),
+        random::<B, 4>([b, kv_heads, s, d], dt),
+    );
+    let mask = AttentionMask::causal(0);
+    row(
+        &format!("attention prefill (GQA {heads}/{kv_heads})"),
+        time::<B, _>(|| composite::causal_attention(q.clone(), k.clone(), v.clone(), &mask)),
+        time::<B, _>(|| B::causal_attention(q.clone(), k.clone(), v.clone(), &mask)),
+    );
+    let q1 = random::<B, 4>([b, heads, 1, d], dt);
+    let mask = AttentionMask::causal(s - 1);
+    row(
+        &format!("attention decode 1 over {s}"),
+        time::<B, _>(|| composite::causal_attention(q1.clone(), k.clone(), v.clone(), &mask)),
+        time::<B, _>(|| B::causal_attention(q1.clone(), k.clone(), v.clone(), &mask)),
     );
 }
 

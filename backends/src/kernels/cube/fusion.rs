@@ -10,7 +10,7 @@
 use core::marker::PhantomData;
 
 use burn::tensor::DType;
-use burn::tensor::ops::FloatTensor;
+use burn::tensor::ops::{FloatTensor, IntTensor};
 use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::{Fusion, FusionBackend, FusionRuntime, FusionTensor};
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, OperationOutput, TensorIr};
@@ -23,10 +23,20 @@ type Handles<B> =
 /// Which fused kernel a [`CustomKernel`] runs, with its scalar arguments.
 #[derive(Debug, Clone, Copy)]
 enum Kind {
-    RmsNorm { eps: f32 },
-    AddRmsNorm { eps: f32 },
+    RmsNorm {
+        eps: f32,
+    },
+    AddRmsNorm {
+        eps: f32,
+    },
     Rope,
     Swiglu,
+    /// Inputs q, k, v, then the int masks that are present, in this order.
+    Attention {
+        past_len: usize,
+        padding: bool,
+        segments: bool,
+    },
 }
 
 /// One fused kernel recorded in a fusion stream.
@@ -39,14 +49,24 @@ struct CustomKernel<B> {
 
 impl<B: FusionBackend + CubeOps> Operation<B::FusionRuntime> for CustomKernel<B> {
     fn execute(&self, handles: &mut Handles<B>) {
-        let mut inputs = self
-            .desc
-            .inputs
-            .iter()
+        let mut inputs = (self.desc.inputs.iter())
+            .filter(|t| t.dtype.is_float())
             .map(|t| handles.get_float_tensor::<B>(t))
             .collect::<Vec<_>>()
             .into_iter();
+        let mut int_inputs = (self.desc.inputs.iter())
+            .filter(|t| !t.dtype.is_float())
+            .map(|t| handles.get_int_tensor::<B>(t))
+            .collect::<Vec<_>>()
+            .into_iter();
         let mut next = || inputs.next().expect("input declared by the custom op");
+        let mut next_int = |present: bool| {
+            present.then(|| {
+                int_inputs
+                    .next()
+                    .expect("int input declared by the custom op")
+            })
+        };
         let outputs = match self.kind {
             Kind::RmsNorm { eps } => vec![B::fused_rms_norm(next(), next(), eps)],
             Kind::AddRmsNorm { eps } => {
@@ -55,6 +75,18 @@ impl<B: FusionBackend + CubeOps> Operation<B::FusionRuntime> for CustomKernel<B>
             }
             Kind::Rope => vec![B::fused_rope(next(), next(), next())],
             Kind::Swiglu => vec![B::fused_swiglu(next(), next())],
+            Kind::Attention {
+                past_len,
+                padding,
+                segments,
+            } => vec![B::fused_attention(
+                next(),
+                next(),
+                next(),
+                next_int(padding),
+                next_int(segments),
+                past_len,
+            )],
         };
         for (ir, tensor) in self.desc.outputs.iter().zip(outputs) {
             handles.register_float_tensor::<B>(&ir.id, tensor);
@@ -62,7 +94,8 @@ impl<B: FusionBackend + CubeOps> Operation<B::FusionRuntime> for CustomKernel<B>
     }
 }
 
-/// Records `kind` on `inputs` with `outputs` tensors shaped like the first input.
+/// Records `kind` on `inputs` with `outputs` tensors shaped like the first input (and of its
+/// dtype).
 fn register<B: FusionBackend + CubeOps>(
     name: &'static str,
     kind: Kind,
@@ -126,5 +159,26 @@ impl<B: FusionBackend + CubeOps> CubeOps for Fusion<B> {
 
     fn fused_swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
         register::<B>("internlm2_swiglu", Kind::Swiglu, vec![gate, up], 1).output()
+    }
+
+    fn fused_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        padding: Option<IntTensor<Self>>,
+        segments: Option<IntTensor<Self>>,
+        past_len: usize,
+    ) -> FloatTensor<Self> {
+        let kind = Kind::Attention {
+            past_len,
+            padding: padding.is_some(),
+            segments: segments.is_some(),
+        };
+        let inputs = [q, k, v]
+            .into_iter()
+            .chain(padding)
+            .chain(segments)
+            .collect();
+        register::<B>("internlm2_attention", kind, inputs, 1).output()
     }
 }
