@@ -9,11 +9,27 @@
 #                                (InternLM2-1.8B shapes, random weights, bf16), written to
 #                                $OUT/gpu-check.md (or gpu-check/report.md) and printed.
 #
-# The run half fits one device call of a few minutes; every step has its own timeout so that
-# one slow case cannot eat the others. gpu-check/ is build output: never commit it.
+# The run half fits one device call (the step timeouts add up to 585 s, under the 600 s a call
+# may run); every step has its own timeout so that one slow case cannot eat the others. gpu-check/ is build output: never commit it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DIR=gpu-check
+
+# `test_binary NAME CARGO_ARGS...`: builds one integration test binary and copies it to bin/NAME.
+test_binary() {
+  local name=$1
+  shift
+  local exe
+  exe=$(cargo test --release "$@" --no-run --message-format=json 2>/dev/null |
+    python3 -c 'import json, sys
+name = sys.argv[1]
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == name and m.get("executable"):
+        print(m["executable"])' "$name")
+  [ -n "$exe" ] || { echo "no $name test binary built" >&2; return 1; }
+  cp "$exe" "$DIR/bin/$name"
+}
 
 build() {
   set -e
@@ -22,15 +38,9 @@ build() {
   rm -rf "$DIR" && mkdir -p "$DIR/bin" "$DIR/fixtures"
   cargo build --release --features cuda --example bench --example train_bench
   cp "$CARGO_TARGET_DIR/release/examples/bench" "$CARGO_TARGET_DIR/release/examples/train_bench" "$DIR/bin/"
-  # The parity test binary (harness included), built like the CI's CPU run but on CUDA.
-  local parity
-  parity=$(cargo test --release --features cuda --test parity --no-run --message-format=json 2>/dev/null |
-    python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "parity" and m.get("executable"):
-        print(m["executable"])')
-  cp "$parity" "$DIR/bin/parity"
+  # Test binaries (harness included): the fixture parity and the cube kernels vs composite, on CUDA.
+  test_binary parity --features cuda --test parity
+  test_binary cube_kernels -p internlm2-backends --features cuda --test cube_kernels
   strip "$DIR/bin/"* || true
   cp -r "$fixtures/tiny-internlm2" "$fixtures/tiny-internlm2-sharded" "$DIR/fixtures/"
   du -sh "$DIR"/* >&2
@@ -61,15 +71,19 @@ run() {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
     echo
   } >>"$REPORT"
-  step "fixture parity on CUDA (f32, 1e-4)" 120 \
+  step "fixture parity on CUDA (f32, 1e-4)" 60 \
     env INTERNLM2_FIXTURES="$DIR/fixtures" "$bin/parity" --test-threads 1
-  step "prefill 2K, batch 1" 120 \
+  step "cube kernels (incl. flash attention) vs composite on CUDA" 120 \
+    "$bin/cube_kernels" --test-threads 1
+  step "kernel timings, composite vs fused" 60 \
+    "$bin/cube_kernels" timings --ignored --nocapture
+  step "prefill 2K, batch 1" 75 \
     "$bin/bench" --config $cfg --device cuda:0 --prompt-len 2048 --new-tokens 1 --batch 1 --limits
-  step "decode, batch 1" 120 \
+  step "decode, batch 1" 75 \
     "$bin/bench" --config $cfg --device cuda:0 --prompt-len 128 --new-tokens 128 --batch 1 --limits
-  step "decode, batch 32" 120 \
+  step "decode, batch 32" 75 \
     "$bin/bench" --config $cfg --device cuda:0 --prompt-len 128 --new-tokens 64 --batch 32 --limits
-  step "training 1.8B, seq 4096, bf16 (MFU over the measured bf16 matmul peak)" 180 \
+  step "training 1.8B, seq 4096, bf16 (MFU over the measured bf16 matmul peak)" 120 \
     "$bin/train_bench" --config $cfg --device cuda:0 --seq-len 4096 --batch 2 --steps 2
   cat "$REPORT"
 }

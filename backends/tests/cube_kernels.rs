@@ -1,5 +1,6 @@
 //! The CubeCL kernels (`kernels::cube`) against the composite reference on the same wgpu
-//! device (lavapipe's software Vulkan in CI), on random inputs: odd widths, one and 33 tokens,
+//! device (lavapipe's software Vulkan in CI; CUDA device 0 in a build with only the `cuda`
+//! feature, as `scripts/gpu-check.sh` makes), on random inputs: odd widths, one and 33 tokens,
 //! strided views, f32 and f16. Each kernel is checked twice: through burn's fusion backend
 //! (`Wgpu`, what the model uses) and on the plain `CubeBackend`; each case is run through the
 //! `CubeOps` entry point, which always launches the kernel (no composite fallback), and through
@@ -24,28 +25,55 @@
 //!
 //! `timings` (ignored by default) prints composite vs fused times per kernel.
 
-#![cfg(feature = "wgpu")]
+#![cfg(any(feature = "wgpu", feature = "cuda"))]
 
 use std::time::Instant;
 
-use burn::backend::wgpu::{CubeBackend, WgpuDevice, WgpuRuntime};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, DType, Distribution, Int, Tensor, TensorData, TensorPrimitive};
 use internlm2_backends::kernels::composite;
 use internlm2_backends::kernels::cube::CubeOps;
-use internlm2_backends::{AttentionMask, Kernels, Wgpu};
+use internlm2_backends::{AttentionMask, Kernels};
+use target::{Device, Fused, Plain, device};
 
-/// burn's wgpu backend without the fusion layer.
-type Plain = CubeBackend<WgpuRuntime, f32, i32, u32>;
+/// The device under test: wgpu (CI, lavapipe) or, in a build with only the `cuda` feature
+/// (`scripts/gpu-check.sh`), CUDA device 0.
+#[cfg(feature = "wgpu")]
+mod target {
+    pub use burn::backend::wgpu::WgpuDevice as Device;
+    use burn::backend::wgpu::{CubeBackend, WgpuRuntime};
+
+    /// burn's wgpu backend (fusion), what the model uses.
+    pub type Fused = internlm2_backends::Wgpu;
+    /// burn's wgpu backend without the fusion layer.
+    pub type Plain = CubeBackend<WgpuRuntime, f32, i32, u32>;
+
+    pub fn device() -> Device {
+        Device::DefaultDevice
+    }
+}
+
+/// The device under test: CUDA device 0.
+#[cfg(all(feature = "cuda", not(feature = "wgpu")))]
+mod target {
+    use burn_cubecl::CubeBackend;
+    pub use cubecl::cuda::CudaDevice as Device;
+    use cubecl::cuda::CudaRuntime;
+
+    /// burn's CUDA backend (fusion), what the model uses.
+    pub type Fused = internlm2_backends::Cuda;
+    /// burn's CUDA backend without the fusion layer.
+    pub type Plain = CubeBackend<CudaRuntime, f32, i32, u8>;
+
+    pub fn device() -> Device {
+        Device::new(0)
+    }
+}
 
 const EPS: f64 = 1e-6;
 
-fn device() -> WgpuDevice {
-    WgpuDevice::DefaultDevice
-}
-
 /// The dtypes to test: f32, and f16 where the device has it.
-fn dtypes<B: Backend<Device = WgpuDevice>>() -> Vec<DType> {
+fn dtypes<B: Backend<Device = Device>>() -> Vec<DType> {
     let mut dtypes = vec![DType::F32];
     if B::supports_dtype(&device(), DType::F16) {
         dtypes.push(DType::F16);
@@ -55,7 +83,7 @@ fn dtypes<B: Backend<Device = WgpuDevice>>() -> Vec<DType> {
     dtypes
 }
 
-fn random<B: Backend<Device = WgpuDevice>, const D: usize>(
+fn random<B: Backend<Device = Device>, const D: usize>(
     shape: [usize; D],
     dtype: DType,
 ) -> Tensor<B, D> {
@@ -120,7 +148,7 @@ fn tensor<B: Backend, const D: usize>(t: burn::tensor::ops::FloatTensor<B>) -> T
 const HIDDEN: [usize; 5] = [1, 7, 64, 130, 4096];
 const SEQ: [usize; 2] = [1, 33];
 
-fn check_rms_norm<B: CubeOps + Kernels<Device = WgpuDevice>>(name: &str) {
+fn check_rms_norm<B: CubeOps + Kernels<Device = Device>>(name: &str) {
     for dtype in dtypes::<B>() {
         for h in HIDDEN {
             for (b, s) in SEQ.iter().map(|&s| (2, s)) {
@@ -141,7 +169,7 @@ fn check_rms_norm<B: CubeOps + Kernels<Device = WgpuDevice>>(name: &str) {
     }
 }
 
-fn check_add_rms_norm<B: CubeOps + Kernels<Device = WgpuDevice>>(name: &str) {
+fn check_add_rms_norm<B: CubeOps + Kernels<Device = Device>>(name: &str) {
     for dtype in dtypes::<B>() {
         for h in HIDDEN {
             for s in SEQ {
@@ -170,7 +198,7 @@ fn check_add_rms_norm<B: CubeOps + Kernels<Device = WgpuDevice>>(name: &str) {
 
 /// The query layout of the model: the `[b, s, kv, G + 2, d]` projection, sliced, reshaped to
 /// `[b, s, heads, d]` and viewed as `[b, heads, s, d]`.
-fn model_queries<B: Backend<Device = WgpuDevice>>(
+fn model_queries<B: Backend<Device = Device>>(
     [b, s, kv, g, d]: [usize; 5],
     dtype: DType,
 ) -> Tensor<B, 4> {
@@ -180,7 +208,7 @@ fn model_queries<B: Backend<Device = WgpuDevice>>(
         .swap_dims(1, 2)
 }
 
-fn check_rope<B: CubeOps + Kernels<Device = WgpuDevice>>(name: &str) {
+fn check_rope<B: CubeOps + Kernels<Device = Device>>(name: &str) {
     for dtype in dtypes::<B>() {
         for d in [2, 8, 64, 128] {
             for s in SEQ {
@@ -212,7 +240,7 @@ fn check_rope<B: CubeOps + Kernels<Device = WgpuDevice>>(name: &str) {
     }
 }
 
-fn check_swiglu<B: CubeOps + Kernels<Device = WgpuDevice>>(name: &str) {
+fn check_swiglu<B: CubeOps + Kernels<Device = Device>>(name: &str) {
     for dtype in dtypes::<B>() {
         for n in [1, 7, 130, 1537, 4096] {
             for s in SEQ {
@@ -234,7 +262,7 @@ fn check_swiglu<B: CubeOps + Kernels<Device = WgpuDevice>>(name: &str) {
 const ATTENTION_ULPS: [f32; 2] = [64.0, 4.0];
 
 /// `[b, t]` key padding with the first `pads[row]` slots of each row padded (left padding).
-fn left_padding<B: Backend<Device = WgpuDevice>>(t: usize, pads: &[usize]) -> Tensor<B, 2, Bool> {
+fn left_padding<B: Backend<Device = Device>>(t: usize, pads: &[usize]) -> Tensor<B, 2, Bool> {
     let flat: Vec<bool> = (pads.iter())
         .flat_map(|&p| (0..t).map(move |j| j < p))
         .collect();
@@ -243,7 +271,7 @@ fn left_padding<B: Backend<Device = WgpuDevice>>(t: usize, pads: &[usize]) -> Te
 
 /// `[b, t]` segment ids of packed documents: row `r` switches document at slots that are
 /// multiples of `t / (r + 2)` (so rows differ), ids counting up from 7.
-fn packed_segments<B: Backend<Device = WgpuDevice>>(b: usize, t: usize) -> Tensor<B, 2, Int> {
+fn packed_segments<B: Backend<Device = Device>>(b: usize, t: usize) -> Tensor<B, 2, Int> {
     let flat: Vec<i64> = (0..b * t)
         .map(|i| {
             let (row, slot) = (i / t, i % t);
@@ -350,7 +378,7 @@ fn on_plain<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<Plain, D> {
 
 /// The reference is the composite on [`Plain`] for both backends: the same kernels as on the
 /// fusion backend, without the fusion JIT's compilations (about 150 s on lavapipe here).
-fn check_attention<B: CubeOps + Kernels<Device = WgpuDevice>>(name: &str) {
+fn check_attention<B: CubeOps + Kernels<Device = Device>>(name: &str) {
     for dtype in dtypes::<B>() {
         for (n, case) in ATTENTION_CASES.iter().enumerate() {
             // Two GQA ratios per case, so that every ratio meets several cases.
@@ -424,38 +452,38 @@ fn check_attention<B: CubeOps + Kernels<Device = WgpuDevice>>(name: &str) {
 
 #[test]
 fn attention_matches_composite() {
-    check_attention::<Wgpu>("fusion");
+    check_attention::<Fused>("fusion");
     check_attention::<Plain>("plain");
 }
 
 #[test]
 fn rms_norm_matches_composite() {
-    check_rms_norm::<Wgpu>("fusion");
+    check_rms_norm::<Fused>("fusion");
     check_rms_norm::<Plain>("plain");
 }
 
 #[test]
 fn add_rms_norm_matches_composite() {
-    check_add_rms_norm::<Wgpu>("fusion");
+    check_add_rms_norm::<Fused>("fusion");
     check_add_rms_norm::<Plain>("plain");
 }
 
 #[test]
 fn rope_matches_composite_on_strided_views() {
-    check_rope::<Wgpu>("fusion");
+    check_rope::<Fused>("fusion");
     check_rope::<Plain>("plain");
 }
 
 #[test]
 fn swiglu_matches_composite() {
-    check_swiglu::<Wgpu>("fusion");
+    check_swiglu::<Fused>("fusion");
     check_swiglu::<Plain>("plain");
 }
 
 /// Mean seconds per call of `f` over 10 calls, synced, after a warm-up round (shader
 /// compilation, autotuning). Outputs stay alive until the sync so that no backend can skip
 /// computing them.
-fn time<B: Backend<Device = WgpuDevice>, T>(mut f: impl FnMut() -> T) -> f64 {
+fn time<B: Backend<Device = Device>, T>(mut f: impl FnMut() -> T) -> f64 {
     let reps = 10;
     let mut round = || {
         let start = Instant::now();
@@ -478,7 +506,7 @@ fn row(kernel: &str, composite: f64, fused: f64) {
     );
 }
 
-fn timings_on<B: CubeOps + Kernels<Device = WgpuDevice>>(name: &str) {
+fn timings_on<B: CubeOps + Kernels<Device = Device>>(name: &str) {
     let (b, s, h, heads, d, inter) = (1, 512, 2048, 16, 128, 8192);
     let dt = DType::F32;
     println!(
@@ -539,6 +567,6 @@ fn timings_on<B: CubeOps + Kernels<Device = WgpuDevice>>(name: &str) {
 #[test]
 #[ignore = "timing table, run with --run-ignored all --no-capture"]
 fn timings() {
-    timings_on::<Wgpu>("fusion (burn::backend::Wgpu)");
+    timings_on::<Fused>("fusion (burn's Wgpu / Cuda)");
     timings_on::<Plain>("plain CubeBackend");
 }

@@ -99,11 +99,7 @@ where
         optimizer: OptimizerConfig,
         devices: &[B::Device],
     ) -> Result<Self, TrainError> {
-        let trainers = devices
-            .iter()
-            .map(|device| Trainer::new(model.clone().fork(device), optimizer.clone()))
-            .collect();
-        Self::from_trainers(trainers, devices, None)
+        Self::from_trainers(replicate(&model, &optimizer, devices), devices, None)
     }
 
     /// This node's share of a multi-node group: one replica of `model` per local device,
@@ -116,11 +112,11 @@ where
         optimizer: OptimizerConfig,
         devices: &[B::Device],
     ) -> Result<Self, TrainError> {
-        let trainers = devices
-            .iter()
-            .map(|device| Trainer::new(model.clone().fork(device), optimizer.clone()))
-            .collect();
-        Self::from_trainers(trainers, devices, Some(cluster))
+        Self::from_trainers(
+            replicate(&model, &optimizer, devices),
+            devices,
+            Some(cluster),
+        )
     }
 
     /// Replicas restored from one checkpoint (see [`Trainer::load_checkpoint`]); with a
@@ -236,6 +232,21 @@ where
             .map(|w| w.replies.recv().map_err(collective_err))
             .collect()
     }
+}
+
+/// One trainer per device, each with a copy of `model` and fresh optimiser states.
+fn replicate<B: AutodiffBackend + Kernels>(
+    model: &InternLM2<B>,
+    optimizer: &OptimizerConfig,
+    devices: &[B::Device],
+) -> Vec<Trainer<B>>
+where
+    B::InnerBackend: Kernels,
+{
+    devices
+        .iter()
+        .map(|device| Trainer::new(model.clone().fork(device), optimizer.clone()))
+        .collect()
 }
 
 /// Where a replica thread sits in the group.
