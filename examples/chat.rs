@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release --example chat -- --model-dir internlm2-chat-1_8b [--system "..."]
 //!     [--temperature 0.8 --top-p 0.8 --top-k 0 --min-p 0 --repetition-penalty 1.0 --seed 0]
-//!     [--max-new-tokens 512] [--tools tools.json] [--interpreter]
+//!     [--max-new-tokens 512] [--tools tools.json] [--interpreter] [--device cpu] [--dtype auto]
 //! ```
 //!
 //! Type a message and press enter; `/reset` starts over, `/quit` (or end of input) leaves.
@@ -13,9 +13,9 @@
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
-use burn::tensor::DType;
 use clap::Parser;
-use internlm2::backends::Cpu;
+use internlm2::backends::Kernels;
+use internlm2::backends::device::{BackendTask, DTypeChoice, DeviceSpec};
 use internlm2::chat::{self, Message, Tool, ToolCall};
 use internlm2::generate::{GenerationConfig, generate};
 use internlm2::sampling::SamplingConfig;
@@ -57,27 +57,37 @@ struct Args {
     /// Most tokens per answer.
     #[arg(long, default_value_t = 512)]
     max_new_tokens: usize,
-    /// Compute dtype: f32 or bf16.
-    #[arg(long, default_value = "f32")]
-    dtype: String,
+    /// Device: cpu, cuda[:N], wgpu, vulkan, tch:cpu, tch:cuda[:N] (its feature compiled in).
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
+    /// Compute dtype: auto (bf16 on CUDA, f32 elsewhere), f32, bf16 or f16.
+    #[arg(long, default_value = "auto")]
+    dtype: DTypeChoice,
+}
+
+/// The chat loop, generic over the backend `--device` names.
+struct Chat(Args);
+
+impl BackendTask for Chat {
+    type Output = Result<(), Box<dyn std::error::Error>>;
+    fn run<B: Kernels>(self, device: B::Device) -> Self::Output {
+        run::<B>(self.0, device)
+    }
 }
 
 fn main() {
-    if let Err(e) = run(Args::parse()) {
+    let args = Args::parse();
+    let spec = args.device;
+    if let Err(e) = spec.run(Chat(args)).map_err(Into::into).and_then(|r| r) {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
 }
 
-fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let dtype = match args.dtype.as_str() {
-        "f32" => DType::F32,
-        "bf16" => DType::BF16,
-        "f16" => DType::F16,
-        other => return Err(format!("unknown dtype {other} (f32, bf16, f16)").into()),
-    };
+fn run<B: Kernels>(args: Args, device: B::Device) -> Result<(), Box<dyn std::error::Error>> {
+    let dtype = args.dtype.resolve(&args.device);
     let start = std::time::Instant::now();
-    let model = InternLM2::<Cpu>::load(&args.model_dir, dtype, &Default::default())?;
+    let model = InternLM2::<B>::load(&args.model_dir, dtype, &device)?;
     let tokenizer = Tokenizer::from_dir(&args.model_dir)?;
     eprintln!(
         "loaded {} ({} parameters) in {:.1}s",

@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release --example dpo -- --model-dir sft --data pairs.jsonl --out dpo \
 //!     [--beta 0.1 --lr 5e-7 --batch-pairs 8 --epochs 1]
+//! # any example: --device cpu|cuda[:N]|wgpu|tch:cpu|tch:cuda[:N] (with its cargo feature)
 //! ```
 
 use std::path::PathBuf;
@@ -10,7 +11,9 @@ use std::path::PathBuf;
 use burn::module::AutodiffModule;
 use burn::tensor::DType;
 use clap::Parser;
-use internlm2::backends::{Cpu, CpuAutodiff};
+use burn::backend::Autodiff;
+use internlm2::backends::Kernels;
+use internlm2::backends::device::{BackendTask, DeviceSpec};
 use internlm2::checkpoint::{SaveDtype, SaveOptions};
 use internlm2::{InternLM2, Tokenizer};
 use internlm2_align::dpo::{DpoConfig, prepare, train_dpo};
@@ -20,6 +23,9 @@ use internlm2_align::reward::PreferencePair;
 #[derive(Parser)]
 #[command(about = "DPO of an InternLM2 checkpoint on preference pairs")]
 struct Args {
+    /// Device: cpu, cuda[:N], wgpu, vulkan, tch:cpu, tch:cuda[:N] (its feature compiled in).
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
     /// Starting model (policy and frozen reference), with its tokenizer.
     #[arg(long)]
     model_dir: PathBuf,
@@ -43,20 +49,31 @@ struct Args {
     epochs: usize,
 }
 
+/// The run, generic over the backend `--device` names.
+struct Task(Args);
+
+impl BackendTask for Task {
+    type Output = Result<(), Box<dyn std::error::Error>>;
+    fn run<B: Kernels>(self, device: B::Device) -> Self::Output {
+        run::<B>(self.0, device)
+    }
+}
+
 fn main() {
-    if let Err(e) = run(Args::parse()) {
+    let args = Args::parse();
+    let spec = args.device;
+    if let Err(e) = spec.run(Task(args)).map_err(Into::into).and_then(|r| r) {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
 }
 
-fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let device = Default::default();
+fn run<B: Kernels>(args: Args, device: B::Device) -> Result<(), Box<dyn std::error::Error>> {
     let tokenizer = Tokenizer::from_dir(&args.model_dir)?;
     let pairs: Vec<PreferencePair> = read_jsonl(&args.data)?;
-    let reference = InternLM2::<Cpu>::load(&args.model_dir, DType::F32, &device)?;
+    let reference = InternLM2::<B>::load(&args.model_dir, DType::F32, &device)?;
     let examples = prepare(&reference, &tokenizer, &pairs, args.batch_pairs)?;
-    let policy = InternLM2::<CpuAutodiff>::load(&args.model_dir, DType::F32, &device)?;
+    let policy = InternLM2::<Autodiff<B>>::load(&args.model_dir, DType::F32, &device)?;
     let config = DpoConfig {
         beta: args.beta,
         lr: args.lr,

@@ -2,7 +2,7 @@
 //! implementation.
 //!
 //! ```text
-//! cargo run --release --example forward -- MODEL_DIR REFERENCE_JSON OUT_JSON
+//! cargo run --release --example forward -- MODEL_DIR REFERENCE_JSON OUT_JSON [--device cpu]
 //! ```
 //!
 //! `REFERENCE_JSON` has the schema of the fixtures' `reference.json`: cases with `input_ids`
@@ -14,7 +14,8 @@ use std::path::PathBuf;
 
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use clap::Parser;
-use internlm2::backends::Cpu;
+use internlm2::backends::Kernels;
+use internlm2::backends::device::{BackendTask, DeviceSpec};
 use internlm2::generate::{GenerationConfig, generate};
 use internlm2::sampling::SamplingConfig;
 use internlm2::{ForwardInput, InternLM2};
@@ -29,6 +30,20 @@ struct Args {
     reference: PathBuf,
     /// Output JSON with the SDK's logits and tokens.
     output: PathBuf,
+    /// Device: cpu, cuda[:N], wgpu, vulkan, tch:cpu, tch:cuda[:N] (its feature compiled in).
+    /// The model runs in f32 everywhere, as the reference does.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
+}
+
+/// The run, generic over the backend `--device` names.
+struct Forward(Args);
+
+impl BackendTask for Forward {
+    type Output = Result<(), Box<dyn std::error::Error>>;
+    fn run<B: Kernels>(self, device: B::Device) -> Self::Output {
+        run::<B>(self.0, device)
+    }
 }
 
 fn ints(value: &Value) -> Result<Vec<Vec<i64>>, String> {
@@ -47,15 +62,16 @@ fn ints(value: &Value) -> Result<Vec<Vec<i64>>, String> {
 }
 
 fn main() {
-    if let Err(e) = run(Args::parse()) {
+    let args = Args::parse();
+    let spec = args.device;
+    if let Err(e) = spec.run(Forward(args)).map_err(Into::into).and_then(|r| r) {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
 }
 
-fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let device = Default::default();
-    let model = InternLM2::<Cpu>::load(&args.model_dir, DType::F32, &device)?;
+fn run<B: Kernels>(args: Args, device: B::Device) -> Result<(), Box<dyn std::error::Error>> {
+    let model = InternLM2::<B>::load(&args.model_dir, DType::F32, &device)?;
     let mut doc: Value = serde_json::from_str(&std::fs::read_to_string(&args.reference)?)?;
     let cases = doc["cases"]
         .as_array_mut()
@@ -92,7 +108,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             continue;
         }
         let flat: Vec<i64> = ids.iter().flatten().copied().collect();
-        let mut input = ForwardInput::new(Tensor::<Cpu, 2, Int>::from_data(
+        let mut input = ForwardInput::new(Tensor::<B, 2, Int>::from_data(
             TensorData::new(flat, [b, s]),
             &device,
         ));

@@ -4,6 +4,7 @@
 //! cargo run --release --example ppo -- --policy sft --reward rm --prompts prompts.jsonl \
 //!     --out ppo [--iterations 400 --batch 8 --max-new-tokens 256 --critic-warmup 50 \
 //!     --actor-lr 1e-6 --critic-lr 5e-6 --kl 0.01 --log ppo/metrics.jsonl]
+//! # any example: --device cpu|cuda[:N]|wgpu|tch:cpu|tch:cuda[:N] (with its cargo feature)
 //! ```
 //!
 //! The actor and the reference start from `--policy`, the critic from the reward model's body;
@@ -18,7 +19,9 @@ use burn::module::AutodiffModule;
 use burn::tensor::DType;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use internlm2::backends::{Cpu, CpuAutodiff};
+use burn::backend::Autodiff;
+use internlm2::backends::Kernels;
+use internlm2::backends::device::{BackendTask, DeviceSpec};
 use internlm2::chat::Message;
 use internlm2::checkpoint::{SaveDtype, SaveOptions};
 use internlm2::train::{InMemoryDocuments, Packer, PackingConfig};
@@ -30,6 +33,9 @@ use internlm2_align::reward::{RewardEncoder, RewardModel, RewardScorer};
 #[derive(Parser)]
 #[command(about = "PPO of an InternLM2 policy against a conditional reward model")]
 struct Args {
+    /// Device: cpu, cuda[:N], wgpu, vulkan, tch:cpu, tch:cuda[:N] (its feature compiled in).
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
     /// SFT model directory (actor and reference), with its tokenizer.
     #[arg(long)]
     policy: PathBuf,
@@ -89,15 +95,26 @@ struct PromptLine {
     domain: Option<String>,
 }
 
+/// The run, generic over the backend `--device` names.
+struct Task(Args);
+
+impl BackendTask for Task {
+    type Output = Result<(), Box<dyn std::error::Error>>;
+    fn run<B: Kernels>(self, device: B::Device) -> Self::Output {
+        run::<B>(self.0, device)
+    }
+}
+
 fn main() {
-    if let Err(e) = run(Args::parse()) {
+    let args = Args::parse();
+    let spec = args.device;
+    if let Err(e) = spec.run(Task(args)).map_err(Into::into).and_then(|r| r) {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
 }
 
-fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let device = Default::default();
+fn run<B: Kernels>(args: Args, device: B::Device) -> Result<(), Box<dyn std::error::Error>> {
     let tokenizer = Tokenizer::from_dir(&args.policy)?;
     let lines: Vec<PromptLine> = read_jsonl(&args.prompts)?;
     if lines.is_empty() {
@@ -107,9 +124,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .into_iter()
         .map(|l| Prompt::chat(&tokenizer, l.messages, l.domain.as_deref()))
         .collect::<Result<Vec<_>, _>>()?;
-    let actor = InternLM2::<CpuAutodiff>::load(&args.policy, DType::F32, &device)?;
-    let reference = InternLM2::<Cpu>::load(&args.policy, DType::F32, &device)?;
-    let reward_model = RewardModel::<CpuAutodiff>::load(&args.reward, DType::F32, &device)?;
+    let actor = InternLM2::<Autodiff<B>>::load(&args.policy, DType::F32, &device)?;
+    let reference = InternLM2::<B>::load(&args.policy, DType::F32, &device)?;
+    let reward_model = RewardModel::<Autodiff<B>>::load(&args.reward, DType::F32, &device)?;
     let critic = CriticModel::from_reward_model(reward_model.clone());
     let reward = ConditionalReward {
         scorer: RewardScorer {

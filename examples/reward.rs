@@ -6,6 +6,7 @@
 //!     [--eval held_out.jsonl --token-budget 16384 --epochs 1 --lr 1e-5 --final-lr 5e-6]
 //! # score {"messages": [...], "domain"?: ...} lines with a reward model
 //! cargo run --release --example reward -- score --reward-dir rm --data conversations.jsonl
+//! # any example: --device cpu|cuda[:N]|wgpu|tch:cpu|tch:cuda[:N] (with its cargo feature)
 //! ```
 //!
 //! Pairs are `{"prompt": [...], "chosen": [...], "rejected": [...], "domain": "helpful"}`
@@ -17,7 +18,9 @@ use std::path::PathBuf;
 use burn::module::AutodiffModule;
 use burn::tensor::DType;
 use clap::{Parser, Subcommand};
-use internlm2::backends::{Cpu, CpuAutodiff};
+use burn::backend::Autodiff;
+use internlm2::backends::Kernels;
+use internlm2::backends::device::{BackendTask, DeviceSpec};
 use internlm2::chat::Message;
 use internlm2::checkpoint::SaveOptions;
 use internlm2::{InternLM2, Tokenizer};
@@ -30,6 +33,9 @@ use internlm2_align::reward::{
 #[derive(Parser)]
 #[command(about = "Train or apply an InternLM2 conditional reward model")]
 struct Args {
+    /// Device: cpu, cuda[:N], wgpu, vulkan, tch:cpu, tch:cuda[:N] (its feature compiled in).
+    #[arg(long, default_value = "cpu", global = true)]
+    device: DeviceSpec,
     #[command(subcommand)]
     command: Command,
 }
@@ -81,15 +87,26 @@ struct Scored {
     domain: Option<String>,
 }
 
+/// The run, generic over the backend `--device` names.
+struct Task(Args);
+
+impl BackendTask for Task {
+    type Output = Result<(), Box<dyn std::error::Error>>;
+    fn run<B: Kernels>(self, device: B::Device) -> Self::Output {
+        run::<B>(self.0, device)
+    }
+}
+
 fn main() {
-    if let Err(e) = run(Args::parse()) {
+    let args = Args::parse();
+    let spec = args.device;
+    if let Err(e) = spec.run(Task(args)).map_err(Into::into).and_then(|r| r) {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
 }
 
-fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let device = Default::default();
+fn run<B: Kernels>(args: Args, device: B::Device) -> Result<(), Box<dyn std::error::Error>> {
     match args.command {
         Command::Train {
             model_dir,
@@ -108,10 +125,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 Some(path) => read_jsonl(path)?,
                 None => Vec::new(),
             };
-            let lm = InternLM2::<CpuAutodiff>::load(&model_dir, DType::F32, &device)?;
+            let lm = InternLM2::<Autodiff<B>>::load(&model_dir, DType::F32, &device)?;
             let model = RewardModel::from_language_model(lm);
             let accuracy =
-                |m: &RewardModel<CpuAutodiff>| -> Result<Option<f64>, Box<dyn std::error::Error>> {
+                |m: &RewardModel<Autodiff<B>>| -> Result<Option<f64>, Box<dyn std::error::Error>> {
                     if held_out.is_empty() {
                         return Ok(None);
                     }
@@ -150,7 +167,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Score { reward_dir, data } => {
             let scorer = RewardScorer {
-                model: RewardModel::<Cpu>::load(&reward_dir, DType::F32, &device)?,
+                model: RewardModel::<B>::load(&reward_dir, DType::F32, &device)?,
                 encoder: RewardEncoder::new(Tokenizer::from_dir(&reward_dir)?)?,
             };
             let items: Vec<Scored> = read_jsonl(&data)?;

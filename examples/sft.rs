@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release --example sft -- --model-dir base --data conversations.jsonl --out sft \
 //!     [--seq-len 2048 --batch 8 --epochs 1 --lr 4e-5]
+//! # any example: --device cpu|cuda[:N]|wgpu|tch:cpu|tch:cuda[:N] (with its cargo feature)
 //! ```
 //!
 //! Each line of `--data` is `{"messages": [{"role": "user", "content": ...}, {"role":
@@ -17,7 +18,9 @@ use std::path::PathBuf;
 use burn::module::AutodiffModule;
 use burn::tensor::DType;
 use clap::Parser;
-use internlm2::backends::CpuAutodiff;
+use burn::backend::Autodiff;
+use internlm2::backends::Kernels;
+use internlm2::backends::device::{BackendTask, DeviceSpec};
 use internlm2::checkpoint::{SaveDtype, SaveOptions};
 use internlm2::model::lora::LoraConfig;
 use internlm2::train::{OptimizerConfig, Trainer};
@@ -29,6 +32,9 @@ use internlm2_align::sft::{
 #[derive(Parser)]
 #[command(about = "Supervised fine-tuning on ChatML conversations")]
 struct Args {
+    /// Device: cpu, cuda[:N], wgpu, vulkan, tch:cpu, tch:cuda[:N] (its feature compiled in).
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
     /// HuggingFace model directory to start from (with its tokenizer).
     #[arg(long)]
     model_dir: PathBuf,
@@ -62,15 +68,26 @@ struct Args {
     lora_alpha: f64,
 }
 
+/// The run, generic over the backend `--device` names.
+struct Task(Args);
+
+impl BackendTask for Task {
+    type Output = Result<(), Box<dyn std::error::Error>>;
+    fn run<B: Kernels>(self, device: B::Device) -> Self::Output {
+        run::<B>(self.0, device)
+    }
+}
+
 fn main() {
-    if let Err(e) = run(Args::parse()) {
+    let args = Args::parse();
+    let spec = args.device;
+    if let Err(e) = spec.run(Task(args)).map_err(Into::into).and_then(|r| r) {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
 }
 
-fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let device = Default::default();
+fn run<B: Kernels>(args: Args, device: B::Device) -> Result<(), Box<dyn std::error::Error>> {
     let tokenizer = Tokenizer::from_dir(&args.model_dir)?;
     let conversations = read_conversations(&args.data)?;
     let examples = conversations
@@ -92,7 +109,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         args.seq_len,
         packed.truncated
     );
-    let mut model = InternLM2::<CpuAutodiff>::load(&args.model_dir, DType::F32, &device)?;
+    let mut model = InternLM2::<Autodiff<B>>::load(&args.model_dir, DType::F32, &device)?;
     let lora = args
         .lora_rank
         .map(|rank| LoraConfig::new(rank, args.lora_alpha));
