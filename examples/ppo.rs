@@ -15,11 +15,11 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::tensor::DType;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use burn::backend::Autodiff;
 use internlm2::backends::Kernels;
 use internlm2::backends::device::{BackendTask, DeviceSpec};
 use internlm2::chat::Message;

@@ -15,10 +15,10 @@
 
 use std::path::PathBuf;
 
+use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::tensor::DType;
 use clap::{Parser, Subcommand};
-use burn::backend::Autodiff;
 use internlm2::backends::Kernels;
 use internlm2::backends::device::{BackendTask, DeviceSpec};
 use internlm2::chat::Message;
