@@ -161,3 +161,81 @@ fn greedy_with_cache_tokens() {
         assert_eq!(produced, expected, "{}", dir.display());
     }
 }
+
+/// The fixture's `prefill_batch` prompt as one training batch: every next token counts.
+fn training_batch(ids: &[Vec<i64>]) -> internlm2::train::TokenBatch {
+    let (b, s) = (ids.len(), ids[0].len() - 1);
+    let inputs = ids
+        .iter()
+        .flat_map(|r| r[..s].iter().map(|&t| t as u32))
+        .collect();
+    let targets = ids
+        .iter()
+        .flat_map(|r| r[1..].iter().map(|&t| t as u32))
+        .collect();
+    internlm2::train::TokenBatch {
+        batch: b,
+        seq_len: s,
+        inputs,
+        targets,
+        loss_mask: vec![true; b * s],
+        positions: (0..b).flat_map(|_| 0..s).collect(),
+        segments: None,
+    }
+}
+
+/// Loss and global gradient norm of one training batch on autodiff backend `A`.
+fn loss_and_grad_norm<A>(dir: &std::path::Path, batch: &internlm2::train::TokenBatch) -> (f64, f64)
+where
+    A: burn::tensor::backend::AutodiffBackend + internlm2::backends::Kernels,
+    A::InnerBackend: internlm2::backends::Kernels,
+{
+    use internlm2::train::{OptimizerConfig, Trainer, optim::global_grad_norm};
+    let model = InternLM2::<A>::load(dir, DType::F32, &Default::default()).expect("fixture loads");
+    let trainer = Trainer::new(model, OptimizerConfig::new());
+    let (loss, grads) = trainer
+        .gradients(std::slice::from_ref(batch), batch.loss_tokens())
+        .unwrap();
+    (loss, global_grad_norm(&trainer.model, &grads))
+}
+
+/// Training on the backend under test: under `Autodiff<B>` every kernel is the differentiable
+/// composite reference (the fused kernels have no backward pass), so the autodiff forward
+/// matches the official logits as the fused inference forward does, and the loss and gradient
+/// norm match the CPU backend's.
+#[test]
+fn autodiff_takes_the_composite_path_and_matches_the_cpu_gradients() {
+    use burn::backend::Autodiff;
+    let dir = &common::model_fixtures()[0];
+    let reference = common::reference(dir);
+    let c = case(&reference, "prefill_batch");
+    let ids = common::ints2(&c["input_ids"]);
+    let (expected, dims) = common::floats3(&c["logits"]);
+
+    let model = InternLM2::<Autodiff<B>>::load(dir, DType::F32, &Default::default()).unwrap();
+    let flat: Vec<i64> = ids.iter().flatten().copied().collect();
+    let input = Tensor::<Autodiff<B>, 2, Int>::from_data(
+        TensorData::new(flat, [ids.len(), ids[0].len()]),
+        &Default::default(),
+    );
+    let logits = model.forward(input).into_data().into_vec::<f32>().unwrap();
+    let diff = max_abs_diff(&logits, &expected, dims[2], |_| true);
+    assert!(diff < TOLERANCE, "autodiff forward differs by {diff}");
+
+    let batch = training_batch(&ids);
+    let (loss, norm) = loss_and_grad_norm::<Autodiff<B>>(dir, &batch);
+    let (cpu_loss, cpu_norm) = loss_and_grad_norm::<internlm2::backends::CpuAutodiff>(dir, &batch);
+    println!(
+        "{}: loss {loss} (cpu {cpu_loss}), grad norm {norm} (cpu {cpu_norm}), forward diff {diff:.2e}",
+        std::any::type_name::<B>()
+    );
+    assert!(loss.is_finite() && norm.is_finite() && norm > 0.0);
+    assert!(
+        (loss - cpu_loss).abs() < 1e-4,
+        "loss {loss} vs cpu {cpu_loss}"
+    );
+    assert!(
+        (norm - cpu_norm).abs() < 1e-3 * cpu_norm,
+        "grad norm {norm} vs cpu {cpu_norm}"
+    );
+}
