@@ -25,6 +25,8 @@ pub mod kernels;
 #[cfg(any(feature = "flex", feature = "cuda", feature = "wgpu"))]
 use burn::tensor::Tensor;
 
+#[allow(unused_imports)] // used by the backend impls compiled in
+use kernels::fused_or_composite;
 pub use kernels::{AttentionMask, Kernels};
 
 /// The embedded CPU backend: burn's Flex (pure Rust, SIMD, rayon threads).
@@ -63,7 +65,13 @@ pub type LibTorch = burn::backend::LibTorch;
 #[cfg(feature = "flex")]
 impl Kernels for burn::backend::Flex {
     fn rms_norm(x: Tensor<Self, 3>, weight: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 3> {
-        kernels::cpu::rms_norm(x, weight, eps)
+        fused_or_composite!(
+            kernels::cpu::rms_norm,
+            kernels::composite::rms_norm,
+            x,
+            weight,
+            eps
+        )
     }
 
     fn add_rms_norm(
@@ -72,11 +80,18 @@ impl Kernels for burn::backend::Flex {
         weight: Tensor<Self, 1>,
         eps: f64,
     ) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
-        kernels::cpu::add_rms_norm(x, residual, weight, eps)
+        fused_or_composite!(
+            kernels::cpu::add_rms_norm,
+            kernels::composite::add_rms_norm,
+            x,
+            residual,
+            weight,
+            eps
+        )
     }
 
     fn rope(x: Tensor<Self, 4>, cos: Tensor<Self, 3>, sin: Tensor<Self, 3>) -> Tensor<Self, 4> {
-        kernels::cpu::rope(x, cos, sin)
+        fused_or_composite!(kernels::cpu::rope, kernels::composite::rope, x, cos, sin)
     }
 
     fn causal_attention(
@@ -85,11 +100,18 @@ impl Kernels for burn::backend::Flex {
         v: Tensor<Self, 4>,
         mask: &AttentionMask<Self>,
     ) -> Tensor<Self, 4> {
-        kernels::cpu::causal_attention(q, k, v, mask)
+        fused_or_composite!(
+            kernels::cpu::causal_attention,
+            kernels::composite::causal_attention,
+            q,
+            k,
+            v,
+            mask
+        )
     }
 
     fn swiglu(gate: Tensor<Self, 3>, up: Tensor<Self, 3>) -> Tensor<Self, 3> {
-        kernels::cpu::swiglu(gate, up)
+        fused_or_composite!(kernels::cpu::swiglu, kernels::composite::swiglu, gate, up)
     }
 
     fn cache_write(
@@ -97,7 +119,13 @@ impl Kernels for burn::backend::Flex {
         values: Tensor<Self, 4>,
         start: usize,
     ) -> Tensor<Self, 4> {
-        kernels::cpu::cache_write(buffer, values, start)
+        fused_or_composite!(
+            kernels::cpu::cache_write,
+            kernels::composite::cache_write,
+            buffer,
+            values,
+            start
+        )
     }
 
     fn dense(
@@ -105,7 +133,13 @@ impl Kernels for burn::backend::Flex {
         weight: Tensor<Self, 2>,
         bias: Option<Tensor<Self, 1>>,
     ) -> Tensor<Self, 3> {
-        kernels::cpu::dense(x, weight, bias)
+        fused_or_composite!(
+            kernels::cpu::dense,
+            kernels::composite::dense,
+            x,
+            weight,
+            bias
+        )
     }
 }
 
@@ -125,7 +159,13 @@ impl<B: Kernels, C: burn::backend::autodiff::checkpoint::strategy::CheckpointStr
 macro_rules! cube_kernel_methods {
     () => {
         fn rms_norm(x: Tensor<Self, 3>, weight: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 3> {
-            kernels::cube::rms_norm(x, weight, eps)
+            fused_or_composite!(
+                kernels::cube::rms_norm,
+                kernels::composite::rms_norm,
+                x,
+                weight,
+                eps
+            )
         }
 
         fn add_rms_norm(
@@ -134,15 +174,22 @@ macro_rules! cube_kernel_methods {
             weight: Tensor<Self, 1>,
             eps: f64,
         ) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
-            kernels::cube::add_rms_norm(x, residual, weight, eps)
+            fused_or_composite!(
+                kernels::cube::add_rms_norm,
+                kernels::composite::add_rms_norm,
+                x,
+                residual,
+                weight,
+                eps
+            )
         }
 
         fn rope(x: Tensor<Self, 4>, cos: Tensor<Self, 3>, sin: Tensor<Self, 3>) -> Tensor<Self, 4> {
-            kernels::cube::rope(x, cos, sin)
+            fused_or_composite!(kernels::cube::rope, kernels::composite::rope, x, cos, sin)
         }
 
         fn swiglu(gate: Tensor<Self, 3>, up: Tensor<Self, 3>) -> Tensor<Self, 3> {
-            kernels::cube::swiglu(gate, up)
+            fused_or_composite!(kernels::cube::swiglu, kernels::composite::swiglu, gate, up)
         }
 
         fn causal_attention(
@@ -151,7 +198,14 @@ macro_rules! cube_kernel_methods {
             v: Tensor<Self, 4>,
             mask: &AttentionMask<Self>,
         ) -> Tensor<Self, 4> {
-            kernels::cube::causal_attention(q, k, v, mask)
+            fused_or_composite!(
+                kernels::cube::causal_attention,
+                kernels::composite::causal_attention,
+                q,
+                k,
+                v,
+                mask
+            )
         }
     };
 }
@@ -193,6 +247,13 @@ impl Kernels for burn::backend::LibTorch {
         v: burn::tensor::Tensor<Self, 4>,
         mask: &AttentionMask<Self>,
     ) -> burn::tensor::Tensor<Self, 4> {
-        kernels::torch::causal_attention(q, k, v, mask)
+        fused_or_composite!(
+            kernels::torch::causal_attention,
+            kernels::composite::causal_attention,
+            q,
+            k,
+            v,
+            mask
+        )
     }
 }

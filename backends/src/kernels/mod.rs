@@ -13,7 +13,73 @@ pub mod cube;
 #[cfg(feature = "tch")]
 pub mod torch;
 
+use std::sync::atomic::{AtomicU8, Ordering};
+
 use burn::tensor::{Bool, Int, Tensor, backend::Backend};
+
+/// Which implementation of the kernel layer runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelMode {
+    /// Each backend's fused kernels where it has them (the default).
+    Fused,
+    /// The [`composite`] reference everywhere: for testing and for comparing against the
+    /// fused kernels.
+    Composite,
+}
+
+/// 0: not decided yet (read `INTERNLM2_KERNELS`), 1: fused, 2: composite.
+static MODE: AtomicU8 = AtomicU8::new(0);
+
+/// Switches the whole process's kernel layer, e.g. to time the composite path:
+///
+/// ```
+/// use internlm2_backends::kernels::{KernelMode, kernel_mode, set_kernel_mode};
+/// set_kernel_mode(KernelMode::Composite);
+/// assert_eq!(kernel_mode(), KernelMode::Composite);
+/// set_kernel_mode(KernelMode::Fused);
+/// ```
+///
+/// Without a call, the environment variable `INTERNLM2_KERNELS=composite` selects the composite
+/// path (any other value, or none, the fused kernels).
+pub fn set_kernel_mode(mode: KernelMode) {
+    let code = match mode {
+        KernelMode::Fused => 1,
+        KernelMode::Composite => 2,
+    };
+    MODE.store(code, Ordering::Relaxed);
+}
+
+/// The kernel layer's current mode (see [`set_kernel_mode`]).
+pub fn kernel_mode() -> KernelMode {
+    match MODE.load(Ordering::Relaxed) {
+        1 => KernelMode::Fused,
+        2 => KernelMode::Composite,
+        _ => {
+            let composite = std::env::var("INTERNLM2_KERNELS")
+                .is_ok_and(|v| v.eq_ignore_ascii_case("composite"));
+            let mode = if composite {
+                KernelMode::Composite
+            } else {
+                KernelMode::Fused
+            };
+            set_kernel_mode(mode);
+            mode
+        }
+    }
+}
+
+/// `$fused(args)` in [`KernelMode::Fused`], `$composite(args)` in [`KernelMode::Composite`]:
+/// every backend override goes through this switch.
+macro_rules! fused_or_composite {
+    ($fused:path, $composite:path, $($arg:expr),* $(,)?) => {
+        if $crate::kernels::kernel_mode() == $crate::kernels::KernelMode::Composite {
+            $composite($($arg),*)
+        } else {
+            $fused($($arg),*)
+        }
+    };
+}
+pub(crate) use fused_or_composite;
 
 /// What a query may attend to.
 ///
