@@ -22,7 +22,7 @@
 pub mod device;
 pub mod kernels;
 
-#[cfg(any(feature = "flex", feature = "cuda", feature = "wgpu"))]
+#[cfg(any(feature = "flex", feature = "cuda", feature = "wgpu", feature = "tch"))]
 use burn::tensor::Tensor;
 
 #[allow(unused_imports)] // used by the backend impls compiled in
@@ -61,86 +61,121 @@ pub type Wgpu = burn::backend::Wgpu;
 #[cfg(feature = "tch")]
 pub type LibTorch = burn::backend::LibTorch;
 
+/// One `Kernels` method running `kernels::$module::$method`, or the composite reference in
+/// [`KernelMode::Composite`](kernels::KernelMode): every override's signature is written once,
+/// here, for all the backends below.
+#[allow(unused_macros)]
+macro_rules! kernel_method {
+    ($module:ident, rms_norm) => {
+        fn rms_norm(x: Tensor<Self, 3>, weight: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 3> {
+            fused_or_composite!(
+                kernels::$module::rms_norm,
+                kernels::composite::rms_norm,
+                x,
+                weight,
+                eps
+            )
+        }
+    };
+    ($module:ident, add_rms_norm) => {
+        fn add_rms_norm(
+            x: Tensor<Self, 3>,
+            residual: Tensor<Self, 3>,
+            weight: Tensor<Self, 1>,
+            eps: f64,
+        ) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
+            fused_or_composite!(
+                kernels::$module::add_rms_norm,
+                kernels::composite::add_rms_norm,
+                x,
+                residual,
+                weight,
+                eps
+            )
+        }
+    };
+    ($module:ident, rope) => {
+        fn rope(x: Tensor<Self, 4>, cos: Tensor<Self, 3>, sin: Tensor<Self, 3>) -> Tensor<Self, 4> {
+            fused_or_composite!(
+                kernels::$module::rope,
+                kernels::composite::rope,
+                x,
+                cos,
+                sin
+            )
+        }
+    };
+    ($module:ident, causal_attention) => {
+        fn causal_attention(
+            q: Tensor<Self, 4>,
+            k: Tensor<Self, 4>,
+            v: Tensor<Self, 4>,
+            mask: &AttentionMask<Self>,
+        ) -> Tensor<Self, 4> {
+            fused_or_composite!(
+                kernels::$module::causal_attention,
+                kernels::composite::causal_attention,
+                q,
+                k,
+                v,
+                mask
+            )
+        }
+    };
+    ($module:ident, swiglu) => {
+        fn swiglu(gate: Tensor<Self, 3>, up: Tensor<Self, 3>) -> Tensor<Self, 3> {
+            fused_or_composite!(
+                kernels::$module::swiglu,
+                kernels::composite::swiglu,
+                gate,
+                up
+            )
+        }
+    };
+    ($module:ident, cache_write) => {
+        fn cache_write(
+            buffer: Tensor<Self, 4>,
+            values: Tensor<Self, 4>,
+            start: usize,
+        ) -> Tensor<Self, 4> {
+            fused_or_composite!(
+                kernels::$module::cache_write,
+                kernels::composite::cache_write,
+                buffer,
+                values,
+                start
+            )
+        }
+    };
+    ($module:ident, dense) => {
+        fn dense(
+            x: Tensor<Self, 3>,
+            weight: Tensor<Self, 2>,
+            bias: Option<Tensor<Self, 1>>,
+        ) -> Tensor<Self, 3> {
+            fused_or_composite!(
+                kernels::$module::dense,
+                kernels::composite::dense,
+                x,
+                weight,
+                bias
+            )
+        }
+    };
+}
+
+/// The `Kernels` methods a backend overrides with the kernels of `kernels::$module`.
+#[allow(unused_macros)]
+macro_rules! kernel_methods {
+    ($module:ident: $($method:ident),+ $(,)?) => {
+        $(kernel_method!($module, $method);)+
+    };
+}
+
 /// Flex runs the fused f32 CPU kernels of [`kernels::cpu`].
 #[cfg(feature = "flex")]
 impl Kernels for burn::backend::Flex {
-    fn rms_norm(x: Tensor<Self, 3>, weight: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 3> {
-        fused_or_composite!(
-            kernels::cpu::rms_norm,
-            kernels::composite::rms_norm,
-            x,
-            weight,
-            eps
-        )
-    }
-
-    fn add_rms_norm(
-        x: Tensor<Self, 3>,
-        residual: Tensor<Self, 3>,
-        weight: Tensor<Self, 1>,
-        eps: f64,
-    ) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
-        fused_or_composite!(
-            kernels::cpu::add_rms_norm,
-            kernels::composite::add_rms_norm,
-            x,
-            residual,
-            weight,
-            eps
-        )
-    }
-
-    fn rope(x: Tensor<Self, 4>, cos: Tensor<Self, 3>, sin: Tensor<Self, 3>) -> Tensor<Self, 4> {
-        fused_or_composite!(kernels::cpu::rope, kernels::composite::rope, x, cos, sin)
-    }
-
-    fn causal_attention(
-        q: Tensor<Self, 4>,
-        k: Tensor<Self, 4>,
-        v: Tensor<Self, 4>,
-        mask: &AttentionMask<Self>,
-    ) -> Tensor<Self, 4> {
-        fused_or_composite!(
-            kernels::cpu::causal_attention,
-            kernels::composite::causal_attention,
-            q,
-            k,
-            v,
-            mask
-        )
-    }
-
-    fn swiglu(gate: Tensor<Self, 3>, up: Tensor<Self, 3>) -> Tensor<Self, 3> {
-        fused_or_composite!(kernels::cpu::swiglu, kernels::composite::swiglu, gate, up)
-    }
-
-    fn cache_write(
-        buffer: Tensor<Self, 4>,
-        values: Tensor<Self, 4>,
-        start: usize,
-    ) -> Tensor<Self, 4> {
-        fused_or_composite!(
-            kernels::cpu::cache_write,
-            kernels::composite::cache_write,
-            buffer,
-            values,
-            start
-        )
-    }
-
-    fn dense(
-        x: Tensor<Self, 3>,
-        weight: Tensor<Self, 2>,
-        bias: Option<Tensor<Self, 1>>,
-    ) -> Tensor<Self, 3> {
-        fused_or_composite!(
-            kernels::cpu::dense,
-            kernels::composite::dense,
-            x,
-            weight,
-            bias
-        )
-    }
+    kernel_methods!(cpu: rms_norm, add_rms_norm, rope, causal_attention, swiglu, cache_write, dense);
 }
 
 #[cfg(feature = "ndarray")]
@@ -151,63 +186,6 @@ impl Kernels for burn::backend::NdArray<f32> {}
 impl<B: Kernels, C: burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy> Kernels
     for burn::backend::Autodiff<B, C>
 {
-}
-
-/// The `Kernels` methods the CubeCL backends override with [`kernels::cube`]; shared by the
-/// plain and the fusion backend impls below.
-#[cfg(any(feature = "cuda", feature = "wgpu"))]
-macro_rules! cube_kernel_methods {
-    () => {
-        fn rms_norm(x: Tensor<Self, 3>, weight: Tensor<Self, 1>, eps: f64) -> Tensor<Self, 3> {
-            fused_or_composite!(
-                kernels::cube::rms_norm,
-                kernels::composite::rms_norm,
-                x,
-                weight,
-                eps
-            )
-        }
-
-        fn add_rms_norm(
-            x: Tensor<Self, 3>,
-            residual: Tensor<Self, 3>,
-            weight: Tensor<Self, 1>,
-            eps: f64,
-        ) -> (Tensor<Self, 3>, Tensor<Self, 3>) {
-            fused_or_composite!(
-                kernels::cube::add_rms_norm,
-                kernels::composite::add_rms_norm,
-                x,
-                residual,
-                weight,
-                eps
-            )
-        }
-
-        fn rope(x: Tensor<Self, 4>, cos: Tensor<Self, 3>, sin: Tensor<Self, 3>) -> Tensor<Self, 4> {
-            fused_or_composite!(kernels::cube::rope, kernels::composite::rope, x, cos, sin)
-        }
-
-        fn swiglu(gate: Tensor<Self, 3>, up: Tensor<Self, 3>) -> Tensor<Self, 3> {
-            fused_or_composite!(kernels::cube::swiglu, kernels::composite::swiglu, gate, up)
-        }
-
-        fn causal_attention(
-            q: Tensor<Self, 4>,
-            k: Tensor<Self, 4>,
-            v: Tensor<Self, 4>,
-            mask: &AttentionMask<Self>,
-        ) -> Tensor<Self, 4> {
-            fused_or_composite!(
-                kernels::cube::causal_attention,
-                kernels::composite::causal_attention,
-                q,
-                k,
-                v,
-                mask
-            )
-        }
-    };
 }
 
 /// The CubeCL backends (CUDA, wgpu) run the fused kernels of [`kernels::cube`] for RMSNorm,
@@ -221,7 +199,7 @@ where
     I: burn_cubecl::IntElement,
     BT: burn_cubecl::BoolElement,
 {
-    cube_kernel_methods!();
+    kernel_methods!(cube: rms_norm, add_rms_norm, rope, swiglu, causal_attention);
 }
 
 /// burn's `Cuda` and `Wgpu` are fusion backends over `CubeBackend`: the same fused kernels,
@@ -234,26 +212,12 @@ where
     I: burn_cubecl::IntElement,
     BT: burn_cubecl::BoolElement,
 {
-    cube_kernel_methods!();
+    kernel_methods!(cube: rms_norm, add_rms_norm, rope, swiglu, causal_attention);
 }
 
 /// libtorch runs attention through its fused scaled-dot-product attention
 /// ([`kernels::torch`]); the rest is the composite reference on libtorch's native ops.
 #[cfg(feature = "tch")]
 impl Kernels for burn::backend::LibTorch {
-    fn causal_attention(
-        q: burn::tensor::Tensor<Self, 4>,
-        k: burn::tensor::Tensor<Self, 4>,
-        v: burn::tensor::Tensor<Self, 4>,
-        mask: &AttentionMask<Self>,
-    ) -> burn::tensor::Tensor<Self, 4> {
-        fused_or_composite!(
-            kernels::torch::causal_attention,
-            kernels::composite::causal_attention,
-            q,
-            k,
-            v,
-            mask
-        )
-    }
+    kernel_methods!(torch: causal_attention);
 }

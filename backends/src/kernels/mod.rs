@@ -70,6 +70,7 @@ pub fn kernel_mode() -> KernelMode {
 
 /// `$fused(args)` in [`KernelMode::Fused`], `$composite(args)` in [`KernelMode::Composite`]:
 /// every backend override goes through this switch.
+#[allow(unused_macros)] // a build with only the composite NdArray backend overrides nothing
 macro_rules! fused_or_composite {
     ($fused:path, $composite:path, $($arg:expr),* $(,)?) => {
         if $crate::kernels::kernel_mode() == $crate::kernels::KernelMode::Composite {
