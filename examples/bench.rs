@@ -90,6 +90,8 @@ struct Measure {
     prompt_len: usize,
     new_tokens: usize,
     limits: bool,
+    /// The device is the host CPU (smaller probes for the limits).
+    host: bool,
 }
 
 /// Read bandwidth (a sum over a large tensor: bytes read per second, what a decode step's
@@ -113,7 +115,7 @@ impl BackendTask for Measure {
     type Output = Measured;
 
     fn run<B: Kernels>(self, device: B::Device) -> Measured {
-        let cpu = format!("{device:?}").to_lowercase().contains("cpu");
+        let cpu = self.host;
         let limits = self
             .limits
             .then(|| device_limits::<B>(&device, self.dtype, cpu));
@@ -176,6 +178,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         prompt_len: p,
         new_tokens: n,
         limits: args.limits,
+        host: args.device.is_host(),
     })?;
 
     let prefill = (b * p) as f64 / measured.prefill_s;

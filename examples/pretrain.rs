@@ -276,8 +276,7 @@ fn pretrain<B: Kernels>(
         (Some(orchestrator), Some(node)) => {
             let cluster = ClusterConfig::new(args.nodes, args.node_rank, orchestrator, node)?;
             if args.host_orchestrator {
-                let port = orchestrator.rsplit(':').next().unwrap_or_default();
-                spawn_orchestrator(port.trim_end_matches('/').parse()?)?;
+                spawn_orchestrator(cluster.orchestrator_port())?;
                 eprintln!("serving the orchestrator at {orchestrator}");
             }
             Some(cluster)

@@ -74,13 +74,15 @@ struct Steps {
     seq_len: usize,
     batch: usize,
     steps: usize,
+    /// The device is the host CPU (a smaller matmul probe for the peak).
+    host: bool,
 }
 
 impl BackendTask for Steps {
     type Output = Result<(f64, f64), internlm2::train::TrainError>;
 
     fn run<B: Kernels>(self, device: B::Device) -> Self::Output {
-        let cpu = format!("{device:?}").to_lowercase().contains("cpu");
+        let cpu = self.host;
         let peak = measure_matmul_flops_in::<B>(&device, if cpu { 1024 } else { 8192 }, self.dtype);
         let model = InternLM2::<Autodiff<B>>::init(&self.config, &device);
         let compute = (self.dtype != DType::F32).then_some(self.dtype);
@@ -124,6 +126,7 @@ fn bench(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         seq_len: args.seq_len,
         batch: args.batch,
         steps: args.steps,
+        host: args.device.is_host(),
     })??;
     let peak = args.peak_flops.unwrap_or(measured_peak);
     let tokens = (args.steps * args.batch * args.seq_len) as f64;

@@ -130,6 +130,15 @@ impl DeviceSpec {
         }
     }
 
+    /// Whether the device is the host CPU (`cpu`, `wgpu:cpu`, `tch:cpu`): benchmarks size their
+    /// probes by it.
+    pub fn is_host(&self) -> bool {
+        matches!(
+            self,
+            DeviceSpec::Cpu | DeviceSpec::Wgpu(WgpuAdapter::Cpu) | DeviceSpec::Tch(TchDevice::Cpu)
+        )
+    }
+
     /// The dtype used when the user does not choose: bf16 where the device computes in it
     /// natively (CUDA, libtorch on CUDA), f32 otherwise (CPU backends, libtorch on the CPU,
     /// and wgpu, whose shaders have no bf16).
@@ -400,6 +409,24 @@ mod tests {
             run_on(&[], Nothing),
             Err(DeviceError::Unknown { .. })
         ));
+    }
+
+    #[test]
+    fn host_devices() {
+        for (text, host) in [
+            ("cpu", true),
+            ("wgpu:cpu", true),
+            ("tch:cpu", true),
+            ("cuda:1", false),
+            ("wgpu", false),
+            ("tch:cuda", false),
+        ] {
+            assert_eq!(
+                DeviceSpec::parse_syntax(text).unwrap().is_host(),
+                host,
+                "{text}"
+            );
+        }
     }
 
     #[test]

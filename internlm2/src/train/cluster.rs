@@ -51,6 +51,7 @@ use super::TrainError;
 ///
 /// let cluster = ClusterConfig::new(2, 1, "ws://10.0.0.1:3000", "ws://10.0.0.2:3001").unwrap();
 /// assert_eq!(cluster.data_port(), 3001);
+/// assert_eq!(cluster.orchestrator_port(), 3000);
 /// assert!(ClusterConfig::new(2, 2, "ws://10.0.0.1:3000", "ws://10.0.0.2:3001").is_err());
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +59,7 @@ pub struct ClusterConfig {
     num_nodes: u32,
     node_rank: u32,
     orchestrator: String,
+    orchestrator_port: u16,
     node_address: String,
     data_port: u16,
 }
@@ -82,12 +84,13 @@ impl ClusterConfig {
                 "node rank {node_rank} is not below the node count {num_nodes}"
             )));
         }
-        ws_port(orchestrator)?;
+        let orchestrator_port = ws_port(orchestrator)?;
         let data_port = ws_port(node_address)?;
         Ok(Self {
             num_nodes,
             node_rank,
             orchestrator: orchestrator.to_string(),
+            orchestrator_port,
             node_address: node_address.to_string(),
             data_port,
         })
@@ -101,6 +104,11 @@ impl ClusterConfig {
     /// This node's rank (`0..num_nodes`).
     pub fn node_rank(&self) -> u32 {
         self.node_rank
+    }
+
+    /// The orchestrator's port (where [`serve_orchestrator`] listens when this process hosts it).
+    pub fn orchestrator_port(&self) -> u16 {
+        self.orchestrator_port
     }
 
     /// The port this node serves its tensors on (the port of its address).
