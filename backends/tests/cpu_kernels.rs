@@ -4,6 +4,8 @@
 
 #![cfg(feature = "flex")]
 
+mod common;
+
 use burn::tensor::{Bool, Distribution, Tensor, TensorData};
 use internlm2_backends::kernels::composite;
 use internlm2_backends::{AttentionMask, Cpu, Kernels};
@@ -100,14 +102,7 @@ fn attention_gqa_ratios_caches_and_padding() {
                 ours.into_data().into_vec::<f32>().unwrap(),
                 reference.into_data().into_vec::<f32>().unwrap(),
             );
-            let mut worst = 0f32;
-            for (i, (a, r)) in ours.iter().zip(&reference).enumerate() {
-                let (bi, qi) = (i / (nh * s * d), (i / d) % s);
-                if past + qi < pads[bi] {
-                    continue;
-                }
-                worst = worst.max((a - r).abs());
-            }
+            let worst = common::worst_visible_diff(&ours, &reference, [nh, s, d], past, &pads);
             assert!(
                 worst < TOLERANCE,
                 "G={groups} b={b} nkv={nkv} s={s} past={past} d={d}: {worst}"
