@@ -212,6 +212,9 @@ pub enum ChatError {
     /// `<|action_start|>` without `<|action_end|>`.
     #[error("unterminated action: <|action_start|> without <|action_end|>")]
     UnterminatedAction,
+    /// A well-formed call to a tool the conversation did not offer (see `chat::ToolSet`).
+    #[error("call to undeclared tool {0:?}")]
+    UndeclaredTool(String),
     /// A message that the protocol cannot express.
     #[error("invalid message: {0}")]
     InvalidMessage(String),

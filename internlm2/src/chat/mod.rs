@@ -14,6 +14,10 @@
 //! JSON is written as Python's `json.dumps(..., ensure_ascii=False)` writes it (`", "` and
 //! `": "` separators), which is what the released models saw in training.
 //!
+//! Generated text is parsed by one parser, [`ToolCallParser`], fed either the whole text
+//! ([`parse_assistant`], [`parse_assistant_lenient`]) or text deltas as they stream; several
+//! calls in one turn are written back to back and parsed in order.
+//!
 //! ```
 //! use internlm2::chat::{Message, render};
 //! let prompt = render(&[Message::system("Be brief."), Message::user("Hi")], true).unwrap();
@@ -28,6 +32,10 @@ use serde_json::Value;
 
 use crate::error::ChatError;
 use crate::tokenizer::Tokenizer;
+
+mod stream;
+
+pub use stream::{Parsed, ToolCallParser, ToolSet};
 
 /// `<|im_start|>`.
 pub const IM_START: &str = "<|im_start|>";
@@ -114,9 +122,13 @@ pub struct Message {
     /// `name=<|plugin|>` / `name=<|interpreter|>` on system and environment turns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<Tool>,
-    /// A tool call ending an assistant turn.
+    /// A tool call ending an assistant turn (the first, when there are several).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_call: Option<ToolCall>,
+    /// The calls after [`Message::tool_call`] when the turn makes several, in order (rendered
+    /// back to back after the first). Use [`Message::calls`] to read them all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_tool_calls: Vec<ToolCall>,
 }
 
 impl Message {
@@ -127,6 +139,7 @@ impl Message {
             content: content.into(),
             name: None,
             tool_call: None,
+            more_tool_calls: Vec::new(),
         }
     }
 
@@ -151,6 +164,40 @@ impl Message {
             tool_call: Some(call),
             ..Self::new(Role::Assistant, content)
         }
+    }
+
+    /// An assistant turn ending with several tool calls, in order (no call: plain text).
+    ///
+    /// ```
+    /// use internlm2::chat::{Message, ToolCall};
+    /// let call = |city: &str| ToolCall::Plugin {
+    ///     name: "weather".into(),
+    ///     parameters: serde_json::json!({"city": city}),
+    /// };
+    /// let m = Message::assistant_calls("", vec![call("Paris"), call("Rome")]);
+    /// assert_eq!(m.calls().count(), 2);
+    /// assert_eq!(m.tool_call, Some(call("Paris")));
+    /// ```
+    pub fn assistant_calls(content: impl Into<String>, calls: Vec<ToolCall>) -> Self {
+        let mut message = Self::new(Role::Assistant, content);
+        for call in calls {
+            message.push_call(call);
+        }
+        message
+    }
+
+    /// Appends a call to this turn (the first goes to [`Message::tool_call`]).
+    pub fn push_call(&mut self, call: ToolCall) {
+        if self.tool_call.is_none() {
+            self.tool_call = Some(call);
+        } else {
+            self.more_tool_calls.push(call);
+        }
+    }
+
+    /// Every call of this turn, in order.
+    pub fn calls(&self) -> impl Iterator<Item = &ToolCall> {
+        self.tool_call.iter().chain(&self.more_tool_calls)
     }
 
     /// A tool result (`environment name=<|plugin|>` or `<|interpreter|>`).
@@ -241,16 +288,21 @@ pub fn render_message(message: &Message) -> Result<String, ChatError> {
         }
         (role, None) => role.as_str().to_string(),
     };
-    let call = match (&message.tool_call, message.role) {
-        (Some(call), Role::Assistant) => render_call(call)?,
-        (Some(_), role) => {
+    if message.tool_call.is_none() && !message.more_tool_calls.is_empty() {
+        return Err(ChatError::InvalidMessage(
+            "more_tool_calls without a first tool_call".into(),
+        ));
+    }
+    let mut call = String::new();
+    for each in message.calls() {
+        if message.role != Role::Assistant {
             return Err(ChatError::InvalidMessage(format!(
                 "only assistant turns make tool calls, not {}",
-                role.as_str()
+                message.role.as_str()
             )));
         }
-        (None, _) => String::new(),
-    };
+        call.push_str(&render_call(each)?);
+    }
     Ok(format!(
         "{IM_START}{header}\n{}{call}{IM_END}\n",
         message.content
@@ -285,7 +337,8 @@ pub fn encode(
 }
 
 /// Parses the text an assistant generated (after `<|im_start|>assistant\n`; a trailing
-/// `<|im_end|>` and anything after it are ignored) into a message: text plus an optional call.
+/// `<|im_end|>` and anything after it are ignored) into a message: its text plus its calls, in
+/// order. A malformed call is an error; [`parse_assistant_lenient`] keeps it as text instead.
 ///
 /// ```
 /// use internlm2::chat::{parse_assistant, ToolCall};
@@ -296,22 +349,57 @@ pub fn encode(
 /// assert!(matches!(m.tool_call, Some(ToolCall::Plugin { ref name, .. }) if name == "weather"));
 /// ```
 pub fn parse_assistant(generated: &str) -> Result<Message, ChatError> {
-    let text = generated.split(IM_END).next().unwrap_or_default();
-    let Some(start) = text.find(ACTION_START) else {
-        return Ok(Message::assistant(text));
-    };
-    let content = &text[..start];
-    let rest = &text[start + ACTION_START.len()..];
-    let end = rest.find(ACTION_END).ok_or(ChatError::UnterminatedAction)?;
-    let action = &rest[..end];
-    let call = if let Some(body) = action.strip_prefix(PLUGIN) {
-        parse_plugin(body.strip_prefix('\n').unwrap_or(body))?
+    let mut parser = ToolCallParser::new(ToolSet::any());
+    let mut items = parser.push(generated);
+    items.extend(parser.finish());
+    let mut message = Message::assistant("");
+    for item in items {
+        match item {
+            Parsed::Text(text) => message.content.push_str(&text),
+            Parsed::Call(call) => message.push_call(call),
+            Parsed::Rejected { error, .. } => return Err(error),
+        }
+    }
+    Ok(message)
+}
+
+/// Parses generated text as a server must: calls to tools outside `tools`, and malformed
+/// calls, stay in the content as the text the model wrote, never an error. The same parser
+/// fed the same text in deltas gives the same message (see [`ToolCallParser`]).
+///
+/// ```
+/// use internlm2::chat::{parse_assistant_lenient, ToolSet};
+/// let m = parse_assistant_lenient(
+///     "Hm.<|action_start|><|plugin|>\n{\"name\": \"nope\", \"parameters\": {}}<|action_end|>",
+///     &ToolSet::functions(["weather"]),
+/// );
+/// assert_eq!(m.tool_call, None);
+/// assert!(m.content.starts_with("Hm.<|action_start|>"));
+/// ```
+pub fn parse_assistant_lenient(generated: &str, tools: &ToolSet) -> Message {
+    let mut parser = ToolCallParser::new(tools.clone());
+    let mut items = parser.push(generated);
+    items.extend(parser.finish());
+    let mut message = Message::assistant("");
+    for item in items {
+        match item {
+            Parsed::Call(call) => message.push_call(call),
+            other => message.content.push_str(other.text().unwrap_or_default()),
+        }
+    }
+    message
+}
+
+/// Parses the text between `<|action_start|>` and `<|action_end|>`: `<|plugin|>` or
+/// `<|interpreter|>`, a newline, then the body.
+fn parse_action(action: &str) -> Result<ToolCall, ChatError> {
+    if let Some(body) = action.strip_prefix(PLUGIN) {
+        parse_plugin(body.strip_prefix('\n').unwrap_or(body))
     } else if let Some(body) = action.strip_prefix(INTERPRETER) {
-        parse_interpreter(body.strip_prefix('\n').unwrap_or(body))?
+        parse_interpreter(body.strip_prefix('\n').unwrap_or(body))
     } else {
-        return Err(ChatError::UnknownAction(action.chars().take(40).collect()));
-    };
-    Ok(Message::assistant_call(content, call))
+        Err(ChatError::UnknownAction(action.chars().take(40).collect()))
+    }
 }
 
 fn parse_plugin(body: &str) -> Result<ToolCall, ChatError> {
