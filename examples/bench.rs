@@ -19,13 +19,15 @@
 //! the measured matmul peak.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Instant;
 
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use clap::Parser;
 use internlm2::backends::Kernels;
 use internlm2::backends::device::{BackendTask, DTypeChoice, DeviceSpec};
-use internlm2::train::metrics::{best_of_5, measure_matmul_flops_in};
+use internlm2::backends::limits::{best_of_5, measure_matmul_flops_in};
+use internlm2::backends::program::exit_code;
 use internlm2::{ForwardInput, InternLM2, InternLM2Config, KvCache};
 
 #[derive(Parser)]
@@ -66,11 +68,8 @@ fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-fn main() {
-    if let Err(e) = run(Args::parse()) {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+fn main() -> ExitCode {
+    exit_code(run(Args::parse()))
 }
 
 /// What one backend measured.

@@ -12,10 +12,12 @@
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::Parser;
 use internlm2::backends::Kernels;
-use internlm2::backends::device::{BackendTask, DTypeChoice, DeviceSpec};
+use internlm2::backends::device::{DTypeChoice, DeviceSpec};
+use internlm2::backends::program::{Program, ProgramResult, run_program};
 use internlm2::chat::{self, Message, Tool, ToolCall};
 use internlm2::generate::{GenerationConfig, generate};
 use internlm2::sampling::SamplingConfig;
@@ -65,26 +67,22 @@ struct Args {
     dtype: DTypeChoice,
 }
 
+fn main() -> ExitCode {
+    run_program(Args::parse())
+}
+
 /// The chat loop, generic over the backend `--device` names.
-struct Chat(Args);
+impl Program for Args {
+    fn device(&self) -> DeviceSpec {
+        self.device
+    }
 
-impl BackendTask for Chat {
-    type Output = Result<(), Box<dyn std::error::Error>>;
-    fn run<B: Kernels>(self, device: B::Device) -> Self::Output {
-        run::<B>(self.0, device)
+    fn run<B: Kernels>(self, device: B::Device) -> ProgramResult {
+        run_chat::<B>(self, device)
     }
 }
 
-fn main() {
-    let args = Args::parse();
-    let spec = args.device;
-    if let Err(e) = spec.run(Chat(args)).map_err(Into::into).and_then(|r| r) {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
-}
-
-fn run<B: Kernels>(args: Args, device: B::Device) -> Result<(), Box<dyn std::error::Error>> {
+fn run_chat<B: Kernels>(args: Args, device: B::Device) -> ProgramResult {
     let dtype = args.dtype.resolve(&args.device);
     let start = std::time::Instant::now();
     let model = InternLM2::<B>::load(&args.model_dir, dtype, &device)?;

@@ -22,9 +22,11 @@
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
+use internlm2::backends::program::exit_code;
 use internlm2_datasets::Document;
 use internlm2_datasets::dedup::{DedupConfig, merge_signatures, shingles, write_signatures};
 use rand::rngs::StdRng;
@@ -102,11 +104,8 @@ struct DatatroveResult {
     removed: u64,
 }
 
-fn main() {
-    if let Err(e) = run(Args::parse()) {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+fn main() -> ExitCode {
+    exit_code(run(Args::parse()))
 }
 
 type BoxResult<T> = Result<T, Box<dyn std::error::Error>>;

@@ -7,13 +7,15 @@
 //! ```
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::tensor::DType;
 use clap::Parser;
 use internlm2::backends::Kernels;
-use internlm2::backends::device::{BackendTask, DeviceSpec};
+use internlm2::backends::device::DeviceSpec;
+use internlm2::backends::program::{Program, ProgramResult, run_program};
 use internlm2::checkpoint::{SaveDtype, SaveOptions};
 use internlm2::{InternLM2, Tokenizer};
 use internlm2_align::dpo::{DpoConfig, prepare, train_dpo};
@@ -49,50 +51,42 @@ struct Args {
     epochs: usize,
 }
 
-/// The run, generic over the backend `--device` names.
-struct Task(Args);
-
-impl BackendTask for Task {
-    type Output = Result<(), Box<dyn std::error::Error>>;
-    fn run<B: Kernels>(self, device: B::Device) -> Self::Output {
-        run::<B>(self.0, device)
-    }
+fn main() -> ExitCode {
+    run_program(Args::parse())
 }
 
-fn main() {
-    let args = Args::parse();
-    let spec = args.device;
-    if let Err(e) = spec.run(Task(args)).map_err(Into::into).and_then(|r| r) {
-        eprintln!("error: {e}");
-        std::process::exit(1);
+impl Program for Args {
+    fn device(&self) -> DeviceSpec {
+        self.device
     }
-}
 
-fn run<B: Kernels>(args: Args, device: B::Device) -> Result<(), Box<dyn std::error::Error>> {
-    let tokenizer = Tokenizer::from_dir(&args.model_dir)?;
-    let pairs: Vec<PreferencePair> = read_jsonl(&args.data)?;
-    let reference = InternLM2::<B>::load(&args.model_dir, DType::F32, &device)?;
-    let examples = prepare(&reference, &tokenizer, &pairs, args.batch_pairs)?;
-    let policy = InternLM2::<Autodiff<B>>::load(&args.model_dir, DType::F32, &device)?;
-    let config = DpoConfig {
-        beta: args.beta,
-        lr: args.lr,
-        batch_pairs: args.batch_pairs,
-        epochs: args.epochs,
-        seed: 0,
-    };
-    let pad = tokenizer.eos_id().unwrap_or(2);
-    let (policy, _) = train_dpo(policy, &examples, pad, &config, |step, s| {
-        eprintln!(
-            "step {step:>5} loss {:.4} margin {:+.4} accuracy {:.2}",
-            s.loss, s.margin, s.accuracy
-        )
-    })?;
-    policy.valid().save(
-        &args.out,
-        &SaveOptions::default().with_dtype(SaveDtype::F32),
-    )?;
-    tokenizer.save_json(args.out.join("tokenizer.json"))?;
-    eprintln!("saved to {}", args.out.display());
-    Ok(())
+    fn run<B: Kernels>(self, device: B::Device) -> ProgramResult {
+        let args = self;
+        let tokenizer = Tokenizer::from_dir(&args.model_dir)?;
+        let pairs: Vec<PreferencePair> = read_jsonl(&args.data)?;
+        let reference = InternLM2::<B>::load(&args.model_dir, DType::F32, &device)?;
+        let examples = prepare(&reference, &tokenizer, &pairs, args.batch_pairs)?;
+        let policy = InternLM2::<Autodiff<B>>::load(&args.model_dir, DType::F32, &device)?;
+        let config = DpoConfig {
+            beta: args.beta,
+            lr: args.lr,
+            batch_pairs: args.batch_pairs,
+            epochs: args.epochs,
+            ..DpoConfig::default()
+        };
+        let pad = tokenizer.eos_id().unwrap_or(2);
+        let (policy, _) = train_dpo(policy, &examples, pad, &config, |step, s| {
+            eprintln!(
+                "step {step:>5} loss {:.4} margin {:+.4} accuracy {:.2}",
+                s.loss, s.margin, s.accuracy
+            )
+        })?;
+        policy.valid().save(
+            &args.out,
+            &SaveOptions::default().with_dtype(SaveDtype::F32),
+        )?;
+        tokenizer.save_json(args.out.join("tokenizer.json"))?;
+        eprintln!("saved to {}", args.out.display());
+        Ok(())
+    }
 }

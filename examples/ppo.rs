@@ -14,6 +14,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
@@ -21,14 +22,15 @@ use burn::tensor::DType;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use internlm2::backends::Kernels;
-use internlm2::backends::device::{BackendTask, DeviceSpec};
+use internlm2::backends::device::DeviceSpec;
+use internlm2::backends::program::{Program, ProgramResult, run_program};
 use internlm2::chat::Message;
 use internlm2::checkpoint::{SaveDtype, SaveOptions};
-use internlm2::train::{InMemoryDocuments, Packer, PackingConfig};
 use internlm2::{InternLM2, Tokenizer};
 use internlm2_align::ppo::{ConditionalReward, CriticModel, Ppo, PpoConfig, Prompt};
 use internlm2_align::read_jsonl;
 use internlm2_align::reward::{RewardEncoder, RewardModel, RewardScorer};
+use internlm2_train::{InMemoryDocuments, Packer, PackingConfig};
 
 #[derive(Parser)]
 #[command(about = "PPO of an InternLM2 policy against a conditional reward model")]
@@ -95,114 +97,107 @@ struct PromptLine {
     domain: Option<String>,
 }
 
-/// The run, generic over the backend `--device` names.
-struct Task(Args);
-
-impl BackendTask for Task {
-    type Output = Result<(), Box<dyn std::error::Error>>;
-    fn run<B: Kernels>(self, device: B::Device) -> Self::Output {
-        run::<B>(self.0, device)
-    }
+fn main() -> ExitCode {
+    run_program(Args::parse())
 }
 
-fn main() {
-    let args = Args::parse();
-    let spec = args.device;
-    if let Err(e) = spec.run(Task(args)).map_err(Into::into).and_then(|r| r) {
-        eprintln!("error: {e}");
-        std::process::exit(1);
+impl Program for Args {
+    fn device(&self) -> DeviceSpec {
+        self.device
     }
-}
 
-fn run<B: Kernels>(args: Args, device: B::Device) -> Result<(), Box<dyn std::error::Error>> {
-    let tokenizer = Tokenizer::from_dir(&args.policy)?;
-    let lines: Vec<PromptLine> = read_jsonl(&args.prompts)?;
-    if lines.is_empty() {
-        return Err("no prompts".into());
-    }
-    let prompts = lines
-        .into_iter()
-        .map(|l| Prompt::chat(&tokenizer, l.messages, l.domain.as_deref()))
-        .collect::<Result<Vec<_>, _>>()?;
-    let actor = InternLM2::<Autodiff<B>>::load(&args.policy, DType::F32, &device)?;
-    let reference = InternLM2::<B>::load(&args.policy, DType::F32, &device)?;
-    let reward_model = RewardModel::<Autodiff<B>>::load(&args.reward, DType::F32, &device)?;
-    let critic = CriticModel::from_reward_model(reward_model.clone());
-    let reward = ConditionalReward {
-        scorer: RewardScorer {
-            model: reward_model.valid(),
-            encoder: RewardEncoder::new(
-                Tokenizer::from_dir(&args.reward).or_else(|_| Tokenizer::from_dir(&args.policy))?,
-            )?,
-        },
-    };
-    let mut stop = vec![];
-    stop.extend(tokenizer.eos_id());
-    stop.extend(tokenizer.chat_tokens().map(|c| c.im_end));
-    let mut ptx = match &args.ptx {
-        Some(path) => {
-            let lines: Vec<TextLine> = read_jsonl(path)?;
-            let docs = lines
-                .iter()
-                .map(|l| tokenizer.encode(&l.text, false))
-                .collect::<Result<Vec<_>, _>>()?;
-            Some(Packer::new(
-                InMemoryDocuments::new(docs).shuffled(0),
-                PackingConfig {
-                    seq_len: args.ptx_seq_len,
-                    eos_id: tokenizer.eos_id().unwrap_or(2),
-                    cross_document_attention: false,
-                },
-            ))
+    fn run<B: Kernels>(self, device: B::Device) -> ProgramResult {
+        let args = self;
+        let tokenizer = Tokenizer::from_dir(&args.policy)?;
+        let lines: Vec<PromptLine> = read_jsonl(&args.prompts)?;
+        if lines.is_empty() {
+            return Err("no prompts".into());
         }
-        None => None,
-    };
-    let config = PpoConfig {
-        ptx_coef: args.ptx_coef,
-        kl_coef: args.kl,
-        actor_lr: args.actor_lr,
-        critic_lr: args.critic_lr,
-        critic_warmup_iterations: args.critic_warmup,
-        max_new_tokens: args.max_new_tokens,
-        stop_token_ids: stop,
-        ..PpoConfig::default()
-    };
-    let mut ppo = Ppo::new(actor, reference, critic, config);
-    let mut log = match &args.log {
-        Some(path) => Some(std::fs::File::create(path)?),
-        None => None,
-    };
-    let bar = ProgressBar::new(args.iterations as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")?
-            .progress_chars("=> "),
-    );
-    for i in 0..args.iterations {
-        let batch: Vec<Prompt> = (0..args.batch)
-            .map(|k| prompts[(i * args.batch + k) % prompts.len()].clone())
-            .collect();
-        let ptx_batch = ptx.as_mut().map(|p| p.next_batch(args.batch));
-        let (stats, _) = ppo.iterate(&batch, Some(&tokenizer), &reward, ptx_batch.as_ref())?;
-        bar.set_position((i + 1) as u64);
-        bar.set_message(format!(
-            "reward {:+.3} KL {:.3} entropy {:.2} value loss {:.4} length {:.0} clip {:.2}",
-            stats.reward,
-            stats.kl,
-            stats.entropy,
-            stats.value_loss,
-            stats.response_length,
-            stats.clip_fraction
-        ));
-        if let Some(file) = log.as_mut() {
-            writeln!(file, "{}", serde_json::to_string(&stats)?)?;
+        let prompts = lines
+            .into_iter()
+            .map(|l| Prompt::chat(&tokenizer, l.messages, l.domain.as_deref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let actor = InternLM2::<Autodiff<B>>::load(&args.policy, DType::F32, &device)?;
+        let reference = InternLM2::<B>::load(&args.policy, DType::F32, &device)?;
+        let reward_model = RewardModel::<Autodiff<B>>::load(&args.reward, DType::F32, &device)?;
+        let critic = CriticModel::from_reward_model(reward_model.clone());
+        let reward = ConditionalReward {
+            scorer: RewardScorer {
+                model: reward_model.valid(),
+                encoder: RewardEncoder::new(
+                    Tokenizer::from_dir(&args.reward)
+                        .or_else(|_| Tokenizer::from_dir(&args.policy))?,
+                )?,
+            },
+        };
+        let mut stop = vec![];
+        stop.extend(tokenizer.eos_id());
+        stop.extend(tokenizer.chat_tokens().map(|c| c.im_end));
+        let mut ptx = match &args.ptx {
+            Some(path) => {
+                let lines: Vec<TextLine> = read_jsonl(path)?;
+                let docs = lines
+                    .iter()
+                    .map(|l| tokenizer.encode(&l.text, false))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Some(Packer::new(
+                    InMemoryDocuments::new(docs).shuffled(0),
+                    PackingConfig {
+                        seq_len: args.ptx_seq_len,
+                        eos_id: tokenizer.eos_id().unwrap_or(2),
+                        cross_document_attention: false,
+                    },
+                ))
+            }
+            None => None,
+        };
+        let config = PpoConfig {
+            ptx_coef: args.ptx_coef,
+            kl_coef: args.kl,
+            actor_lr: args.actor_lr,
+            critic_lr: args.critic_lr,
+            critic_warmup_iterations: args.critic_warmup,
+            max_new_tokens: args.max_new_tokens,
+            stop_token_ids: stop,
+            ..PpoConfig::default()
+        };
+        let mut ppo = Ppo::new(actor, reference, critic, config);
+        let mut log = match &args.log {
+            Some(path) => Some(std::fs::File::create(path)?),
+            None => None,
+        };
+        let bar = ProgressBar::new(args.iterations as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")?
+                .progress_chars("=> "),
+        );
+        for i in 0..args.iterations {
+            let batch: Vec<Prompt> = (0..args.batch)
+                .map(|k| prompts[(i * args.batch + k) % prompts.len()].clone())
+                .collect();
+            let ptx_batch = ptx.as_mut().map(|p| p.next_batch(args.batch));
+            let (stats, _) = ppo.iterate(&batch, Some(&tokenizer), &reward, ptx_batch.as_ref())?;
+            bar.set_position((i + 1) as u64);
+            bar.set_message(format!(
+                "reward {:+.3} KL {:.3} entropy {:.2} value loss {:.4} length {:.0} clip {:.2}",
+                stats.reward,
+                stats.kl,
+                stats.entropy,
+                stats.value_loss,
+                stats.response_length,
+                stats.clip_fraction
+            ));
+            if let Some(file) = log.as_mut() {
+                writeln!(file, "{}", serde_json::to_string(&stats)?)?;
+            }
         }
+        bar.finish();
+        ppo.actor()?.valid().save(
+            &args.out,
+            &SaveOptions::default().with_dtype(SaveDtype::F32),
+        )?;
+        tokenizer.save_json(args.out.join("tokenizer.json"))?;
+        eprintln!("saved the actor to {}", args.out.display());
+        Ok(())
     }
-    bar.finish();
-    ppo.actor.valid().save(
-        &args.out,
-        &SaveOptions::default().with_dtype(SaveDtype::F32),
-    )?;
-    tokenizer.save_json(args.out.join("tokenizer.json"))?;
-    eprintln!("saved the actor to {}", args.out.display());
-    Ok(())
 }

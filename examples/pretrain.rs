@@ -51,7 +51,7 @@ use clap::Parser;
 use internlm2::backends::Kernels;
 use internlm2::backends::device::{DTypeChoice, DeviceSpec, DevicesTask, parse_devices, run_on};
 use internlm2::checkpoint::{SaveDtype, SaveOptions};
-use internlm2::train::{
+use internlm2_train::{
     ClusterConfig, DataParallel, DocumentSource, InMemoryDocuments, LrSchedule, OptimizerConfig,
     Packer, PackingConfig, Phase, RunOptions, TrainState, Trainer, latest_checkpoint,
     plot_loss_curve, run, spawn_orchestrator,
@@ -171,6 +171,7 @@ impl DevicesTask for Pretrain {
 
 fn main() {
     let args = Args::parse();
+    quiet_logs();
     let result = parse_devices(&args.devices)
         .map_err(Into::into)
         .and_then(|specs: Vec<DeviceSpec>| {
@@ -438,7 +439,7 @@ fn pretrain<B: Kernels>(
             keep_last: args.keep_last,
             log_path: log.clone(),
             peak_flops: Some(args.peak_flops.unwrap_or_else(|| {
-                internlm2::train::metrics::measure_matmul_flops::<B>(&device, 512)
+                internlm2::backends::limits::measure_matmul_flops::<B>(&device, 512)
             })),
             progress: true,
             stop_at_step: None,
@@ -472,10 +473,10 @@ fn pretrain<B: Kernels>(
             (None, None) => DataParallel::new(model, optimizer, &devices)?,
         }
         .with_mixed_precision(mixed_precision)?;
-        run(&mut group, &mut packer, &mut state, &options, |_| {})?;
+        run(&mut group, &mut packer, &mut state, &options, |_, _| {})?;
         trainer = Trainer::new(group.model()?, OptimizerConfig::new());
     } else {
-        run(&mut trainer, &mut packer, &mut state, &options, |_| {})?;
+        run(&mut trainer, &mut packer, &mut state, &options, |_, _| {})?;
     }
     eprintln!(
         "done: {} steps, last loss {:.4}",
@@ -499,4 +500,15 @@ fn pretrain<B: Kernels>(
         eprintln!("per-step log: {}", log.display());
     }
     Ok(())
+}
+
+/// burn-communication installs an INFO-level log subscriber (several lines per step) unless the
+/// program has one: install a quieter one first (`RUST_LOG` when set, warnings otherwise).
+fn quiet_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

@@ -14,13 +14,15 @@
 //! math).
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::tensor::DType;
 use clap::{Parser, Subcommand};
 use internlm2::backends::Kernels;
-use internlm2::backends::device::{BackendTask, DeviceSpec};
+use internlm2::backends::device::DeviceSpec;
+use internlm2::backends::program::{Program, ProgramResult, run_program};
 use internlm2::chat::Message;
 use internlm2::checkpoint::SaveOptions;
 use internlm2::{InternLM2, Tokenizer};
@@ -87,98 +89,91 @@ struct Scored {
     domain: Option<String>,
 }
 
-/// The run, generic over the backend `--device` names.
-struct Task(Args);
-
-impl BackendTask for Task {
-    type Output = Result<(), Box<dyn std::error::Error>>;
-    fn run<B: Kernels>(self, device: B::Device) -> Self::Output {
-        run::<B>(self.0, device)
-    }
+fn main() -> ExitCode {
+    run_program(Args::parse())
 }
 
-fn main() {
-    let args = Args::parse();
-    let spec = args.device;
-    if let Err(e) = spec.run(Task(args)).map_err(Into::into).and_then(|r| r) {
-        eprintln!("error: {e}");
-        std::process::exit(1);
+impl Program for Args {
+    fn device(&self) -> DeviceSpec {
+        self.device
     }
-}
 
-fn run<B: Kernels>(args: Args, device: B::Device) -> Result<(), Box<dyn std::error::Error>> {
-    match args.command {
-        Command::Train {
-            model_dir,
-            data,
-            out,
-            eval,
-            token_budget,
-            epochs,
-            lr,
-            final_lr,
-        } => {
-            let tokenizer = Tokenizer::from_dir(&model_dir)?;
-            let encoder = RewardEncoder::new(tokenizer.clone())?;
-            let pairs: Vec<PreferencePair> = read_jsonl(&data)?;
-            let held_out: Vec<PreferencePair> = match &eval {
-                Some(path) => read_jsonl(path)?,
-                None => Vec::new(),
-            };
-            let lm = InternLM2::<Autodiff<B>>::load(&model_dir, DType::F32, &device)?;
-            let model = RewardModel::from_language_model(lm);
-            let accuracy =
-                |m: &RewardModel<Autodiff<B>>| -> Result<Option<f64>, Box<dyn std::error::Error>> {
-                    if held_out.is_empty() {
-                        return Ok(None);
-                    }
-                    Ok(Some(pair_accuracy(
-                        &RewardScorer {
-                            model: m.valid(),
-                            encoder: encoder.clone(),
-                        },
-                        &held_out,
-                    )?))
-                };
-            let before = accuracy(&model)?;
-            let config = RewardTrainConfig {
+    fn run<B: Kernels>(self, device: B::Device) -> ProgramResult {
+        let args = self;
+        match args.command {
+            Command::Train {
+                model_dir,
+                data,
+                out,
+                eval,
                 token_budget,
                 epochs,
                 lr,
                 final_lr,
-                ..RewardTrainConfig::default()
-            };
-            let (model, _) = train_reward_model(model, &encoder, &pairs, &config, |step, s| {
-                eprintln!(
-                    "step {step:>5} loss {:.4} accuracy {:.2} margin {:+.3} ({} pairs)",
-                    s.loss, s.accuracy, s.margin, s.pairs
-                )
-            })?;
-            if let (Some(b), Some(a)) = (before, accuracy(&model)?) {
-                eprintln!(
-                    "held-out pair accuracy {:.1}% -> {:.1}%",
-                    100.0 * b,
-                    100.0 * a
-                );
+            } => {
+                let tokenizer = Tokenizer::from_dir(&model_dir)?;
+                let encoder = RewardEncoder::new(tokenizer.clone())?;
+                let pairs: Vec<PreferencePair> = read_jsonl(&data)?;
+                let held_out: Vec<PreferencePair> = match &eval {
+                    Some(path) => read_jsonl(path)?,
+                    None => Vec::new(),
+                };
+                let lm = InternLM2::<Autodiff<B>>::load(&model_dir, DType::F32, &device)?;
+                let model = RewardModel::from_language_model(lm);
+                let accuracy =
+                    |m: &RewardModel<Autodiff<B>>| -> Result<Option<f64>, Box<dyn std::error::Error>> {
+                        if held_out.is_empty() {
+                            return Ok(None);
+                        }
+                        Ok(Some(pair_accuracy(
+                            &RewardScorer {
+                                model: m.valid(),
+                                encoder: encoder.clone(),
+                            },
+                            &held_out,
+                        )?))
+                    };
+                let before = accuracy(&model)?;
+                let config = RewardTrainConfig {
+                    token_budget,
+                    epochs,
+                    lr,
+                    final_lr,
+                    ..RewardTrainConfig::default()
+                };
+                let (model, _) =
+                    train_reward_model(model, &encoder, &pairs, &config, |step, s| {
+                        eprintln!(
+                            "step {step:>5} loss {:.4} accuracy {:.2} margin {:+.3} ({} pairs)",
+                            s.loss, s.accuracy, s.margin, s.pairs
+                        )
+                    })?;
+                if let (Some(b), Some(a)) = (before, accuracy(&model)?) {
+                    eprintln!(
+                        "held-out pair accuracy {:.1}% -> {:.1}%",
+                        100.0 * b,
+                        100.0 * a
+                    );
+                }
+                model.valid().save(&out, &SaveOptions::default())?;
+                tokenizer.save_json(out.join("tokenizer.json"))?;
+                eprintln!("saved to {}", out.display());
             }
-            model.valid().save(&out, &SaveOptions::default())?;
-            tokenizer.save_json(out.join("tokenizer.json"))?;
-            eprintln!("saved to {}", out.display());
-        }
-        Command::Score { reward_dir, data } => {
-            let scorer = RewardScorer {
-                model: RewardModel::<B>::load(&reward_dir, DType::F32, &device)?,
-                encoder: RewardEncoder::new(Tokenizer::from_dir(&reward_dir)?)?,
-            };
-            let items: Vec<Scored> = read_jsonl(&data)?;
-            for (i, item) in items.iter().enumerate() {
-                let score = scorer.score(&item.messages, item.domain.as_deref())?;
-                println!(
-                    "{}",
-                    serde_json::json!({"index": i, "domain": item.domain, "score": score})
-                );
+            Command::Score { reward_dir, data } => {
+                let scorer = RewardScorer {
+                    model: RewardModel::<B>::load(&reward_dir, DType::F32, &device)?,
+                    encoder: RewardEncoder::new(Tokenizer::from_dir(&reward_dir)?)?,
+                };
+                let items: Vec<Scored> = read_jsonl(&data)?;
+                for (i, item) in items.iter().enumerate() {
+                    let score = scorer.score(&item.messages, item.domain.as_deref())?;
+                    println!(
+                        "{}",
+                        serde_json::json!({"index": i, "domain": item.domain, "score": score})
+                    );
+                }
             }
         }
+        Ok(())
     }
-    Ok(())
 }

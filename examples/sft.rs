@@ -14,20 +14,22 @@
 //! `OUT/adapter` (PEFT layout) and merged into the saved model.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::tensor::DType;
 use clap::Parser;
 use internlm2::backends::Kernels;
-use internlm2::backends::device::{BackendTask, DeviceSpec};
+use internlm2::backends::device::DeviceSpec;
+use internlm2::backends::program::{Program, ProgramResult, run_program};
 use internlm2::checkpoint::{SaveDtype, SaveOptions};
 use internlm2::model::lora::LoraConfig;
-use internlm2::train::{OptimizerConfig, Trainer};
 use internlm2::{InternLM2, Tokenizer};
 use internlm2_align::sft::{
     PackedSft, SftConfig, SftPacking, read_conversations, tokenize_conversation, train_sft,
 };
+use internlm2_train::{OptimizerConfig, Trainer};
 
 #[derive(Parser)]
 #[command(about = "Supervised fine-tuning on ChatML conversations")]
@@ -68,89 +70,81 @@ struct Args {
     lora_alpha: f64,
 }
 
-/// The run, generic over the backend `--device` names.
-struct Task(Args);
-
-impl BackendTask for Task {
-    type Output = Result<(), Box<dyn std::error::Error>>;
-    fn run<B: Kernels>(self, device: B::Device) -> Self::Output {
-        run::<B>(self.0, device)
-    }
+fn main() -> ExitCode {
+    run_program(Args::parse())
 }
 
-fn main() {
-    let args = Args::parse();
-    let spec = args.device;
-    if let Err(e) = spec.run(Task(args)).map_err(Into::into).and_then(|r| r) {
-        eprintln!("error: {e}");
-        std::process::exit(1);
+impl Program for Args {
+    fn device(&self) -> DeviceSpec {
+        self.device
     }
-}
 
-fn run<B: Kernels>(args: Args, device: B::Device) -> Result<(), Box<dyn std::error::Error>> {
-    let tokenizer = Tokenizer::from_dir(&args.model_dir)?;
-    let conversations = read_conversations(&args.data)?;
-    let examples = conversations
-        .iter()
-        .map(|c| tokenize_conversation(&tokenizer, &c.messages))
-        .collect::<Result<Vec<_>, _>>()?;
-    let pad = tokenizer.eos_id().unwrap_or(2);
-    let packed = PackedSft::new(
-        &examples,
-        SftPacking {
-            seq_len: args.seq_len,
-            pad_id: pad,
-        },
-    );
-    eprintln!(
-        "{} conversations -> {} rows of {} tokens ({} cut to fit)",
-        examples.len(),
-        packed.len(),
-        args.seq_len,
-        packed.truncated
-    );
-    let mut model = InternLM2::<Autodiff<B>>::load(&args.model_dir, DType::F32, &device)?;
-    let lora = args
-        .lora_rank
-        .map(|rank| LoraConfig::new(rank, args.lora_alpha));
-    if let Some(lora) = &lora {
-        model = lora.attach(model, &device);
-        let (adapter, base) = lora.parameter_counts(&model);
-        eprintln!(
-            "LoRA rank {}: {adapter} trainable parameters, {base} frozen",
-            lora.rank
+    fn run<B: Kernels>(self, device: B::Device) -> ProgramResult {
+        let args = self;
+        let tokenizer = Tokenizer::from_dir(&args.model_dir)?;
+        let conversations = read_conversations(&args.data)?;
+        let examples = conversations
+            .iter()
+            .map(|c| tokenize_conversation(&tokenizer, &c.messages))
+            .collect::<Result<Vec<_>, _>>()?;
+        let pad = tokenizer.eos_id().unwrap_or(2);
+        let packed = PackedSft::new(
+            &examples,
+            SftPacking {
+                seq_len: args.seq_len,
+                pad_id: pad,
+            },
         );
-    }
-    let mut trainer = Trainer::new(model, OptimizerConfig::new());
-    let config = SftConfig {
-        epochs: args.epochs,
-        lr: args.lr,
-        batch_size: args.batch,
-        seed: args.seed,
-        ..SftConfig::default()
-    };
-    let losses = train_sft(&mut trainer, &packed, &config, |r| {
         eprintln!(
-            "step {:>5} loss {:.4} lr {:.2e} |g| {:.2} {:.0} tok/s",
-            r.step, r.loss, r.lr, r.grad_norm, r.tokens_per_s
-        )
-    })?;
-    let mut trained = trainer.model.valid();
-    if let Some(lora) = &lora {
-        lora.save_adapters(&trained, &args.out.join("adapter"), SaveDtype::F32)?;
-        trained = lora.merge(trained);
+            "{} conversations -> {} rows of {} tokens ({} cut to fit)",
+            examples.len(),
+            packed.len(),
+            args.seq_len,
+            packed.truncated
+        );
+        let mut model = InternLM2::<Autodiff<B>>::load(&args.model_dir, DType::F32, &device)?;
+        let lora = args
+            .lora_rank
+            .map(|rank| LoraConfig::new(rank, args.lora_alpha));
+        if let Some(lora) = &lora {
+            model = lora.attach(model, &device);
+            let (adapter, base) = lora.parameter_counts(&model);
+            eprintln!(
+                "LoRA rank {}: {adapter} trainable parameters, {base} frozen",
+                lora.rank
+            );
+        }
+        let mut trainer = Trainer::new(model, OptimizerConfig::new());
+        let config = SftConfig {
+            epochs: args.epochs,
+            lr: args.lr,
+            batch_size: args.batch,
+            seed: args.seed,
+            ..SftConfig::default()
+        };
+        let losses = train_sft(&mut trainer, &packed, &config, |r| {
+            eprintln!(
+                "step {:>5} loss {:.4} lr {:.2e} |g| {:.2} {:.0} tok/s",
+                r.step, r.loss, r.lr, r.grad_norm, r.tokens_per_s
+            )
+        })?;
+        let mut trained = trainer.model.valid();
+        if let Some(lora) = &lora {
+            lora.save_adapters(&trained, &args.out.join("adapter"), SaveDtype::F32)?;
+            trained = lora.merge(trained);
+        }
+        trained.save(
+            &args.out,
+            &SaveOptions::default().with_dtype(SaveDtype::F32),
+        )?;
+        tokenizer.save_json(args.out.join("tokenizer.json"))?;
+        eprintln!(
+            "{} steps, loss {:.4} -> {:.4}; saved to {}",
+            losses.len(),
+            losses.first().copied().unwrap_or(f64::NAN),
+            losses.last().copied().unwrap_or(f64::NAN),
+            args.out.display()
+        );
+        Ok(())
     }
-    trained.save(
-        &args.out,
-        &SaveOptions::default().with_dtype(SaveDtype::F32),
-    )?;
-    tokenizer.save_json(args.out.join("tokenizer.json"))?;
-    eprintln!(
-        "{} steps, loss {:.4} -> {:.4}; saved to {}",
-        losses.len(),
-        losses.first().copied().unwrap_or(f64::NAN),
-        losses.last().copied().unwrap_or(f64::NAN),
-        args.out.display()
-    );
-    Ok(())
 }

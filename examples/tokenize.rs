@@ -9,9 +9,11 @@
 
 use std::io::{BufRead, BufWriter, Write};
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::Parser;
 use internlm2::Tokenizer;
+use internlm2::backends::program::exit_code;
 
 #[derive(Parser)]
 #[command(about = "Tokenise {\"text\"} JSONL lines into {\"text\", \"ids\"} lines")]
@@ -27,11 +29,8 @@ struct Args {
     no_bos: bool,
 }
 
-fn main() {
-    if let Err(e) = run(Args::parse()) {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+fn main() -> ExitCode {
+    exit_code(run(Args::parse()))
 }
 
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {

@@ -14,6 +14,7 @@
 //! `peak_flops`).
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Instant;
 
 use burn::backend::Autodiff;
@@ -21,9 +22,11 @@ use burn::tensor::DType;
 use clap::Parser;
 use internlm2::backends::Kernels;
 use internlm2::backends::device::{BackendTask, DTypeChoice, DeviceSpec};
-use internlm2::train::metrics::{measure_matmul_flops_in, train_flops_per_token};
-use internlm2::train::{InMemoryDocuments, OptimizerConfig, Packer, PackingConfig, Trainer};
+use internlm2::backends::limits::measure_matmul_flops_in;
+use internlm2::backends::program::exit_code;
 use internlm2::{InternLM2, InternLM2Config};
+use internlm2_train::metrics::train_flops_per_token;
+use internlm2_train::{InMemoryDocuments, OptimizerConfig, Packer, PackingConfig, Trainer};
 
 #[derive(Parser)]
 #[command(about = "Training tokens/s, MFU and peak memory of an InternLM2 shape")]
@@ -60,11 +63,8 @@ fn peak_rss_bytes() -> Option<u64> {
     Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
 }
 
-fn main() {
-    if let Err(e) = bench(Args::parse()) {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+fn main() -> ExitCode {
+    exit_code(bench(Args::parse()))
 }
 
 /// Timed training steps on one backend: (seconds, measured matmul peak).
@@ -79,7 +79,7 @@ struct Steps {
 }
 
 impl BackendTask for Steps {
-    type Output = Result<(f64, f64), internlm2::train::TrainError>;
+    type Output = Result<(f64, f64), internlm2_train::TrainError>;
 
     fn run<B: Kernels>(self, device: B::Device) -> Self::Output {
         let cpu = self.host;

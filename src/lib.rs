@@ -7,6 +7,7 @@ pub use internlm2;
 pub use internlm2::backends;
 pub use internlm2_align;
 pub use internlm2_datasets;
+pub use internlm2_train;
 
 /// The user guide's code blocks, compiled (and run unless marked `no_run`) as doctests.
 #[cfg(doctest)]

@@ -1,14 +1,12 @@
-//! The data_pipeline example's chain on the sample corpus: every planted case of
-//! `examples/data/corpus/MANIFEST.md` ends where the manifest says.
-
-#[path = "../examples/data_pipeline/run.rs"]
-#[allow(dead_code)]
-mod run;
+//! The data recipe (what the data_pipeline example and the quickstart run) on the sample
+//! corpus: every planted case of `examples/data/corpus/MANIFEST.md` ends where the manifest
+//! says.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use internlm2_datasets::io::read_documents;
+use internlm2_datasets::pipeline::recipe::DataRecipe;
 use internlm2_datasets::tokenize::TokenShards;
 
 fn data() -> PathBuf {
@@ -40,22 +38,13 @@ fn rejects(step_dir: &Path) -> HashMap<String, String> {
 #[test]
 fn sample_corpus_outcomes_match_the_manifest() {
     let out = tempfile::tempdir().unwrap();
-    let args = run::DataArgs {
-        corpus: data().join("corpus"),
-        code: Some(data().join("code/tinyrepo")),
-        blocked_domains: Some(data().join("safety/blocked_domains.txt")),
-        blocked_words: Some(data().join("safety/blocked_words.txt")),
-        ad_train: Some(data().join("quality/ad_train.jsonl")),
-        ad_max: 0.8,
-        output: out.path().to_path_buf(),
-        tokenizer: None,
+    let recipe = DataRecipe {
         vocab_size: 600,
         seq_len: 256,
-        long_min_bytes: 32 * 1024,
-        scorer_model: None,
         progress: false,
+        ..DataRecipe::sample(data(), out.path())
     };
-    let summary = run::run(&args).unwrap();
+    let summary = recipe.run(None).unwrap();
     let report = &summary.report;
     assert!(report.check());
     // The manifest's expected counts per stage: read, kept.

@@ -163,7 +163,7 @@ fn greedy_with_cache_tokens() {
 }
 
 /// The fixture's `prefill_batch` prompt as one training batch: every next token counts.
-fn training_batch(ids: &[Vec<i64>]) -> internlm2::train::TokenBatch {
+fn training_batch(ids: &[Vec<i64>]) -> internlm2_train::TokenBatch {
     let (b, s) = (ids.len(), ids[0].len() - 1);
     let inputs = ids
         .iter()
@@ -173,7 +173,7 @@ fn training_batch(ids: &[Vec<i64>]) -> internlm2::train::TokenBatch {
         .iter()
         .flat_map(|r| r[1..].iter().map(|&t| t as u32))
         .collect();
-    internlm2::train::TokenBatch {
+    internlm2_train::TokenBatch {
         batch: b,
         seq_len: s,
         inputs,
@@ -185,18 +185,17 @@ fn training_batch(ids: &[Vec<i64>]) -> internlm2::train::TokenBatch {
 }
 
 /// Loss and global gradient norm of one training batch on autodiff backend `A`.
-fn loss_and_grad_norm<A>(dir: &std::path::Path, batch: &internlm2::train::TokenBatch) -> (f64, f64)
-where
-    A: burn::tensor::backend::AutodiffBackend + internlm2::backends::Kernels,
-    A::InnerBackend: internlm2::backends::Kernels,
-{
-    use internlm2::train::{OptimizerConfig, Trainer, optim::global_grad_norm};
+fn loss_and_grad_norm<A: internlm2_train::TrainBackend>(
+    dir: &std::path::Path,
+    batch: &internlm2_train::TokenBatch,
+) -> (f64, f64) {
+    use internlm2_train::{OptimizerConfig, Trainer, optim::global_grad_norm};
     let model = InternLM2::<A>::load(dir, DType::F32, &Default::default()).expect("fixture loads");
     let trainer = Trainer::new(model, OptimizerConfig::new());
-    let (loss, grads) = trainer
-        .gradients(std::slice::from_ref(batch), batch.loss_tokens())
+    let gradients = trainer
+        .gradients(std::slice::from_ref(batch), &batch.loss_tokens())
         .unwrap();
-    (loss, global_grad_norm(&trainer.model, &grads))
+    (gradients.loss, global_grad_norm(&trainer.model, &gradients.grads))
 }
 
 /// Training on the backend under test: under `Autodiff<B>` every kernel is the differentiable

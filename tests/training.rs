@@ -11,7 +11,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use internlm2::backends::{Cpu, CpuAutodiff};
 use internlm2::checkpoint::{SaveDtype, SaveOptions};
-use internlm2::train::{
+use internlm2_train::{
     InMemoryDocuments, LrSchedule, OptimizerConfig, Packer, PackingConfig, Phase, RunOptions,
     TrainState, Trainer, latest_checkpoint, run,
 };
@@ -78,7 +78,7 @@ fn accumulated_micro_batches_equal_one_big_batch() {
     let halves: Vec<_> = (0..2)
         .map(|h| {
             let rows = |v: &Vec<u32>| v[h * 32..(h + 1) * 32].to_vec();
-            internlm2::train::TokenBatch {
+            internlm2_train::TokenBatch {
                 batch: 2,
                 seq_len: 16,
                 inputs: rows(&batch.inputs),
@@ -108,7 +108,7 @@ fn accumulated_micro_batches_equal_one_big_batch() {
 #[test]
 fn clipping_scales_to_the_global_norm() {
     use burn::optim::GradientsParams;
-    use internlm2::train::optim::{clip_global_norm, global_grad_norm};
+    use internlm2_train::optim::{clip_global_norm, global_grad_norm};
     let model = model(3);
     let batch = packer(16).next_batch(2);
     let ids: Vec<i64> = batch.inputs.iter().map(|&i| i as i64).collect();
@@ -203,7 +203,7 @@ fn resumed_run_repeats_the_straight_run() {
         &mut packer(16),
         &mut state,
         &options(straight_dir.path(), None),
-        |_| {},
+        |_, _| {},
     )
     .unwrap();
     assert_eq!(state.step, 8);
@@ -220,7 +220,7 @@ fn resumed_run_repeats_the_straight_run() {
             &mut packer(16),
             &mut state,
             &options(dir.path(), Some(5)),
-            |_| {},
+            |_, _| {},
         )
         .unwrap();
         assert_eq!(state.step, 5);
@@ -237,7 +237,7 @@ fn resumed_run_repeats_the_straight_run() {
         &mut packer(16),
         &mut state,
         &options(dir.path(), None),
-        |_| {},
+        |_, _| {},
     )
     .unwrap();
     assert_eq!(state.losses.len(), 8);
@@ -257,7 +257,7 @@ fn resumed_run_repeats_the_straight_run() {
     );
     let lines = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 8);
-    let record: internlm2::train::StepRecord =
+    let record: internlm2_train::StepRecord =
         serde_json::from_str(lines.lines().last().unwrap()).unwrap();
     assert_eq!((record.step, record.phase.as_str()), (8, "long"));
     assert!(record.mfu > 0.0 && record.tokens_per_s > 0.0);
@@ -306,19 +306,19 @@ fn bad_run_options_are_typed_errors() {
     let mut state = TrainState::new(0);
     let mut options = RunOptions::default();
     assert!(matches!(
-        run(&mut trainer, &mut packer(8), &mut state, &options, |_| {}),
-        Err(internlm2::train::TrainError::InvalidConfig(_))
+        run(&mut trainer, &mut packer(8), &mut state, &options, |_, _| {}),
+        Err(internlm2_train::TrainError::InvalidConfig { .. })
     ));
     options.phases = vec![Phase::new("p", 2, 8, 3, 1e-3).with_micro_batches(2)];
     assert!(matches!(
-        run(&mut trainer, &mut packer(8), &mut state, &options, |_| {}),
-        Err(internlm2::train::TrainError::InvalidConfig(_))
+        run(&mut trainer, &mut packer(8), &mut state, &options, |_, _| {}),
+        Err(internlm2_train::TrainError::InvalidConfig { .. })
     ));
 }
 
 #[test]
 fn two_data_parallel_replicas_equal_one_replica_at_twice_the_batch() {
-    use internlm2::train::{DataParallel, StepEngine};
+    use internlm2_train::{DataParallel, StepEngine};
     let device = Default::default();
     let start = model(8);
     let mut data = packer(16);
@@ -350,7 +350,7 @@ fn two_data_parallel_replicas_equal_one_replica_at_twice_the_batch() {
     let odd = data.next_batch(3);
     assert!(matches!(
         StepEngine::step(&mut group, &[odd], 1e-3),
-        Err(internlm2::train::TrainError::InvalidConfig(_))
+        Err(internlm2_train::TrainError::InvalidConfig { .. })
     ));
     // The group checkpoints like a single trainer.
     let dir = tempfile::tempdir().unwrap();
@@ -382,7 +382,7 @@ fn bf16_mixed_precision_tracks_f32_with_f32_master_weights() {
         b.push(mixed.step(&[batch], lr).unwrap());
     }
     let tail =
-        |v: &[internlm2::train::StepStats]| v[25..].iter().map(|s| s.loss).sum::<f64>() / 5.0;
+        |v: &[internlm2_train::StepStats]| v[25..].iter().map(|s| s.loss).sum::<f64>() / 5.0;
     println!(
         "f32: {:.4} -> {:.4} (grad norm {:.4}); bf16 mixed: {:.4} -> {:.4} (grad norm {:.4})",
         a[0].loss,
@@ -428,8 +428,8 @@ const CLUSTER_LOCAL_DEVICES: usize = 2;
 
 /// The batches every node (and the single-process reference) trains on, then a held-out one.
 fn cluster_batches() -> (
-    Vec<internlm2::train::TokenBatch>,
-    internlm2::train::TokenBatch,
+    Vec<internlm2_train::TokenBatch>,
+    internlm2_train::TokenBatch,
 ) {
     let mut data = packer(16);
     let steps = (0..CLUSTER_STEPS)
@@ -455,7 +455,7 @@ fn two_nodes_over_loopback_equal_one_trainer() {
     use std::time::{Duration, Instant};
 
     let orchestrator_port = free_port();
-    internlm2::train::spawn_orchestrator(orchestrator_port).unwrap();
+    internlm2_train::spawn_orchestrator(orchestrator_port).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
     let mut nodes: Vec<_> = (0..2)
@@ -541,7 +541,7 @@ fn two_nodes_over_loopback_equal_one_trainer() {
 #[test]
 #[ignore = "a node process of two_nodes_over_loopback_equal_one_trainer"]
 fn cluster_node() {
-    use internlm2::train::{ClusterConfig, DataParallel, StepEngine};
+    use internlm2_train::{ClusterConfig, DataParallel, StepEngine};
     let var = |name: &str| std::env::var(name).expect("set by the two-node test");
     let cluster = ClusterConfig::new(
         2,

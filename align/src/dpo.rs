@@ -1,20 +1,22 @@
 //! Direct preference optimisation on the same preference pairs as the reward model:
 //! `-log sigmoid(beta * ((log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l))))`, the
 //! log-probabilities summed over the response tokens. The cheaper alternative to reward model
-//! plus PPO: one model trains, the frozen reference is only evaluated once per pair.
+//! plus PPO: one model trains, the frozen reference is only evaluated once per pair. DPO is an
+//! [`Objective`] of the shared engine.
 
 use burn::module::AutodiffModule;
-use burn::optim::GradientsParams;
-use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{ElementConversion as _, Tensor, TensorData, activation};
+use burn::tensor::{Tensor, TensorData, activation};
 use internlm2::backends::Kernels;
 use internlm2::model::ForwardInput;
-use internlm2::train::{GroupedAdamW, LrSchedule, OptimizerConfig};
 use internlm2::{InternLM2, Tokenizer};
+use internlm2_train::{
+    Batch, LrSchedule, Metrics, Objective, OptimizerConfig, Phase, RunOptions, StepList, StepStats,
+    TrainBackend, TrainError, TrainState, Trainer, run,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::AlignError;
-use crate::logprobs::{ResponseBatch, response_logprobs};
+use crate::logprobs::{ResponseBatch, ResponseRows, response_logprobs};
 use crate::reward::PreferencePair;
 use crate::sft::{SftExample, tokenize_conversation};
 
@@ -29,6 +31,9 @@ pub struct DpoConfig {
     pub batch_pairs: usize,
     /// Passes over the pairs.
     pub epochs: usize,
+    /// Micro-batches each step's pairs are split into (gradient accumulation).
+    #[serde(default = "crate::sft::one")]
+    pub micro_batches: usize,
     /// Seed of the pair order.
     pub seed: u64,
 }
@@ -40,6 +45,7 @@ impl Default for DpoConfig {
             lr: 5e-7,
             batch_pairs: 8,
             epochs: 1,
+            micro_batches: 1,
             seed: 0,
         }
     }
@@ -111,79 +117,205 @@ pub fn prepare<B: Kernels>(
     Ok(out)
 }
 
-/// Trains `policy` with DPO; returns it and per-step statistics.
-pub fn train_dpo<B: AutodiffBackend + Kernels>(
+impl DpoStepStats {
+    /// The statistics of an engine step.
+    pub fn from_step(stats: &StepStats<DpoMetrics>) -> Self {
+        let m = &stats.metrics;
+        let pairs = m.pairs.max(1) as f64;
+        Self {
+            loss: stats.loss,
+            margin: m.margin_sum / pairs,
+            accuracy: m.positive as f64 / pairs,
+        }
+    }
+}
+
+/// Pairs of one DPO step.
+#[derive(Debug, Clone, Default)]
+pub struct DpoBatch {
+    /// The pairs.
+    pub examples: Vec<DpoExample>,
+}
+
+impl Batch for DpoBatch {
+    fn rows(&self) -> usize {
+        self.examples.len()
+    }
+
+    fn slice_rows(&self, start: usize, rows: usize) -> Self {
+        Self {
+            examples: self.examples[start..start + rows].to_vec(),
+        }
+    }
+
+    fn tokens(&self) -> usize {
+        let width = self
+            .examples
+            .iter()
+            .map(|e| {
+                e.chosen
+                    .ids
+                    .len()
+                    .max(e.rejected.ids.len())
+                    .saturating_sub(1)
+            })
+            .max()
+            .unwrap_or(0);
+        2 * self.examples.len() * width
+    }
+}
+
+/// Counts of a DPO step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct DpoMetrics {
+    /// Pairs.
+    pub pairs: usize,
+    /// Pairs whose implicit reward margin is positive.
+    pub positive: usize,
+    /// Sum of the margins.
+    pub margin_sum: f64,
+}
+
+impl Metrics for DpoMetrics {
+    fn merge(&mut self, other: Self) {
+        self.pairs += other.pairs;
+        self.positive += other.positive;
+        self.margin_sum += other.margin_sum;
+    }
+}
+
+/// The DPO objective: `-log sigmoid(margin)` averaged over the step's pairs, rows right-padded
+/// with `pad`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DpoObjective {
+    /// Strength of the implicit KL constraint.
+    pub beta: f64,
+    /// Right-padding id.
+    pub pad: u32,
+}
+
+impl<B: TrainBackend> Objective<B> for DpoObjective {
+    type Model = InternLM2<B>;
+    type Batch = DpoBatch;
+    type Totals = usize;
+    type Metrics = DpoMetrics;
+
+    fn totals(&self, batch: &DpoBatch) -> usize {
+        batch.examples.len()
+    }
+
+    fn loss(
+        &self,
+        policy: &InternLM2<B>,
+        batch: &DpoBatch,
+        totals: &usize,
+    ) -> Result<(Tensor<B, 1>, DpoMetrics), TrainError> {
+        let n = batch.examples.len();
+        let device = policy.device();
+        let rows: Vec<&SftExample> = batch
+            .examples
+            .iter()
+            .map(|e| &e.chosen)
+            .chain(batch.examples.iter().map(|e| &e.rejected))
+            .collect();
+        let rows = ResponseRows::new(&rows, self.pad).to_batch::<B>(&device);
+        let logits = policy.forward_input(ForwardInput::new(rows.inputs.clone()));
+        let lp = response_logprobs(logits, &rows);
+        let reference: Vec<f32> = batch
+            .examples
+            .iter()
+            .map(|e| e.ref_chosen)
+            .chain(batch.examples.iter().map(|e| e.ref_rejected))
+            .collect();
+        let reference = Tensor::<B, 1>::from_data(TensorData::new(reference, [2 * n]), &device);
+        let ratio = lp - reference; // log pi - log ref
+        let margin = (ratio.clone().slice([0..n]) - ratio.slice([n..2 * n])).mul_scalar(self.beta);
+        let margins = margin.clone().into_data().into_vec::<f32>().expect("f32");
+        let metrics = DpoMetrics {
+            pairs: n,
+            positive: margins.iter().filter(|&&m| m > 0.0).count(),
+            margin_sum: margins.iter().map(|&m| m as f64).sum(),
+        };
+        let loss = activation::log_sigmoid(margin)
+            .neg()
+            .sum()
+            .div_scalar(*totals as f64);
+        Ok((loss, metrics))
+    }
+}
+
+impl DpoConfig {
+    /// The run over `examples`: every epoch's pairs in a seeded order, `batch_pairs` per step,
+    /// a constant LR after 10% warmup. Run it with [`internlm2_train::run`] on a trainer of
+    /// [`DpoConfig::objective`] for checkpoints, resume or data parallelism.
+    pub fn plan(&self, examples: &[DpoExample]) -> Result<(StepList<DpoBatch>, Phase), AlignError> {
+        if examples.is_empty() {
+            return Err(AlignError::empty("no DPO pairs"));
+        }
+        let mut order: Vec<usize> = (0..examples.len()).collect();
+        let mut steps = Vec::new();
+        for epoch in 0..self.epochs.max(1) {
+            use rand::SeedableRng;
+            use rand::seq::SliceRandom;
+            order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(
+                self.seed.wrapping_add(epoch as u64),
+            ));
+            for chunk in order.chunks(self.batch_pairs.max(1)) {
+                steps.push(DpoBatch {
+                    examples: chunk.iter().map(|&i| examples[i].clone()).collect(),
+                });
+            }
+        }
+        let total = steps.len();
+        let schedule = LrSchedule::new(self.lr, (total / 10).max(1), total).with_min_ratio(1.0);
+        let phase = Phase::fixed("dpo", schedule).with_micro_batches(self.micro_batches.max(1));
+        Ok((StepList::new(steps), phase))
+    }
+
+    /// The objective these settings train with.
+    pub fn objective(&self, pad: u32) -> DpoObjective {
+        DpoObjective {
+            beta: self.beta,
+            pad,
+        }
+    }
+
+    /// The optimiser settings (no weight decay).
+    pub fn optimizer(&self) -> OptimizerConfig {
+        OptimizerConfig::new().with_weight_decay(0.0)
+    }
+}
+
+/// Trains `policy` with DPO on one [`Trainer`]; returns it and per-step statistics. For
+/// checkpoints, resume, mixed precision or data parallelism, run [`DpoConfig::plan`] with
+/// [`internlm2_train::run`].
+pub fn train_dpo<B: TrainBackend>(
     policy: InternLM2<B>,
     examples: &[DpoExample],
     pad: u32,
     config: &DpoConfig,
     mut on_step: impl FnMut(usize, &DpoStepStats),
-) -> Result<(InternLM2<B>, Vec<DpoStepStats>), AlignError>
-where
-    B::InnerBackend: Kernels,
-{
-    if examples.is_empty() {
-        return Err(AlignError::EmptyData("no DPO pairs".into()));
-    }
-    let mut optimizer = GroupedAdamW::<InternLM2<B>, B>::new(
-        &policy,
-        OptimizerConfig::new().with_weight_decay(0.0),
-    );
-    let mut policy = policy;
-    let device = policy.device();
-    let mut order: Vec<usize> = (0..examples.len()).collect();
-    let steps_per_epoch = examples.len().div_ceil(config.batch_pairs.max(1));
-    let total = steps_per_epoch * config.epochs.max(1);
-    let schedule = LrSchedule::new(config.lr, (total / 10).max(1), total).with_min_ratio(1.0);
-    let mut stats = Vec::with_capacity(total);
-    let mut step = 0;
-    for epoch in 0..config.epochs.max(1) {
-        use rand::SeedableRng;
-        use rand::seq::SliceRandom;
-        order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(
-            config.seed.wrapping_add(epoch as u64),
-        ));
-        for chunk in order.chunks(config.batch_pairs.max(1)) {
-            let n = chunk.len();
-            let rows: Vec<&SftExample> = chunk
-                .iter()
-                .map(|&i| &examples[i].chosen)
-                .chain(chunk.iter().map(|&i| &examples[i].rejected))
-                .collect();
-            let batch = ResponseBatch::<B>::new(&rows, pad, &device);
-            let logits = policy.forward_input(ForwardInput::new(batch.inputs.clone()));
-            let lp = response_logprobs(logits, &batch);
-            let reference: Vec<f32> = chunk
-                .iter()
-                .map(|&i| examples[i].ref_chosen)
-                .chain(chunk.iter().map(|&i| examples[i].ref_rejected))
-                .collect();
-            let reference = Tensor::<B, 1>::from_data(TensorData::new(reference, [2 * n]), &device);
-            let ratio = lp - reference; // log pi - log ref
-            let margin =
-                (ratio.clone().slice([0..n]) - ratio.slice([n..2 * n])).mul_scalar(config.beta);
-            let loss = activation::log_sigmoid(margin.clone()).neg().mean();
-            let loss_value: f64 = loss.clone().into_scalar().elem();
-            if !loss_value.is_finite() {
-                return Err(AlignError::Numerical(format!(
-                    "DPO loss is {loss_value} at step {step}"
-                )));
-            }
-            let margins = margin.inner().into_data().into_vec::<f32>().expect("f32");
-            let grads = GradientsParams::from_grads(loss.backward(), &policy);
-            let (updated, _) = optimizer.step(policy, grads, schedule.lr(step));
-            policy = updated;
-            step += 1;
-            let s = DpoStepStats {
-                loss: loss_value,
-                margin: margins.iter().map(|&m| m as f64).sum::<f64>() / n as f64,
-                accuracy: margins.iter().filter(|&&m| m > 0.0).count() as f64 / n as f64,
-            };
-            on_step(step, &s);
+) -> Result<(InternLM2<B>, Vec<DpoStepStats>), AlignError> {
+    let (mut steps, phase) = config.plan(examples)?;
+    let mut trainer = Trainer::with_objective(policy, config.objective(pad), config.optimizer());
+    let options = RunOptions {
+        phases: vec![phase],
+        ..RunOptions::default()
+    };
+    let mut stats = Vec::with_capacity(steps.len());
+    let mut state = TrainState::new(config.seed);
+    run(
+        &mut trainer,
+        &mut steps,
+        &mut state,
+        &options,
+        |record, step| {
+            let s = DpoStepStats::from_step(step);
+            on_step(record.step, &s);
             stats.push(s);
-        }
-    }
-    Ok((policy, stats))
+        },
+    )?;
+    Ok((trainer.model, stats))
 }
 
 /// Mean implicit reward margin of `policy` over `examples` (positive: chosen preferred).
@@ -218,11 +350,6 @@ pub fn mean_margin<B: Kernels>(
 }
 
 /// The inference copy of a policy being trained.
-pub fn inference_copy<B: AutodiffBackend + Kernels>(
-    policy: &InternLM2<B>,
-) -> InternLM2<B::InnerBackend>
-where
-    B::InnerBackend: Kernels,
-{
+pub fn inference_copy<B: TrainBackend>(policy: &InternLM2<B>) -> InternLM2<B::InnerBackend> {
     policy.valid()
 }

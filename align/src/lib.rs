@@ -1,7 +1,7 @@
 //! COOL RLHF for InternLM2 on burn (SPEC 6): supervised fine-tuning, the conditional reward
 //! model, PPO, the online RLHF loop, and DPO as the cheaper alternative.
 //!
-//! Every stage trains with `internlm2::train`'s AdamW (two parameter groups, global-norm
+//! Every stage trains with `internlm2_train`'s AdamW (two parameter groups, global-norm
 //! clipping) and generates with `internlm2::generate`.
 #![deny(missing_docs)]
 
@@ -36,17 +36,26 @@ pub enum AlignError {
         reason: String,
     },
     /// Nothing to train on.
-    #[error("no data: {0}")]
-    EmptyData(String),
+    #[error("no data: {what}")]
+    EmptyData {
+        /// What is missing.
+        what: String,
+    },
     /// Options that cannot work.
-    #[error("invalid configuration: {0}")]
-    InvalidConfig(String),
+    #[error("invalid configuration: {reason}")]
+    InvalidConfig {
+        /// What is wrong.
+        reason: String,
+    },
     /// A score or loss left the finite range.
-    #[error("numerical problem: {0}")]
-    Numerical(String),
-    /// See [`internlm2::train::TrainError`].
+    #[error("numerical problem: {reason}")]
+    Numerical {
+        /// What left the range.
+        reason: String,
+    },
+    /// See [`internlm2_train::TrainError`].
     #[error(transparent)]
-    Train(#[from] internlm2::train::TrainError),
+    Train(#[from] internlm2_train::TrainError),
     /// See [`internlm2::ChatError`].
     #[error(transparent)]
     Chat(#[from] internlm2::ChatError),
@@ -59,6 +68,18 @@ pub enum AlignError {
     /// See [`internlm2::CheckpointError`].
     #[error(transparent)]
     Checkpoint(#[from] internlm2::CheckpointError),
+}
+
+impl AlignError {
+    pub(crate) fn empty(what: impl Into<String>) -> Self {
+        Self::EmptyData { what: what.into() }
+    }
+
+    pub(crate) fn invalid(reason: impl Into<String>) -> Self {
+        Self::InvalidConfig {
+            reason: reason.into(),
+        }
+    }
 }
 
 /// Reads a JSONL file of `T` records (blank lines skipped).

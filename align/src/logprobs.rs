@@ -33,8 +33,86 @@ pub fn entropy<B: Backend>(logits: Tensor<B, 3>) -> Tensor<B, 2> {
         .reshape([b, s])
 }
 
-/// Rows of (prompt + response) examples right-padded into model inputs, with targets and a
-/// mask of the response targets.
+/// Rows of (prompt + response) examples right-padded to one width, on the host: inputs
+/// (`ids[..n-1]`), targets (`ids[1..]`) and a mask of the response targets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResponseRows {
+    /// `[rows, width]`.
+    pub dims: [usize; 2],
+    /// Input ids, row-major.
+    pub inputs: Vec<u32>,
+    /// Target ids, row-major.
+    pub targets: Vec<u32>,
+    /// 1.0 where the target is part of the response, row-major.
+    pub mask: Vec<f32>,
+}
+
+impl ResponseRows {
+    /// The rows of `examples`; `pad` fills the right of shorter rows (never a target).
+    pub fn new(examples: &[&SftExample], pad: u32) -> Self {
+        let width = examples
+            .iter()
+            .map(|e| e.ids.len().saturating_sub(1))
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let b = examples.len();
+        let (mut inputs, mut targets, mut mask) = (
+            Vec::with_capacity(b * width),
+            Vec::with_capacity(b * width),
+            Vec::with_capacity(b * width),
+        );
+        for e in examples {
+            let n = e.ids.len().saturating_sub(1);
+            for i in 0..width {
+                if i < n {
+                    inputs.push(e.ids[i]);
+                    targets.push(e.ids[i + 1]);
+                    mask.push(if e.trained[i + 1] { 1.0f32 } else { 0.0 });
+                } else {
+                    inputs.push(pad);
+                    targets.push(pad);
+                    mask.push(0.0);
+                }
+            }
+        }
+        Self {
+            dims: [b, width],
+            inputs,
+            targets,
+            mask,
+        }
+    }
+
+    /// Response targets (mask entries of 1).
+    pub fn response_tokens(&self) -> usize {
+        self.mask.iter().filter(|&&m| m > 0.0).count()
+    }
+
+    /// A `[rows, width]` f32 tensor of host values laid out like these rows.
+    pub fn tensor<B: Backend>(&self, values: Vec<f32>, device: &B::Device) -> Tensor<B, 2> {
+        Tensor::from_data(TensorData::new(values, self.dims), device)
+    }
+
+    /// The tensors on `device`.
+    pub fn to_batch<B: Backend>(&self, device: &B::Device) -> ResponseBatch<B> {
+        let ids = |v: &[u32]| {
+            Tensor::<B, 2, Int>::from_data(
+                TensorData::new(v.iter().map(|&i| i as i64).collect::<Vec<_>>(), self.dims),
+                device,
+            )
+        };
+        ResponseBatch {
+            inputs: ids(&self.inputs),
+            targets: ids(&self.targets),
+            mask: self.tensor(self.mask.clone(), device),
+            mask_host: self.mask.clone(),
+            dims: self.dims,
+        }
+    }
+}
+
+/// [`ResponseRows`] as tensors on a device.
 #[derive(Debug, Clone)]
 pub struct ResponseBatch<B: Backend> {
     /// `[batch, seq]` inputs (`ids[..n-1]`).
@@ -52,39 +130,7 @@ pub struct ResponseBatch<B: Backend> {
 impl<B: Backend> ResponseBatch<B> {
     /// Builds the batch; `pad` fills the right of shorter rows (never a target).
     pub fn new(examples: &[&SftExample], pad: u32, device: &B::Device) -> Self {
-        let width = examples
-            .iter()
-            .map(|e| e.ids.len().saturating_sub(1))
-            .max()
-            .unwrap_or(1)
-            .max(1);
-        let b = examples.len();
-        let (mut inputs, mut targets, mut mask) = (
-            Vec::with_capacity(b * width),
-            Vec::with_capacity(b * width),
-            Vec::with_capacity(b * width),
-        );
-        for e in examples {
-            let n = e.ids.len().saturating_sub(1);
-            for i in 0..width {
-                if i < n {
-                    inputs.push(e.ids[i] as i64);
-                    targets.push(e.ids[i + 1] as i64);
-                    mask.push(if e.trained[i + 1] { 1.0f32 } else { 0.0 });
-                } else {
-                    inputs.push(pad as i64);
-                    targets.push(pad as i64);
-                    mask.push(0.0);
-                }
-            }
-        }
-        Self {
-            inputs: Tensor::from_data(TensorData::new(inputs, [b, width]), device),
-            targets: Tensor::from_data(TensorData::new(targets, [b, width]), device),
-            mask: Tensor::from_data(TensorData::new(mask.clone(), [b, width]), device),
-            mask_host: mask,
-            dims: [b, width],
-        }
+        ResponseRows::new(examples, pad).to_batch(device)
     }
 }
 

@@ -8,15 +8,13 @@
 use std::path::PathBuf;
 
 use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
 use internlm2::Tokenizer;
-use internlm2::backends::Kernels;
 use internlm2::chat::Message;
-use internlm2::train::TokenBatch;
+use internlm2_train::{TokenBatch, TrainBackend};
 use serde::{Deserialize, Serialize};
 
 use crate::AlignError;
-use crate::ppo::{ConditionalReward, Ppo, PpoStats, Prompt, RewardFn, Rollout};
+use crate::ppo::{ConditionalReward, Ppo, PpoEngine, PpoStats, Prompt, RewardFn, Rollout};
 use crate::reward::{
     PreferencePair, RewardEncoder, RewardModel, RewardScorer, RewardTrainConfig, train_reward_model,
 };
@@ -231,17 +229,14 @@ pub fn patch_pairs(
 }
 
 /// Answers the probe prompts with the current actor and scores them.
-fn probe<B: AutodiffBackend + Kernels>(
-    ppo: &Ppo<B>,
+fn probe<B: TrainBackend, E: PpoEngine<B>>(
+    ppo: &Ppo<B, E>,
     probes: &[Prompt],
     tokenizer: &Tokenizer,
     reward: &dyn RewardFn,
     judge: Option<&dyn RewardFn>,
     seed: u64,
-) -> Result<Vec<Sample>, AlignError>
-where
-    B::InnerBackend: Kernels,
-{
+) -> Result<Vec<Sample>, AlignError> {
     let rollouts = ppo.rollout(probes, Some(tokenizer), seed)?;
     let rewards = reward.rewards(&rollouts)?;
     let judged = match judge {
@@ -264,8 +259,8 @@ where
 /// [`RewardWithoutJudge`] detector, `ptx` an optional pre-training batch source. Returns the
 /// retrained reward model and one report per round.
 #[allow(clippy::too_many_arguments)]
-pub fn run_online_rlhf<B: AutodiffBackend + Kernels>(
-    ppo: &mut Ppo<B>,
+pub fn run_online_rlhf<B: TrainBackend, E: PpoEngine<B>>(
+    ppo: &mut Ppo<B, E>,
     reward_model: RewardModel<B>,
     encoder: &RewardEncoder,
     tokenizer: &Tokenizer,
@@ -277,13 +272,10 @@ pub fn run_online_rlhf<B: AutodiffBackend + Kernels>(
     mut ptx: Option<&mut dyn FnMut() -> TokenBatch>,
     config: &OnlineConfig,
     mut on_round: impl FnMut(&RoundReport),
-) -> Result<(RewardModel<B>, Vec<RoundReport>), AlignError>
-where
-    B::InnerBackend: Kernels,
-{
+) -> Result<(RewardModel<B>, Vec<RoundReport>), AlignError> {
     if prompts.is_empty() || probes.is_empty() || batch == 0 {
-        return Err(AlignError::EmptyData(
-            "online RLHF needs prompts, probes and a batch size".into(),
+        return Err(AlignError::empty(
+            "online RLHF needs prompts, probes and a batch size",
         ));
     }
     let mut reward_model = reward_model;

@@ -1,17 +1,19 @@
 //! Supervised fine-tuning (SPEC 6): ChatML conversations, loss only on what the assistant
 //! says (its closing `<|im_end|>` included), conversations packed into rows with boundaries,
-//! one epoch at LR 4e-5 by default.
+//! one epoch at LR 4e-5 by default, on the shared training engine (the language-model
+//! objective of `internlm2-train`).
 //!
 //! Data: JSONL, one `{"messages": [{"role": ..., "content": ..., "name"?, "tool_call"?}, ...]}`
 //! per line (the [`Message`] serde format, tool turns included).
 
 use std::path::Path;
 
-use burn::tensor::backend::AutodiffBackend;
 use internlm2::Tokenizer;
-use internlm2::backends::Kernels;
 use internlm2::chat::{self, Message, Role};
-use internlm2::train::{LrSchedule, StepRecord, TokenBatch, Trainer};
+use internlm2_train::{
+    LanguageModel, LrSchedule, Phase, RunOptions, StepEngine, StepList, StepRecord, TokenBatch,
+    TrainBackend, TrainState, run,
+};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -85,114 +87,74 @@ pub struct SftPacking {
 /// than a row is cut to the row (the cut is counted in [`PackedSft::truncated`]).
 #[derive(Debug, Clone)]
 pub struct PackedSft {
-    rows: Vec<TokenBatch>,
+    rows: TokenBatch,
     /// Conversations cut to fit a row.
     pub truncated: usize,
 }
 
 impl PackedSft {
-    /// Packs `examples` (in this order) into rows of `packing.seq_len` inputs.
+    /// Packs `examples` (in this order) into rows of `packing.seq_len` inputs: consecutive
+    /// conversations share a row while they fit.
     pub fn new(examples: &[SftExample], packing: SftPacking) -> Self {
         let l = packing.seq_len;
-        let mut rows = Vec::new();
-        let mut row = empty_row(l);
-        let mut used = 0;
-        let mut segment = 0;
         let mut truncated = 0;
-        for example in examples {
-            if example.ids.len() < 2 {
-                continue;
-            }
+        // (example, inputs used) per row.
+        let mut groups: Vec<Vec<(&SftExample, usize)>> = Vec::new();
+        let mut used = 0;
+        for example in examples.iter().filter(|e| e.ids.len() >= 2) {
             // Inputs ids[..n-1], targets ids[1..]: n - 1 positions.
             let mut n = example.ids.len() - 1;
             if n > l {
                 n = l;
                 truncated += 1;
             }
-            if used + n > l {
-                rows.push(finish_row(row, used, packing.pad_id, segment + 1));
-                row = empty_row(l);
+            if groups.is_empty() || used + n > l {
+                groups.push(Vec::new());
                 used = 0;
             }
-            for i in 0..n {
-                row.inputs.push(example.ids[i]);
-                row.targets.push(example.ids[i + 1]);
-                row.loss_mask.push(example.trained[i + 1]);
-                row.positions.push(i);
-                row.segments.as_mut().expect("segments").push(segment);
-            }
+            groups.last_mut().expect("a row").push((example, n));
             used += n;
-            segment += 1;
         }
-        if used > 0 {
-            rows.push(finish_row(row, used, packing.pad_id, segment));
+        let mut rows = TokenBatch::empty(l, true);
+        for group in groups {
+            let mut row = rows.push_row();
+            for (example, n) in group {
+                row.push_piece(
+                    &example.ids[..n],
+                    &example.ids[1..=n],
+                    example.trained[1..=n].iter().copied(),
+                );
+            }
+            row.finish(packing.pad_id);
         }
         Self { rows, truncated }
     }
 
     /// Packed rows.
     pub fn len(&self) -> usize {
-        self.rows.len()
+        self.rows.batch
     }
 
     /// Whether nothing was packed.
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.rows.batch == 0
     }
 
     /// The rows of one epoch in a seeded order, `batch` rows per batch (the last may be short).
     pub fn batches(&self, batch: usize, seed: u64) -> Vec<TokenBatch> {
-        let mut order: Vec<usize> = (0..self.rows.len()).collect();
+        let mut order: Vec<usize> = (0..self.rows.batch).collect();
         order.shuffle(&mut StdRng::seed_from_u64(seed));
         order
             .chunks(batch.max(1))
-            .map(|chunk| concat_rows(chunk.iter().map(|&i| &self.rows[i])))
+            .map(|chunk| {
+                let mut out = TokenBatch::empty(self.rows.seq_len, true);
+                for &i in chunk {
+                    out.append(&self.rows.slice_rows(i, 1));
+                }
+                out
+            })
             .collect()
     }
-}
-
-fn empty_row(l: usize) -> TokenBatch {
-    TokenBatch {
-        batch: 1,
-        seq_len: l,
-        inputs: Vec::with_capacity(l),
-        targets: Vec::with_capacity(l),
-        loss_mask: Vec::with_capacity(l),
-        positions: Vec::with_capacity(l),
-        segments: Some(Vec::with_capacity(l)),
-    }
-}
-
-fn finish_row(mut row: TokenBatch, used: usize, pad: u32, pad_segment: u32) -> TokenBatch {
-    for _ in used..row.seq_len {
-        row.inputs.push(pad);
-        row.targets.push(pad);
-        row.loss_mask.push(false);
-        row.positions.push(0);
-        row.segments.as_mut().expect("segments").push(pad_segment);
-    }
-    row
-}
-
-/// Stacks single rows into one batch.
-pub(crate) fn concat_rows<'a>(rows: impl Iterator<Item = &'a TokenBatch>) -> TokenBatch {
-    let mut out: Option<TokenBatch> = None;
-    for row in rows {
-        match out.as_mut() {
-            None => out = Some(row.clone()),
-            Some(b) => {
-                b.batch += row.batch;
-                b.inputs.extend_from_slice(&row.inputs);
-                b.targets.extend_from_slice(&row.targets);
-                b.loss_mask.extend_from_slice(&row.loss_mask);
-                b.positions.extend_from_slice(&row.positions);
-                if let (Some(s), Some(r)) = (b.segments.as_mut(), row.segments.as_ref()) {
-                    s.extend_from_slice(r);
-                }
-            }
-        }
-    }
-    out.expect("at least one row")
 }
 
 /// SFT hyper-parameters (SPEC 6 defaults).
@@ -206,8 +168,15 @@ pub struct SftConfig {
     pub warmup_ratio: f64,
     /// Packed rows per step.
     pub batch_size: usize,
+    /// Micro-batches each step's rows are split into (gradient accumulation).
+    #[serde(default = "one")]
+    pub micro_batches: usize,
     /// Seed of the row order.
     pub seed: u64,
+}
+
+pub(crate) fn one() -> usize {
+    1
 }
 
 impl Default for SftConfig {
@@ -217,56 +186,56 @@ impl Default for SftConfig {
             lr: 4e-5,
             warmup_ratio: 0.03,
             batch_size: 8,
+            micro_batches: 1,
             seed: 0,
         }
     }
 }
 
-/// Fine-tunes `trainer.model` on packed conversations; calls `on_step` after every step.
-pub fn train_sft<B: AutodiffBackend + Kernels>(
-    trainer: &mut Trainer<B>,
+impl SftConfig {
+    /// The run over `data`: its steps (every epoch's rows in a seeded order, batches without
+    /// a counted target left out) and its phase (warmup + cosine), for
+    /// [`internlm2_train::run`] with checkpoints, resume or data parallelism.
+    pub fn plan(&self, data: &PackedSft) -> Result<(StepList<TokenBatch>, Phase), AlignError> {
+        if data.is_empty() {
+            return Err(AlignError::empty("no packed SFT rows"));
+        }
+        let steps: Vec<TokenBatch> = (0..self.epochs.max(1))
+            .flat_map(|epoch| data.batches(self.batch_size, self.seed.wrapping_add(epoch as u64)))
+            .filter(|batch| batch.loss_tokens() > 0)
+            .collect();
+        let per_epoch = data.len().div_ceil(self.batch_size.max(1));
+        let total = per_epoch * self.epochs.max(1);
+        let schedule = LrSchedule::new(
+            self.lr,
+            ((total as f64 * self.warmup_ratio) as usize).max(1),
+            total,
+        );
+        let mut phase = Phase::fixed("sft", schedule).with_micro_batches(self.micro_batches.max(1));
+        // Batches without a counted target are left out; the schedule keeps its length.
+        phase.steps = steps.len();
+        Ok((StepList::new(steps), phase))
+    }
+}
+
+/// Fine-tunes the model of `engine` (a [`Trainer`](internlm2_train::Trainer) or
+/// [`DataParallel`](internlm2_train::DataParallel) replicas) on packed conversations; calls
+/// `on_step` after every step and returns the losses. For checkpoints and resume, run
+/// [`SftConfig::plan`] with [`internlm2_train::run`].
+pub fn train_sft<B: TrainBackend, E: StepEngine<B, LanguageModel>>(
+    engine: &mut E,
     data: &PackedSft,
     config: &SftConfig,
     mut on_step: impl FnMut(&StepRecord),
-) -> Result<Vec<f64>, AlignError>
-where
-    B::InnerBackend: Kernels,
-{
-    if data.is_empty() {
-        return Err(AlignError::EmptyData("no packed SFT rows".into()));
-    }
-    let per_epoch = data.len().div_ceil(config.batch_size.max(1));
-    let total = per_epoch * config.epochs.max(1);
-    let schedule = LrSchedule::new(
-        config.lr,
-        ((total as f64 * config.warmup_ratio) as usize).max(1),
-        total,
-    );
-    let mut losses = Vec::with_capacity(total);
-    let mut step = 0;
-    for epoch in 0..config.epochs.max(1) {
-        for batch in data.batches(config.batch_size, config.seed.wrapping_add(epoch as u64)) {
-            if batch.loss_tokens() == 0 {
-                continue;
-            }
-            let lr = schedule.lr(step);
-            let started = std::time::Instant::now();
-            let stats = trainer.step(std::slice::from_ref(&batch), lr)?;
-            step += 1;
-            losses.push(stats.loss);
-            let seconds = started.elapsed().as_secs_f64();
-            on_step(&StepRecord {
-                step,
-                phase: format!("sft-epoch{}", epoch + 1),
-                loss: stats.loss,
-                lr,
-                grad_norm: stats.grad_norm,
-                tokens: stats.tokens,
-                tokens_per_s: stats.tokens as f64 / seconds,
-                mfu: 0.0,
-                seconds,
-            });
-        }
-    }
-    Ok(losses)
+) -> Result<Vec<f64>, AlignError> {
+    let (mut steps, phase) = config.plan(data)?;
+    let options = RunOptions {
+        phases: vec![phase],
+        ..RunOptions::default()
+    };
+    let mut state = TrainState::new(config.seed);
+    run(engine, &mut steps, &mut state, &options, |record, _| {
+        on_step(record)
+    })?;
+    Ok(state.losses)
 }

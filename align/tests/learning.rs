@@ -6,7 +6,7 @@
 use burn::module::AutodiffModule;
 use internlm2::backends::{Cpu, CpuAutodiff};
 use internlm2::chat::Message;
-use internlm2::train::{OptimizerConfig, Trainer};
+use internlm2_train::{OptimizerConfig, Trainer};
 use internlm2::{InternLM2, InternLM2Config, Tokenizer};
 use internlm2_align::AlignError;
 use internlm2_align::dpo::{DpoConfig, mean_margin, prepare, train_dpo};
@@ -225,7 +225,7 @@ fn reward_model_round_trips_the_official_layout() {
     };
     assert!(matches!(
         scorer.score(&conv, Some("poetry")),
-        Err(AlignError::InvalidConfig(_))
+        Err(AlignError::InvalidConfig { .. })
     ));
 }
 
@@ -243,7 +243,7 @@ fn dpo_raises_the_chosen_over_rejected_margin() {
         lr: 2e-3,
         batch_pairs: 8,
         epochs: 3,
-        seed: 0,
+        ..DpoConfig::default()
     };
     let train_examples = prepare(&reference, &tok, &train, 8).unwrap();
     let held_examples = prepare(&reference, &tok, &held_out, 8).unwrap();

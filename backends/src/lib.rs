@@ -21,6 +21,8 @@
 
 pub mod device;
 pub mod kernels;
+pub mod limits;
+pub mod program;
 
 #[cfg(any(feature = "flex", feature = "cuda", feature = "wgpu", feature = "tch"))]
 use burn::tensor::Tensor;
@@ -33,8 +35,8 @@ pub use kernels::{AttentionMask, Kernels};
 #[cfg(feature = "flex")]
 pub type Cpu = burn::backend::Flex;
 
-/// [`Cpu`] with autodiff, for training.
-#[cfg(any(feature = "flex", feature = "ndarray"))]
+/// [`Cpu`] with autodiff, for training (feature `autodiff`, which `internlm2-train` turns on).
+#[cfg(all(feature = "autodiff", any(feature = "flex", feature = "ndarray")))]
 pub type CpuAutodiff = burn::backend::Autodiff<Cpu>;
 
 /// Which burn backend [`Cpu`] is.
@@ -183,6 +185,7 @@ impl Kernels for burn::backend::NdArray<f32> {}
 
 /// Under autodiff every kernel is the differentiable [`composite`](kernels::composite)
 /// reference: the fused kernels have no backward pass.
+#[cfg(feature = "autodiff")]
 impl<B: Kernels, C: burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy> Kernels
     for burn::backend::Autodiff<B, C>
 {

@@ -44,6 +44,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub mod dedup;
+pub mod recipe;
 pub mod text;
 
 use crate::error::IoContext;

@@ -1,13 +1,13 @@
 //! Tokenise-and-pack: packing arithmetic checked by hand, documents longer than a row, EOS
 //! separators, split files, the memory-mapped round trip, the burn `Dataset`, typed errors on
-//! damaged files, restart, and agreement with `internlm2::train::Packer`.
+//! damaged files, restart, and agreement with `internlm2::data::Packer`.
 
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
 
 use burn::data::dataset::Dataset;
 use internlm2::Tokenizer;
-use internlm2::train::{DocumentSource, InMemoryDocuments, Packer, PackingConfig};
+use internlm2::data::{DocumentSource, InMemoryDocuments, Packer, PackingConfig};
 use internlm2_datasets::tokenize::{
     PackConfig, PackStats, PackedRow, Segment, ShardIndex, ShardWriter, TokenDtype, TokenShards,
     VocabInfo, finished_shard, pack_documents,

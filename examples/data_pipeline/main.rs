@@ -9,13 +9,19 @@
 //! ```
 //!
 //! Every step is restartable: run it again and finished shards are skipped (`--fresh` starts
-//! over). The report is printed as a table and saved as `<output>/report.json`.
-
-mod run;
+//! over). The report is printed as a table and saved as `<output>/report.json`. The chain is
+//! the library's recipe, [`DataRecipe`].
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
+use burn::tensor::DType;
 use clap::Parser;
+use internlm2::backends::Cpu;
+use internlm2::backends::program::exit_code;
+use internlm2::{InternLM2, Tokenizer};
+use internlm2_datasets::pipeline::recipe::DataRecipe;
+use internlm2_datasets::stages::long_context::{ContextScorer, ModelScorer};
 
 #[derive(Parser, Debug)]
 #[command(about = "Run the InternLM2 data pipeline on a corpus and a code repository")]
@@ -64,17 +70,20 @@ struct Args {
     fresh: bool,
 }
 
-fn main() {
-    let args = Args::parse();
+fn main() -> ExitCode {
+    exit_code(run(Args::parse()))
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/data");
     let sample = args.corpus.is_none();
     let pick = |given: Option<PathBuf>, default: &str| {
         given.or_else(|| sample.then(|| data.join(default)))
     };
     if args.fresh && args.output.exists() {
-        std::fs::remove_dir_all(&args.output).expect("remove the output directory");
+        std::fs::remove_dir_all(&args.output)?;
     }
-    let config = run::DataArgs {
+    let recipe = DataRecipe {
         corpus: args.corpus.unwrap_or_else(|| data.join("corpus")),
         code: pick(args.code, "code/tinyrepo"),
         blocked_domains: pick(args.blocked_domains, "safety/blocked_domains.txt"),
@@ -86,16 +95,21 @@ fn main() {
         vocab_size: args.vocab_size,
         seq_len: args.seq_len,
         long_min_bytes: args.long_min_bytes,
-        scorer_model: args.scorer_model,
         progress: true,
     };
-    let summary = match run::run(&config) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(1);
+    // The perplexity-difference filter of the long-context step, with a model to score it.
+    let scorer: Option<Box<dyn ContextScorer>> = match &args.scorer_model {
+        Some(dir) => {
+            let model = InternLM2::<Cpu>::load(dir, DType::F32, &Default::default())?;
+            Some(Box::new(ModelScorer::new(
+                model,
+                Tokenizer::from_dir(dir)?,
+                1024,
+            )))
         }
+        None => None,
     };
+    let summary = recipe.run(scorer)?;
     println!("\n{}", summary.report.table());
     println!(
         "kept {} documents and {} repository document(s); packed {} tokens into {} rows of {} in {}",
@@ -103,7 +117,7 @@ fn main() {
         summary.repositories.len(),
         summary.tokens,
         summary.rows,
-        config.seq_len,
+        recipe.seq_len,
         summary.token_dir.display()
     );
     if let Some(repo) = summary.repositories.first() {
@@ -123,4 +137,5 @@ fn main() {
         args.output.join("report.json").display(),
         summary.seconds
     );
+    Ok(())
 }

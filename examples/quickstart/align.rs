@@ -8,7 +8,6 @@ use internlm2::backends::{Cpu, CpuAutodiff};
 use internlm2::chat::{self, Message};
 use internlm2::generate::{GenerationConfig, generate};
 use internlm2::sampling::SamplingConfig;
-use internlm2::train::{OptimizerConfig, Trainer};
 use internlm2::{InternLM2, Tokenizer};
 use internlm2_align::ppo::{ConditionalReward, CriticModel, Ppo, PpoConfig, Prompt, RewardFn};
 use internlm2_align::reward::{
@@ -16,6 +15,7 @@ use internlm2_align::reward::{
     train_reward_model,
 };
 use internlm2_align::sft::{PackedSft, SftConfig, SftPacking, tokenize_conversation, train_sft};
+use internlm2_train::{OptimizerConfig, Trainer};
 
 use super::corpus;
 
@@ -183,7 +183,7 @@ pub fn run(
     );
 
     println!("== 10. chat with the aligned model");
-    let aligned: InternLM2<Cpu> = ppo.actor.valid();
+    let aligned: InternLM2<Cpu> = ppo.actor()?.valid();
     for question in ["Tell me a story about Mia and a fox.", "What is 6 plus 3?"] {
         let reply = ask(&aligned, &tokenizer, question, &chat_config)?;
         println!("   user> {question}\n   assistant> {reply}");

@@ -25,24 +25,25 @@
 
 mod align;
 mod corpus;
-#[path = "../data_pipeline/run.rs"]
-mod data;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::tensor::DType;
 use clap::Parser;
+use internlm2::backends::program::exit_code;
 use internlm2::backends::{Cpu, CpuAutodiff};
 use internlm2::checkpoint::{SaveDtype, SaveOptions};
 use internlm2::generate::{GenerationConfig, generate};
 use internlm2::sampling::SamplingConfig;
-use internlm2::train::{
+use internlm2::{InternLM2, InternLM2Config, Tokenizer};
+use internlm2_datasets::pipeline::recipe::DataRecipe;
+use internlm2_train::{
     InMemoryDocuments, OptimizerConfig, Packer, PackingConfig, Phase, RunOptions, TrainState,
     Trainer, plot_loss_curve, run,
 };
-use internlm2::{InternLM2, InternLM2Config, Tokenizer};
 
 #[derive(Parser)]
 #[command(about = "Pre-train a tiny InternLM2 on CPU, save it, reload it and generate")]
@@ -61,11 +62,8 @@ struct Args {
     seed: u64,
 }
 
-fn main() {
-    if let Err(e) = run_quickstart(Args::parse()) {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+fn main() -> ExitCode {
+    exit_code(run_quickstart(Args::parse()))
 }
 
 fn run_quickstart(args: Args) -> Result<(), Box<dyn std::error::Error>> {
@@ -77,21 +75,13 @@ fn run_quickstart(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/data");
     // Start the data steps afresh (they would otherwise resume from a previous run's files).
     let _ = std::fs::remove_dir_all(args.out.join("data"));
-    let data = data::run(&data::DataArgs {
-        corpus: sample.join("corpus"),
-        code: Some(sample.join("code/tinyrepo")),
-        blocked_domains: Some(sample.join("safety/blocked_domains.txt")),
-        blocked_words: Some(sample.join("safety/blocked_words.txt")),
-        ad_train: Some(sample.join("quality/ad_train.jsonl")),
-        ad_max: 0.8,
-        output: args.out.join("data"),
-        tokenizer: None,
+    let recipe = DataRecipe {
         vocab_size: 1000,
         seq_len: 256,
-        long_min_bytes: 32 * 1024,
-        scorer_model: None,
         progress: false,
-    })?;
+        ..DataRecipe::sample(&sample, args.out.join("data"))
+    };
+    let data = recipe.run(None)?;
     for line in data.report.table().lines() {
         println!("   {line}");
     }
@@ -170,7 +160,7 @@ fn run_quickstart(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         checkpoint_every: 100,
         keep_last: 2,
         log_path: Some(args.out.join("metrics.jsonl")),
-        peak_flops: Some(internlm2::train::metrics::measure_matmul_flops::<Cpu>(
+        peak_flops: Some(internlm2::backends::limits::measure_matmul_flops::<Cpu>(
             &device, 512,
         )),
         progress: true,
@@ -193,20 +183,26 @@ fn run_quickstart(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut state = TrainState::new(args.seed);
     let t = Instant::now();
     let mut tokens_seen = 0usize;
-    run(&mut trainer, &mut packer, &mut state, &options, |record| {
-        tokens_seen += record.tokens;
-        if record.step % 50 == 0 || record.step == 1 {
-            eprintln!(
-                "   step {:>4} [{}] loss {:.3} lr {:.2e} grad-norm {:.2} {:.0} tok/s",
-                record.step,
-                record.phase,
-                record.loss,
-                record.lr,
-                record.grad_norm,
-                record.tokens_per_s
-            );
-        }
-    })?;
+    run(
+        &mut trainer,
+        &mut packer,
+        &mut state,
+        &options,
+        |record, _| {
+            tokens_seen += record.tokens;
+            if record.step % 50 == 0 || record.step == 1 {
+                eprintln!(
+                    "   step {:>4} [{}] loss {:.3} lr {:.2e} grad-norm {:.2} {:.0} tok/s",
+                    record.step,
+                    record.phase,
+                    record.loss,
+                    record.lr,
+                    record.grad_norm,
+                    record.tokens_per_s
+                );
+            }
+        },
+    )?;
     let seconds = t.elapsed().as_secs_f64();
     let losses = &state.losses;
     let head: f64 = losses.iter().take(10).sum::<f64>() / losses.len().min(10) as f64;

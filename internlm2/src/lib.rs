@@ -5,12 +5,12 @@ pub mod cache;
 pub mod chat;
 pub mod checkpoint;
 pub mod config;
+pub mod data;
 pub mod error;
 pub mod generate;
 pub mod model;
 pub mod sampling;
 pub mod tokenizer;
-pub mod train;
 
 pub use cache::KvCache;
 pub use config::{InternLM2Config, RopeScaling};

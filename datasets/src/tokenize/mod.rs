@@ -9,7 +9,7 @@
 //! tokens (`L` = [`PackConfig::seq_len`]): inputs are its first `L` tokens, targets its last `L`,
 //! and the next row starts at this row's last token. Rows therefore overlap by one token and
 //! every token but the first is a target exactly once — the convention of
-//! [`internlm2::train::Packer`], which [`PackedRow::to_token_batch`] reproduces exactly. A
+//! [`internlm2::data::Packer`], which [`PackedRow::to_token_batch`] reproduces exactly. A
 //! document longer than a row simply continues in the next row (SPEC 5: the remainder is used,
 //! nothing is truncated).
 //!

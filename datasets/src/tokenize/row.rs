@@ -1,7 +1,7 @@
 //! One packed row with its document boundaries, and its conversion to the trainer's
 //! [`TokenBatch`].
 
-use internlm2::train::TokenBatch;
+use internlm2::data::TokenBatch;
 use serde::{Deserialize, Serialize};
 
 use crate::{DataError, Result};
@@ -14,7 +14,7 @@ pub struct Segment {
     /// Tokens in the piece (the document's EOS separator included when it falls in the row).
     pub len: usize,
     /// The document's number in its [`TokenShards`](super::TokenShards) (the index of
-    /// its [`DocumentSource`](internlm2::train::DocumentSource) view).
+    /// its [`DocumentSource`](internlm2::data::DocumentSource) view).
     pub document: u64,
     /// Whether the document begins here; false when it continues from the previous row.
     pub starts_document: bool,
@@ -82,7 +82,7 @@ impl PackedRow {
     }
 
     /// The trainer's batch of `rows` (all of one `seq_len`), exactly as
-    /// [`internlm2::train::Packer::next_batch`] builds it for the same stream:
+    /// [`internlm2::data::Packer::next_batch`] builds it for the same stream:
     ///
     /// - inputs `tokens[..L]`, targets `tokens[1..]`;
     /// - per-document attention (`cross_document_attention == false`): positions restart at 0

@@ -1,12 +1,12 @@
 //! Reading token shards: memory-mapped parts checked against their indexes, rows as a burn
-//! [`Dataset`], and the documents as a [`DocumentSource`] for [`internlm2::train::Packer`].
+//! [`Dataset`], and the documents as a [`DocumentSource`] for [`internlm2::data::Packer`].
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use burn::data::dataset::Dataset;
-use internlm2::train::{DocumentSource, PackingConfig};
+use internlm2::data::{DocumentSource, PackingConfig};
 use memmap2::Mmap;
 
 use super::format::{OpenedPart, ShardIndex, hash_hex, open_part};
@@ -19,7 +19,7 @@ use crate::{DataError, Result};
 ///
 /// `TokenShards` is a burn [`Dataset`] of [`PackedRow`]s (`get(i)` copies one row of
 /// `seq_len + 1` tokens out of the map), and a [`DocumentSource`] of the packed documents
-/// (without their EOS separators) so that [`internlm2::train::Packer`] — and the trainer's
+/// (without their EOS separators) so that [`internlm2::data::Packer`] — and the trainer's
 /// `run` — can re-pack them at another length, e.g. the 32K phase from 4K shards. Documents are
 /// borrowed from the map for `u32` shards on little-endian hosts; a `u16` part is widened to
 /// `u32` in memory the first time one of its documents is asked for, and a document cut
@@ -27,7 +27,7 @@ use crate::{DataError, Result};
 ///
 /// ```
 /// use internlm2_datasets::tokenize::{PackConfig, ShardWriter, TokenShards, VocabInfo};
-/// use internlm2::train::{DocumentSource, Packer};
+/// use internlm2::data::{DocumentSource, Packer};
 /// use burn::data::dataset::Dataset;
 /// let dir = tempfile::tempdir().unwrap();
 /// let vocab = VocabInfo { vocab_size: 100, bos_id: None, eos_id: Some(2) };
@@ -253,7 +253,7 @@ impl TokenShards {
         self.shards.iter().map(|s| (s.path.as_path(), &s.index))
     }
 
-    /// The settings of an [`internlm2::train::Packer`] that packs [this document
+    /// The settings of an [`internlm2::data::Packer`] that packs [this document
     /// view](DocumentSource) into rows of `seq_len` with the shards' EOS id; a
     /// [`DataError::Config`] when the tokenizer had no EOS.
     pub fn packing_config(

@@ -1,10 +1,13 @@
-//! Training: the step-based engine that pre-training and every alignment stage share, and the
-//! InternLM2 pre-training recipe of SPEC 5 on top of it.
+//! Training InternLM2 on burn: the step-based engine that pre-training and every alignment
+//! stage share, and the InternLM2 pre-training recipe of SPEC 5 on top of it.
+//!
+//! The crate sits between the core crate (`internlm2`: model, checkpoints, tokenizer,
+//! generation; no autodiff, no collective, no async runtime) and `internlm2-align`.
 //!
 //! - [`Trainer`]: AdamW with the paper's defaults and two parameter groups, global-norm
 //!   clipping, gradient accumulation, masked next-token cross entropy, checkpoints.
-//! - [`Packer`]: documents packed into fixed-length rows with EOS separators, positions
-//!   restarting and attention kept inside each document.
+//! - [`Packer`] (from [`internlm2::data`]): documents packed into fixed-length rows with EOS
+//!   separators, positions restarting and attention kept inside each document.
 //! - [`run`]: the loop over curriculum [`Phase`]s with logging, MFU, checkpoints and resume.
 //! - [`DataParallel`]: replicas on several devices stepping together (burn-collective), and
 //!   across nodes through burn-collective's global orchestrator ([`cluster`]).
@@ -13,27 +16,36 @@
 //! `burn::backend::Autodiff<internlm2::backends::Cpu>`; under autodiff every kernel is the
 //! differentiable composite reference. Activation checkpointing is burn's: train on
 //! `Autodiff<B, BalancedCheckpointing>` instead of `Autodiff<B>`.
+#![deny(missing_docs)]
 
+pub mod checkpoint;
 pub mod cluster;
-pub mod data;
 pub mod loss;
 pub mod metrics;
+pub mod objective;
 pub mod optim;
 pub mod parallel;
+pub mod phase;
 pub mod run;
 pub mod schedule;
 pub mod trainer;
 
 use std::path::PathBuf;
 
+pub use checkpoint::{TrainState, latest_checkpoint, list_checkpoints, write_checkpoint};
 pub use cluster::{ClusterConfig, serve_orchestrator, spawn_orchestrator};
-pub use data::{DataCursor, DocumentSource, InMemoryDocuments, Packer, PackingConfig, TokenBatch};
+pub use internlm2::data::{
+    DataCursor, DocumentSource, InMemoryDocuments, Packer, PackingConfig, TokenBatch,
+};
+pub use loss::LanguageModel;
 pub use metrics::{StepRecord, plot_loss_curve};
+pub use objective::{Batch, Metrics, Objective, Totals, TrainBackend, TrainModel};
 pub use optim::{GroupedAdamW, OptimizerConfig};
-pub use parallel::DataParallel;
-pub use run::{Phase, RunOptions, StepEngine, run};
+pub use parallel::{DataParallel, Replica};
+pub use phase::{Phase, RunOptions};
+pub use run::{StepEngine, StepList, StepSource, run};
 pub use schedule::LrSchedule;
-pub use trainer::{StepStats, TrainState, Trainer, latest_checkpoint};
+pub use trainer::{Gradients, StepStats, Trainer};
 
 /// Training failures.
 #[derive(Debug, thiserror::Error)]
@@ -57,12 +69,24 @@ pub enum TrainError {
     /// The batch has no target that counts in the loss.
     #[error("no target token counts in the loss (empty loss mask)")]
     NoLossTokens,
+    /// A step's loss left the finite range (the step is not applied).
+    #[error("the loss is {loss}: training diverged or the data has no finite loss")]
+    NonFiniteLoss {
+        /// The loss.
+        loss: f64,
+    },
     /// Options that cannot run.
-    #[error("invalid training configuration: {0}")]
-    InvalidConfig(String),
+    #[error("invalid training configuration: {reason}")]
+    InvalidConfig {
+        /// What is wrong.
+        reason: String,
+    },
     /// burn-collective failed (registration, all-reduce) or a replica thread is gone.
-    #[error("collective: {0}")]
-    Collective(String),
+    #[error("collective: {reason}")]
+    Collective {
+        /// What failed.
+        reason: String,
+    },
     /// The loss curve could not be drawn.
     #[error("loss curve {path}: {reason}")]
     Plot {
@@ -71,4 +95,13 @@ pub enum TrainError {
         /// Why.
         reason: String,
     },
+}
+
+impl TrainError {
+    /// A [`TrainError::InvalidConfig`].
+    pub fn invalid(reason: impl Into<String>) -> Self {
+        Self::InvalidConfig {
+            reason: reason.into(),
+        }
+    }
 }

@@ -216,8 +216,8 @@ pub(crate) fn split_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{InternLM2, InternLM2Config};
-    use internlm2_backends::CpuAutodiff;
+    use internlm2::backends::CpuAutodiff;
+    use internlm2::{InternLM2, InternLM2Config};
 
     #[test]
     fn one_d_group_is_the_norm_weights_and_biases() {

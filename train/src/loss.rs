@@ -1,10 +1,52 @@
-//! Next-token cross entropy with a loss mask.
+//! Next-token cross entropy with a loss mask, and the language-model objective built on it
+//! (pre-training and SFT: the mean loss per counted target token).
 
 use burn::tensor::{Int, Tensor, TensorData, activation, backend::Backend};
-use internlm2_backends::Kernels;
+use internlm2::backends::Kernels;
+use internlm2::data::TokenBatch;
+use internlm2::{ForwardInput, InternLM2};
 
-use super::data::TokenBatch;
-use crate::model::{ForwardInput, InternLM2};
+use crate::TrainError;
+use crate::objective::{Batch, Objective, TrainBackend};
+
+/// The language-model objective: masked next-token cross entropy, averaged over the step's
+/// counted target tokens ([`TokenBatch::loss_tokens`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LanguageModel;
+
+impl<B: TrainBackend> Objective<B> for LanguageModel {
+    type Model = InternLM2<B>;
+    type Batch = TokenBatch;
+    type Totals = usize;
+    type Metrics = ();
+
+    fn totals(&self, batch: &TokenBatch) -> usize {
+        batch.loss_tokens()
+    }
+
+    fn loss(
+        &self,
+        model: &InternLM2<B>,
+        batch: &TokenBatch,
+        totals: &usize,
+    ) -> Result<(Tensor<B, 1>, ()), TrainError> {
+        Ok((batch_loss_sum(model, batch).div_scalar(*totals as f64), ()))
+    }
+}
+
+impl Batch for TokenBatch {
+    fn rows(&self) -> usize {
+        self.batch
+    }
+
+    fn slice_rows(&self, start: usize, rows: usize) -> Self {
+        TokenBatch::slice_rows(self, start, rows)
+    }
+
+    fn tokens(&self) -> usize {
+        self.batch * self.seq_len
+    }
+}
 
 /// Sum of `-log softmax(logits)[target]` over the positions where `mask` is 1, and the number
 /// of such positions. Dividing the sum by the count of the whole (accumulated) batch gives the
@@ -54,7 +96,7 @@ pub fn batch_loss_sum<B: Kernels>(model: &InternLM2<B>, batch: &TokenBatch) -> T
 mod tests {
     use super::*;
     use burn::tensor::TensorData;
-    use internlm2_backends::Cpu;
+    use internlm2::backends::Cpu;
 
     #[test]
     fn by_hand() {

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 /// Warmup + cosine decay.
 ///
 /// ```
-/// use internlm2::train::LrSchedule;
+/// use internlm2_train::LrSchedule;
 /// let s = LrSchedule::new(3e-4, 100, 1000);
 /// assert!((s.lr(0) - 3e-6).abs() < 1e-12); // warmup starts at peak / warmup
 /// assert_eq!(s.lr(99), 3e-4);              // peak at the end of warmup

@@ -1,35 +1,42 @@
-//! The whole data chain of SPEC 5 on a directory of JSONL/Parquet shards and a code
-//! repository: text pipeline (format, rules, MinHash dedup, safety, quality), code pipeline
-//! (quality tiers, code-aware dedup, dependency-sorted markdown), the long-context filter, and
-//! tokenisation into packed token shards. Shared by the `data_pipeline` example and the
-//! quickstart's first step.
+//! The whole data chain of SPEC 5 as one recipe, on a directory of JSONL/Parquet shards and a
+//! code repository: text pipeline (format, rules, MinHash dedup, safety, quality), code
+//! pipeline (quality tiers, code-aware dedup, dependency-sorted markdown), the long-context
+//! filter, and tokenisation into packed token shards. The `data_pipeline` example and the
+//! quickstart's first step run it.
+//!
+//! ```no_run
+//! use internlm2_datasets::pipeline::recipe::DataRecipe;
+//! let recipe = DataRecipe::new("corpus/", "target/data").with_code("my_repo/");
+//! let summary = recipe.run(None)?; // no model scores the long-context step
+//! println!("{}", summary.report.table());
+//! # Ok::<(), internlm2_datasets::DataError>(())
+//! ```
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use burn::tensor::DType;
-use internlm2::backends::Cpu;
-use internlm2::{InternLM2, Tokenizer};
-use internlm2_datasets::code::{
+use internlm2::Tokenizer;
+use serde::{Deserialize, Serialize};
+
+use crate::code::{
     CodeQualityConfig, CodeQualityStage, RepoConfig, Repository, group_repositories,
     repository_document,
 };
-use internlm2_datasets::dedup::{DedupConfig, DedupFilter, merge_signatures, write_signatures};
-use internlm2_datasets::io::{DocumentWriter, list_shards, read_documents};
-use internlm2_datasets::pipeline::text::TextPipelineConfig;
-use internlm2_datasets::pipeline::{PipelineReport, StepOptions, StepReport};
-use internlm2_datasets::stages::long_context::{
-    ContextScorer, LongContextConfig, LongContextStage, ModelScorer,
-};
-use internlm2_datasets::stages::quality::{NgramClassifier, NgramConfig, QualityConfig, Threshold};
-use internlm2_datasets::stages::safety::SafetyConfig;
-use internlm2_datasets::tokenize::{PackConfig, pack_documents};
-use internlm2_datasets::{Chain, DataError, Document, StageStats};
+use crate::dedup::{DedupConfig, DedupFilter, merge_signatures, write_signatures};
+use crate::io::{DocumentWriter, list_shards, read_documents};
+use crate::pipeline::text::TextPipelineConfig;
+use crate::pipeline::{PipelineReport, StepOptions, StepReport};
+use crate::stages::long_context::{ContextScorer, LongContextConfig, LongContextStage};
+use crate::stages::quality::{NgramClassifier, NgramConfig, QualityConfig, Threshold};
+use crate::stages::safety::SafetyConfig;
+use crate::tokenize::{PackConfig, pack_documents};
+use crate::{Chain, DataError, Document, StageStats};
 
-/// Inputs and settings of one run.
-#[derive(Debug, Clone)]
-pub struct DataArgs {
+/// Inputs and settings of one run (saved as `data-recipe.json` beside its outputs; the text
+/// pipeline's own settings as `recipe.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataRecipe {
     /// Directory (or file) of text shards.
     pub corpus: PathBuf,
     /// A code repository directory (optional).
@@ -50,16 +57,56 @@ pub struct DataArgs {
     pub vocab_size: usize,
     /// Tokens per packed row.
     pub seq_len: usize,
-    /// Long-context floor in bytes.
+    /// Long-context floor in bytes (SPEC 5: 32K).
     pub long_min_bytes: usize,
-    /// An InternLM2 checkpoint directory (with its tokenizer) for the perplexity-difference
-    /// filter of the long-context step; without it only the length and statistical filters run.
-    pub scorer_model: Option<PathBuf>,
     /// Progress bars.
     pub progress: bool,
 }
 
+impl DataRecipe {
+    /// The recipe on `corpus` writing to `output`: no code repository, blocklists or quality
+    /// model; a 2,000-id byte-level BPE trained on the kept text; rows of 512 tokens; the
+    /// SPEC 5 long-context floor of 32K bytes; progress bars.
+    pub fn new(corpus: impl Into<PathBuf>, output: impl Into<PathBuf>) -> Self {
+        Self {
+            corpus: corpus.into(),
+            code: None,
+            blocked_domains: None,
+            blocked_words: None,
+            ad_train: None,
+            ad_max: 0.8,
+            output: output.into(),
+            tokenizer: None,
+            vocab_size: 2000,
+            seq_len: 512,
+            long_min_bytes: 32 * 1024,
+            progress: true,
+        }
+    }
+
+    /// The recipe on the sample corpus of a directory laid out as the SDK's `examples/data`
+    /// (`corpus/`, `code/tinyrepo`, `safety/blocked_{domains,words}.txt`,
+    /// `quality/ad_train.jsonl`).
+    pub fn sample(data: impl AsRef<Path>, output: impl Into<PathBuf>) -> Self {
+        let data = data.as_ref();
+        Self {
+            code: Some(data.join("code/tinyrepo")),
+            blocked_domains: Some(data.join("safety/blocked_domains.txt")),
+            blocked_words: Some(data.join("safety/blocked_words.txt")),
+            ad_train: Some(data.join("quality/ad_train.jsonl")),
+            ..Self::new(data.join("corpus"), output)
+        }
+    }
+
+    /// Adds a code repository.
+    pub fn with_code(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.code = Some(dir.into());
+        self
+    }
+}
+
 /// What a run produced.
+#[derive(Debug)]
 pub struct DataSummary {
     /// Counts per step and stage.
     pub report: PipelineReport,
@@ -147,8 +194,19 @@ fn code_pipeline(
         .map(|repo| repository_document(repo, &RepoConfig::default())))
 }
 
-/// Run the whole chain.
-pub fn run(args: &DataArgs) -> Result<DataSummary, DataError> {
+impl DataRecipe {
+    /// Runs the whole chain; `scorer` (e.g. a
+    /// [`ModelScorer`](crate::stages::long_context::ModelScorer)) adds the perplexity-difference
+    /// filter to the long-context step. Restartable: finished shards of every step are kept.
+    pub fn run(&self, scorer: Option<Box<dyn ContextScorer>>) -> Result<DataSummary, DataError> {
+        run(self, scorer)
+    }
+}
+
+fn run(
+    args: &DataRecipe,
+    scorer: Option<Box<dyn ContextScorer>>,
+) -> Result<DataSummary, DataError> {
     let started = Instant::now();
     let opts = StepOptions::new(&args.output).with_progress(args.progress);
     let inputs = list_shards(&args.corpus)?;
@@ -188,6 +246,13 @@ pub fn run(args: &DataArgs) -> Result<DataSummary, DataError> {
         path: recipe,
         source,
     })?;
+    let whole = args.output.join("data-recipe.json");
+    std::fs::write(&whole, serde_json::to_vec_pretty(args).unwrap_or_default()).map_err(
+        |source| DataError::Io {
+            path: whole,
+            source,
+        },
+    )?;
     let out = text.run(&inputs, &opts)?;
     let mut report = out.report;
     let documents = read_all(&out.outputs)?;
@@ -198,18 +263,6 @@ pub fn run(args: &DataArgs) -> Result<DataSummary, DataError> {
     }
 
     // Long context: only documents of at least `long_min_bytes` go to the long-context set.
-    let scorer: Option<Box<dyn ContextScorer>> = match &args.scorer_model {
-        Some(dir) => {
-            let model = InternLM2::<Cpu>::load(dir, DType::F32, &Default::default())
-                .map_err(|e| DataError::Model(e.to_string()))?;
-            Some(Box::new(ModelScorer::new(
-                model,
-                Tokenizer::from_dir(dir)?,
-                1024,
-            )))
-        }
-        None => None,
-    };
     let long = Chain::new().add(LongContextStage::new(
         LongContextConfig::default().with_min_bytes(args.long_min_bytes),
         scorer,

@@ -1,5 +1,8 @@
-//! Packed training sequences: documents joined with EOS separators and cut into fixed-length
-//! rows, as the varlen packing of the reference training systems does.
+//! The data types training reads, shared by the data pipeline (`internlm2-datasets`) and the
+//! training engine (`internlm2-train`): documents of token ids ([`DocumentSource`]), rows of
+//! them ([`TokenBatch`]) and the packer that joins documents with EOS separators and cuts them
+//! into fixed-length rows, as the varlen packing of the reference training systems does.
+//! They live in the core crate so that both can use them without depending on each other.
 //!
 //! A row holds `seq_len + 1` tokens of the stream (inputs `0..seq_len`, targets `1..=seq_len`);
 //! the next row starts at the row's last token, so every token is a target exactly once and
@@ -116,9 +119,166 @@ pub struct TokenBatch {
 }
 
 impl TokenBatch {
+    /// A batch without rows, of rows of `seq_len` tokens; with `per_document` attention its
+    /// rows carry segment ids.
+    pub fn empty(seq_len: usize, per_document: bool) -> Self {
+        Self {
+            batch: 0,
+            seq_len,
+            inputs: Vec::new(),
+            targets: Vec::new(),
+            loss_mask: Vec::new(),
+            positions: Vec::new(),
+            segments: per_document.then(Vec::new),
+        }
+    }
+
     /// Targets that count in the loss.
     pub fn loss_tokens(&self) -> usize {
         self.loss_mask.iter().filter(|&&m| m).count()
+    }
+
+    /// Starts a new row; it is complete when [`RowWriter::finish`] has filled it.
+    ///
+    /// Every packing of the SDK lays its rows out here: the [`Packer`]'s stream, the token
+    /// shards of `internlm2-datasets` and the conversations of SFT.
+    ///
+    /// ```
+    /// use internlm2::data::TokenBatch;
+    /// let mut batch = TokenBatch::empty(6, true);
+    /// let mut row = batch.push_row();
+    /// row.push_piece(&[5, 6], &[6, 7], [true, true]); // a document
+    /// row.push_piece(&[8], &[9], [false]); //            another one, its target not counted
+    /// row.finish(0); //                                   padding
+    /// assert_eq!(batch.positions, vec![0, 1, 0, 0, 1, 2]);
+    /// assert_eq!(batch.segments, Some(vec![0, 0, 1, 2, 2, 2]));
+    /// assert_eq!(batch.loss_mask, vec![true, true, false, false, false, false]);
+    /// ```
+    pub fn push_row(&mut self) -> RowWriter<'_> {
+        let start = self.inputs.len();
+        RowWriter {
+            batch: self,
+            start,
+            segment: 0,
+            position: 0,
+        }
+    }
+
+    /// Rows `start..start + rows`.
+    ///
+    /// # Panics
+    /// If the rows are not in the batch.
+    pub fn slice_rows(&self, start: usize, rows: usize) -> Self {
+        let l = self.seq_len;
+        let range = start * l..(start + rows) * l;
+        Self {
+            batch: rows,
+            seq_len: l,
+            inputs: self.inputs[range.clone()].to_vec(),
+            targets: self.targets[range.clone()].to_vec(),
+            loss_mask: self.loss_mask[range.clone()].to_vec(),
+            positions: self.positions[range.clone()].to_vec(),
+            segments: self.segments.as_ref().map(|s| s[range].to_vec()),
+        }
+    }
+
+    /// Appends the rows of `other` (rows of the same length and attention).
+    ///
+    /// # Panics
+    /// If the row lengths or the attention differ.
+    pub fn append(&mut self, other: &TokenBatch) {
+        assert_eq!(self.seq_len, other.seq_len, "rows of different lengths");
+        assert_eq!(
+            self.segments.is_some(),
+            other.segments.is_some(),
+            "rows of different attention"
+        );
+        self.batch += other.batch;
+        self.inputs.extend_from_slice(&other.inputs);
+        self.targets.extend_from_slice(&other.targets);
+        self.loss_mask.extend_from_slice(&other.loss_mask);
+        self.positions.extend_from_slice(&other.positions);
+        if let (Some(s), Some(o)) = (self.segments.as_mut(), other.segments.as_ref()) {
+            s.extend_from_slice(o);
+        }
+    }
+}
+
+/// Writes one row of a [`TokenBatch`] piece by piece ([`TokenBatch::push_row`]).
+///
+/// A piece is one document's part of the row: its input ids, the target of each input and
+/// whether that target counts in the loss. With per-document attention every piece gets its
+/// own segment id and positions restarting at 0; otherwise positions run across the row.
+#[derive(Debug)]
+pub struct RowWriter<'a> {
+    batch: &'a mut TokenBatch,
+    start: usize,
+    segment: u32,
+    position: usize,
+}
+
+impl RowWriter<'_> {
+    /// Tokens written to the row so far.
+    pub fn len(&self) -> usize {
+        self.batch.inputs.len() - self.start
+    }
+
+    /// Whether nothing was written yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends a piece (`inputs[i]` predicts `targets[i]`, counted when `counts[i]`).
+    ///
+    /// # Panics
+    /// If `targets` is not as long as `inputs`, or the row would grow past `seq_len`.
+    pub fn push_piece(
+        &mut self,
+        inputs: &[u32],
+        targets: &[u32],
+        counts: impl IntoIterator<Item = bool>,
+    ) {
+        assert_eq!(inputs.len(), targets.len(), "one target per input");
+        assert!(
+            self.len() + inputs.len() <= self.batch.seq_len,
+            "the piece does not fit the row"
+        );
+        let batch = &mut *self.batch;
+        let before = batch.loss_mask.len();
+        batch.inputs.extend_from_slice(inputs);
+        batch.targets.extend_from_slice(targets);
+        batch
+            .loss_mask
+            .extend(counts.into_iter().take(inputs.len()));
+        assert_eq!(
+            batch.loss_mask.len(),
+            before + inputs.len(),
+            "one count per input"
+        );
+        match batch.segments.as_mut() {
+            Some(segments) => {
+                batch.positions.extend(0..inputs.len());
+                segments.extend(std::iter::repeat_n(self.segment, inputs.len()));
+                self.segment += 1;
+            }
+            None => {
+                batch
+                    .positions
+                    .extend(self.position..self.position + inputs.len());
+                self.position += inputs.len();
+            }
+        }
+    }
+
+    /// Fills the rest of the row with `pad` (a piece of its own that never counts) and
+    /// completes the row.
+    pub fn finish(mut self, pad: u32) {
+        let rest = self.batch.seq_len - self.len();
+        if rest > 0 {
+            let pads = vec![pad; rest];
+            self.push_piece(&pads, &pads, std::iter::repeat(false));
+        }
+        self.batch.batch += 1;
     }
 }
 
@@ -130,7 +290,7 @@ pub struct Packer<S: DocumentSource> {
     cursor: DataCursor,
 }
 
-/// One token of the stream with its document number (within the row) and offset.
+/// One token of the stream with its place in it.
 struct StreamToken {
     id: u32,
     is_eos: bool,
@@ -205,52 +365,35 @@ impl<S: DocumentSource> Packer<S> {
     /// The next `batch` rows.
     pub fn next_batch(&mut self, batch: usize) -> TokenBatch {
         let l = self.config.seq_len;
-        let mut out = TokenBatch {
-            batch,
-            seq_len: l,
-            inputs: Vec::with_capacity(batch * l),
-            targets: Vec::with_capacity(batch * l),
-            loss_mask: Vec::with_capacity(batch * l),
-            positions: Vec::with_capacity(batch * l),
-            segments: (!self.config.cross_document_attention)
-                .then(|| Vec::with_capacity(batch * l)),
-        };
+        let per_document = !self.config.cross_document_attention;
+        let mut out = TokenBatch::empty(l, per_document);
         for _ in 0..batch {
-            // l + 1 tokens, with the document each belongs to (a new one after every EOS).
+            // The row's l + 1 tokens of the stream.
             let mut row = Vec::with_capacity(l + 1);
             let mut cursor = self.cursor;
-            let mut segment = 0u32;
             for _ in 0..=l {
                 let (token, next) = self.token_at(cursor);
-                let after_eos = token.is_eos;
-                row.push((token, segment));
-                if after_eos {
-                    segment += 1;
-                }
+                row.push(token);
                 cursor = next;
             }
-            self.cursor = row[l].0.cursor;
-            let mut position = 0usize;
-            for i in 0..l {
-                let (token, seg) = (&row[i].0, row[i].1);
-                let (target, target_seg) = (&row[i + 1].0, row[i + 1].1);
-                out.inputs.push(token.id);
-                out.targets.push(target.id);
-                if self.config.cross_document_attention {
-                    out.positions.push(i);
-                    out.loss_mask.push(true);
-                } else {
-                    if i > 0 && seg != row[i - 1].1 {
-                        position = 0;
-                    }
-                    out.positions.push(position);
-                    position += 1;
-                    out.loss_mask.push(seg == target_seg);
-                    if let Some(segments) = out.segments.as_mut() {
-                        segments.push(seg);
+            self.cursor = row[l].cursor;
+            let ids: Vec<u32> = row.iter().map(|t| t.id).collect();
+            let mut writer = out.push_row();
+            if per_document {
+                // A piece ends after each EOS: the next document's first token is not its
+                // target.
+                let mut start = 0;
+                for end in 1..=l {
+                    if row[end - 1].is_eos || end == l {
+                        let counts = (start..end).map(|i| !row[i].is_eos);
+                        writer.push_piece(&ids[start..end], &ids[start + 1..=end], counts);
+                        start = end;
                     }
                 }
+            } else {
+                writer.push_piece(&ids[..l], &ids[1..], std::iter::repeat(true));
             }
+            writer.finish(self.config.eos_id);
         }
         out
     }

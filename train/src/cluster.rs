@@ -1,6 +1,6 @@
 //! Data-parallel training across nodes through burn-collective's global orchestrator.
 //!
-//! A cluster run is one [`DataParallel`](super::DataParallel) group per node (one replica per
+//! A cluster run is one [`DataParallel`](crate::DataParallel) group per node (one replica per
 //! local device) joined by burn-collective's global all-reduce: the local replicas' gradients
 //! are summed on the node, then across nodes (ring all-reduce over burn-communication's
 //! WebSocket tensor service), then handed back to every replica. One process serves the
@@ -31,6 +31,19 @@
 //!
 //! The per-step registration costs one orchestrator round trip per step, negligible next to
 //! a training step on real shapes.
+//!
+//! # Logs
+//!
+//! burn-communication installs a global INFO-level `tracing` subscriber when it starts its
+//! first server (several lines per training step), unless the program installed one before.
+//! This library never installs one: a program that wants quieter logs installs its own first,
+//! as the `pretrain` and `orchestrator` examples do:
+//!
+//! ```ignore
+//! let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+//!     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+//! let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+//! ```
 
 use std::net::TcpListener;
 
@@ -42,12 +55,12 @@ use burn::tensor::{DType, Tensor};
 use burn_collective::start_global_orchestrator;
 use burn_communication::Address;
 
-use super::TrainError;
+use crate::TrainError;
 
 /// How this process joins a multi-node run.
 ///
 /// ```
-/// use internlm2::train::ClusterConfig;
+/// use internlm2_train::ClusterConfig;
 ///
 /// let cluster = ClusterConfig::new(2, 1, "ws://10.0.0.1:3000", "ws://10.0.0.2:3001").unwrap();
 /// assert_eq!(cluster.data_port(), 3001);
@@ -75,12 +88,10 @@ impl ClusterConfig {
         node_address: &str,
     ) -> Result<Self, TrainError> {
         if num_nodes == 0 {
-            return Err(TrainError::InvalidConfig(
-                "a cluster needs at least one node".into(),
-            ));
+            return Err(TrainError::invalid("a cluster needs at least one node"));
         }
         if node_rank >= num_nodes {
-            return Err(TrainError::InvalidConfig(format!(
+            return Err(TrainError::invalid(format!(
                 "node rank {node_rank} is not below the node count {num_nodes}"
             )));
         }
@@ -134,7 +145,7 @@ impl ClusterConfig {
 
 /// The port of a `ws://host:port` URL, or a typed error.
 fn ws_port(url: &str) -> Result<u16, TrainError> {
-    let bad = |why: &str| TrainError::InvalidConfig(format!("address {url:?}: {why}"));
+    let bad = |why: &str| TrainError::invalid(format!("address {url:?}: {why}"));
     let rest = url
         .strip_prefix("ws://")
         .ok_or_else(|| bad("expected ws://host:port"))?;
@@ -151,24 +162,11 @@ fn ws_port(url: &str) -> Result<u16, TrainError> {
         .ok_or_else(|| bad("the port is not a number in 1..=65535"))
 }
 
-/// burn-communication installs a global INFO-level log subscriber when it starts its first
-/// server (several lines per training step), unless one is installed already. Install a
-/// quieter one first: `RUST_LOG` when set, warnings otherwise. An application that installed
-/// its own subscriber keeps it.
-pub(crate) fn quiet_collective_logs() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 fn check_port_free(port: u16) -> Result<(), TrainError> {
     TcpListener::bind(("0.0.0.0", port))
         .map(drop)
         .map_err(|source| {
-            TrainError::InvalidConfig(format!(
+            TrainError::invalid(format!(
                 "cannot serve the orchestrator on port {port}: {source}"
             ))
         })
@@ -178,12 +176,13 @@ fn check_port_free(port: u16) -> Result<(), TrainError> {
 /// receives Ctrl-C / SIGTERM. Run it on one machine the nodes can reach, e.g. beside node 0.
 pub fn serve_orchestrator(port: u16) -> Result<(), TrainError> {
     check_port_free(port)?;
-    quiet_collective_logs();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| TrainError::Collective(format!("orchestrator runtime: {e}")))?;
+        .map_err(|e| TrainError::Collective {
+            reason: format!("orchestrator runtime: {e}"),
+        })?;
     runtime.block_on(start_global_orchestrator(port));
     Ok(())
 }
@@ -199,7 +198,9 @@ pub fn spawn_orchestrator(port: u16) -> Result<(), TrainError> {
                 log::error!("orchestrator: {e}");
             }
         })
-        .map_err(|e| TrainError::Collective(format!("orchestrator thread: {e}")))?;
+        .map_err(|e| TrainError::Collective {
+            reason: format!("orchestrator thread: {e}"),
+        })?;
     Ok(())
 }
 
@@ -323,10 +324,10 @@ mod tests {
 
     #[test]
     fn flattened_gradients_round_trip() {
-        use crate::InternLM2Config;
-        use crate::model::InternLM2;
-        use crate::train::{InMemoryDocuments, OptimizerConfig, Packer, PackingConfig, Trainer};
-        use internlm2_backends::CpuAutodiff;
+        use crate::{OptimizerConfig, Trainer};
+        use internlm2::backends::CpuAutodiff;
+        use internlm2::data::{InMemoryDocuments, Packer, PackingConfig};
+        use internlm2::{InternLM2, InternLM2Config};
 
         let device = Default::default();
         let config = InternLM2Config::new(64, 32, 64, 2, 4, 2).with_max_position_embeddings(64);
@@ -342,8 +343,8 @@ mod tests {
         );
         let batch = packer.next_batch(2);
         let trainer = Trainer::new(model, OptimizerConfig::new());
-        let (_, grads) = trainer.gradients(&[batch.clone()], 10).unwrap();
-        let (_, mut copy) = trainer.gradients(&[batch], 10).unwrap();
+        let grads = trainer.gradients(&[batch.clone()], &10).unwrap().grads;
+        let mut copy = trainer.gradients(&[batch], &10).unwrap().grads;
         let flat = flatten_gradients(&trainer.model, &mut copy, &[1.5, -2.0]);
         let params = trainer.model.num_params();
         assert_eq!(flat.dims()[0], params + 2);
@@ -380,7 +381,7 @@ mod tests {
         let port = taken.local_addr().unwrap().port();
         assert!(matches!(
             spawn_orchestrator(port),
-            Err(TrainError::InvalidConfig(m)) if m.contains(&port.to_string())
+            Err(TrainError::InvalidConfig { reason }) if reason.contains(&port.to_string())
         ));
     }
 }

@@ -3,11 +3,10 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{DType, Distribution, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::TrainError;
-use crate::config::InternLM2Config;
+use crate::TrainError;
+use internlm2::InternLM2Config;
 
 /// One optimiser step as logged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -38,48 +37,6 @@ pub struct StepRecord {
 pub fn train_flops_per_token(config: &InternLM2Config, seq_len: usize) -> f64 {
     let dense = (config.num_parameters() - config.vocab_size * config.hidden_size) as f64;
     6.0 * dense + 12.0 * (config.num_hidden_layers * config.hidden_size * seq_len) as f64
-}
-
-/// Measures the backend's f32 matmul throughput on `device` (FLOP/s): the best of a few
-/// square GEMMs of size `n`. Used as the peak of the MFU estimate when none is given.
-pub fn measure_matmul_flops<B: burn::tensor::backend::Backend>(
-    device: &B::Device,
-    n: usize,
-) -> f64 {
-    measure_matmul_flops_in::<B>(device, n, DType::F32)
-}
-
-/// Square-matmul throughput of size `n` in `dtype` on `device` (FLOP/s): the best of 5 after
-/// a warm-up, the device synchronised around each (no copy back to the host).
-pub fn measure_matmul_flops_in<B: burn::tensor::backend::Backend>(
-    device: &B::Device,
-    n: usize,
-    dtype: DType,
-) -> f64 {
-    let a = Tensor::<B, 2>::random([n, n], Distribution::Normal(0.0, 1.0), device).cast(dtype);
-    let b = Tensor::<B, 2>::random([n, n], Distribution::Normal(0.0, 1.0), device).cast(dtype);
-    let seconds = best_of_5::<B>(device, || {
-        let _ = a.clone().matmul(b.clone());
-    });
-    2.0 * (n as f64).powi(3) / seconds
-}
-
-/// Best of 5 timings of `work` (after one warm-up run) in seconds, with `B::sync` after each
-/// run so that asynchronous devices are timed to completion.
-pub fn best_of_5<B: burn::tensor::backend::Backend>(
-    device: &B::Device,
-    mut work: impl FnMut(),
-) -> f64 {
-    work();
-    let _ = B::sync(device);
-    (0..5)
-        .map(|_| {
-            let t = std::time::Instant::now();
-            work();
-            let _ = B::sync(device);
-            t.elapsed().as_secs_f64()
-        })
-        .fold(f64::MAX, f64::min)
 }
 
 /// Appends [`StepRecord`]s to a JSONL file.
