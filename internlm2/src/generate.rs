@@ -54,6 +54,9 @@ pub struct GenerationConfig {
     pub context_limit: Option<usize>,
     /// What happens past the limit.
     pub overflow: OverflowPolicy,
+    /// Prefill the prompt in chunks of this many tokens (bounded memory for long prompts, see
+    /// [`crate::prefill`]); `None` = the whole prompt in one forward pass.
+    pub prefill_chunk: Option<usize>,
 }
 
 impl Default for GenerationConfig {
@@ -65,6 +68,7 @@ impl Default for GenerationConfig {
             stop_strings: Vec::new(),
             context_limit: None,
             overflow: OverflowPolicy::Error,
+            prefill_chunk: None,
         }
     }
 }
@@ -111,6 +115,12 @@ impl GenerationConfig {
     /// Sets the overflow policy.
     pub fn with_overflow(mut self, overflow: OverflowPolicy) -> Self {
         self.overflow = overflow;
+        self
+    }
+
+    /// Sets the prefill chunk (`None` = whole prompt at once).
+    pub fn with_prefill_chunk(mut self, chunk: Option<usize>) -> Self {
+        self.prefill_chunk = chunk;
         self
     }
 }
@@ -218,6 +228,12 @@ impl<'a, B: Kernels> Generation<'a, B> {
                 });
             }
         }
+        if config.prefill_chunk == Some(0) {
+            return Err(GenerateError::InvalidSampling {
+                name: "prefill_chunk",
+                reason: "a prefill chunk holds at least one token".into(),
+            });
+        }
         if !config.stop_strings.is_empty() && tokenizer.is_none() {
             return Err(GenerateError::InvalidSampling {
                 name: "stop_strings",
@@ -282,9 +298,12 @@ impl<'a, B: Kernels> Generation<'a, B> {
         .with_positions(positions)
         .with_padding(padding)
         .with_last_logits_only(true);
-        let logits = (max_new_tokens > 0).then(|| {
-            let logits = model.forward_cache(input, &mut cache);
-            logits.reshape([batch, model.config().vocab_size])
+        let logits = (max_new_tokens > 0).then(|| match config.prefill_chunk {
+            Some(chunk) => crate::prefill::prefill(model, input, &mut cache, chunk),
+            None => {
+                let logits = model.forward_cache(input, &mut cache);
+                logits.reshape([batch, model.config().vocab_size])
+            }
         });
         let mut generation = Self {
             model,

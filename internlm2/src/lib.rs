@@ -9,6 +9,7 @@ pub mod data;
 pub mod error;
 pub mod generate;
 pub mod model;
+pub mod prefill;
 pub mod sampling;
 pub mod tokenizer;
 
