@@ -12,6 +12,27 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
 
+/// The largest value each size of a config may take. Every released InternLM2 (and every
+/// open model of its family) is far below these; a `config.json` above them is refused before
+/// anything is allocated from it, and the products the model forms from them (`V x H`,
+/// `I x H`, `layers x params per layer`, `max_position_embeddings x factor`) cannot overflow.
+pub mod limits {
+    /// `vocab_size` (InternLM2: 92,544).
+    pub const MAX_VOCAB_SIZE: usize = 1 << 22;
+    /// `hidden_size` (InternLM2-20B: 6,144).
+    pub const MAX_HIDDEN_SIZE: usize = 1 << 16;
+    /// `intermediate_size` (InternLM2-20B: 16,384).
+    pub const MAX_INTERMEDIATE_SIZE: usize = 1 << 20;
+    /// `num_hidden_layers` (InternLM2-20B: 48).
+    pub const MAX_LAYERS: usize = 1 << 10;
+    /// `max_position_embeddings` (InternLM2: 32,768; InternLM2.5-1M: 262,144).
+    pub const MAX_POSITION_EMBEDDINGS: usize = 1 << 24;
+    /// `rope_scaling.factor` (InternLM2: 2 to 3).
+    pub const MAX_ROPE_SCALING_FACTOR: f64 = 1024.0;
+    /// Largest file read as a `config.json`, in bytes (released ones are about 1 KB).
+    pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+}
+
 /// RoPE scaling as written in `config.json` under `rope_scaling`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -107,10 +128,19 @@ impl InternLM2Config {
     /// Reads and validates a HuggingFace `config.json`.
     pub fn from_hf_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        let io = |source| ConfigError::Io {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let len = std::fs::metadata(path).map_err(io)?.len();
+        if len > limits::MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge {
+                field: "config.json (bytes)",
+                value: len.to_string(),
+                max: limits::MAX_CONFIG_BYTES.to_string(),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(io)?;
         Self::parse_hf_json(&text, &path.display().to_string())
     }
 
@@ -184,31 +214,71 @@ impl InternLM2Config {
         Ok(config)
     }
 
-    /// Checks every invariant the model relies on.
+    /// Checks every invariant the model relies on: sizes positive and within [`limits`],
+    /// heads dividing the width and KV heads dividing the heads, an even head width, a finite
+    /// positive epsilon and RoPE base, a RoPE scaling factor in `[1, MAX_ROPE_SCALING_FACTOR]`,
+    /// and special ids inside the vocabulary.
+    ///
+    /// ```
+    /// use internlm2::{ConfigError, InternLM2Config};
+    /// let huge = InternLM2Config::new(1000, 64, 176, usize::MAX, 4, 2);
+    /// assert!(matches!(
+    ///     huge.validate(),
+    ///     Err(ConfigError::TooLarge { field: "num_hidden_layers", .. })
+    /// ));
+    /// ```
     pub fn validate(&self) -> Result<(), ConfigError> {
-        for (field, value) in [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("intermediate_size", self.intermediate_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("num_attention_heads", self.num_attention_heads),
-            ("num_key_value_heads", self.num_key_value_heads),
-            ("max_position_embeddings", self.max_position_embeddings),
+        for (field, value, max) in [
+            ("vocab_size", self.vocab_size, limits::MAX_VOCAB_SIZE),
+            ("hidden_size", self.hidden_size, limits::MAX_HIDDEN_SIZE),
+            (
+                "intermediate_size",
+                self.intermediate_size,
+                limits::MAX_INTERMEDIATE_SIZE,
+            ),
+            (
+                "num_hidden_layers",
+                self.num_hidden_layers,
+                limits::MAX_LAYERS,
+            ),
+            (
+                "num_attention_heads",
+                self.num_attention_heads,
+                limits::MAX_HIDDEN_SIZE,
+            ),
+            (
+                "num_key_value_heads",
+                self.num_key_value_heads,
+                limits::MAX_HIDDEN_SIZE,
+            ),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                limits::MAX_POSITION_EMBEDDINGS,
+            ),
         ] {
             if value == 0 {
                 return Err(ConfigError::NotPositive { field });
             }
-        }
-        for (field, value) in [
-            ("rms_norm_eps", self.rms_norm_eps),
-            ("rope_theta", self.rope_theta),
-        ] {
-            if !(value.is_finite() && value > 0.0) {
-                return Err(ConfigError::InvalidField {
+            if value > max {
+                return Err(ConfigError::TooLarge {
                     field,
-                    reason: format!("{value} is not a positive number"),
+                    value: value.to_string(),
+                    max: max.to_string(),
                 });
             }
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0 && self.rms_norm_eps < 1.0) {
+            return Err(ConfigError::InvalidField {
+                field: "rms_norm_eps",
+                reason: format!("{} is not a number in (0, 1)", self.rms_norm_eps),
+            });
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 1.0) {
+            return Err(ConfigError::InvalidField {
+                field: "rope_theta",
+                reason: format!("{} is not a finite RoPE base > 1", self.rope_theta),
+            });
         }
         if self.num_attention_heads % self.num_key_value_heads != 0 {
             return Err(ConfigError::HeadsNotDivisible {
@@ -233,11 +303,22 @@ impl InternLM2Config {
         }
         if let Some(RopeScaling::Linear { factor } | RopeScaling::Dynamic { factor }) =
             self.rope_scaling
-            && !(factor.is_finite() && factor >= 1.0)
+            && !(factor.is_finite() && (1.0..=limits::MAX_ROPE_SCALING_FACTOR).contains(&factor))
         {
             return Err(ConfigError::InvalidField {
                 field: "rope_scaling.factor",
-                reason: format!("{factor} must be a finite number >= 1"),
+                reason: format!(
+                    "{factor} must be a finite number in [1, {}]",
+                    limits::MAX_ROPE_SCALING_FACTOR
+                ),
+            });
+        }
+        // Every tensor's element count, and the parameter count, fit a usize (also on 32-bit
+        // hosts): the bounds above keep them far below 2^63 on 64-bit ones.
+        if self.checked_num_parameters().is_none() {
+            return Err(ConfigError::InvalidField {
+                field: "hidden_size",
+                reason: "the parameter count of this shape overflows".into(),
             });
         }
         for (field, id) in [
@@ -270,15 +351,41 @@ impl InternLM2Config {
         (self.num_attention_heads + 2 * self.num_key_value_heads) * self.head_dim()
     }
 
-    /// Exact number of parameters (SPEC 1 counts: 1.8B = 1,889,110,016).
+    /// Exact number of parameters (SPEC 1 counts: 1.8B = 1,889,110,016); saturates at
+    /// `usize::MAX` for a shape [`InternLM2Config::validate`] refuses.
     pub fn num_parameters(&self) -> usize {
+        self.checked_num_parameters().unwrap_or(usize::MAX)
+    }
+
+    /// [`InternLM2Config::num_parameters`], `None` when a product overflows.
+    fn checked_num_parameters(&self) -> Option<usize> {
         let (h, v, i) = (self.hidden_size, self.vocab_size, self.intermediate_size);
-        let q_width = self.num_attention_heads * self.head_dim();
-        let qkv = self.wqkv_rows();
-        let attention = qkv * h + h * q_width + if self.bias { qkv + h } else { 0 };
-        let layer = 2 * h + attention + 3 * h * i;
-        let output = if self.tie_word_embeddings { 0 } else { v * h };
-        v * h + self.num_hidden_layers * layer + h + output
+        let head_dim = h.checked_div(self.num_attention_heads)?;
+        let q_width = self.num_attention_heads.checked_mul(head_dim)?;
+        let qkv = self
+            .num_key_value_heads
+            .checked_mul(2)?
+            .checked_add(self.num_attention_heads)?
+            .checked_mul(head_dim)?;
+        let biases = if self.bias { qkv.checked_add(h)? } else { 0 };
+        let attention = qkv
+            .checked_mul(h)?
+            .checked_add(h.checked_mul(q_width)?)?
+            .checked_add(biases)?;
+        let layer = h
+            .checked_mul(2)?
+            .checked_add(attention)?
+            .checked_add(h.checked_mul(i)?.checked_mul(3)?)?;
+        let embedding = v.checked_mul(h)?;
+        let output = if self.tie_word_embeddings {
+            0
+        } else {
+            embedding
+        };
+        embedding
+            .checked_add(self.num_hidden_layers.checked_mul(layer)?)?
+            .checked_add(h)?
+            .checked_add(output)
     }
 
     /// The `config.json` text HuggingFace's `InternLM2ForCausalLM` expects.
@@ -450,6 +557,133 @@ mod tests {
             InternLM2Config::from_hf_json(&gelu),
             Err(ConfigError::UnsupportedActivation(_))
         ));
+    }
+
+    /// Issue 16: sizes from a config.json are bounded before anything is allocated from them.
+    #[test]
+    fn sizes_above_their_limits_are_typed_errors() {
+        for (key, value) in [
+            ("num_hidden_layers", "18446744073709551615"),
+            ("num_hidden_layers", "1099511627776"),
+            ("vocab_size", "8589934592"),
+            ("intermediate_size", "4294967296"),
+            ("max_position_embeddings", "18446744073709551615"),
+        ] {
+            let text = set(TINY, key, value);
+            let err = InternLM2Config::from_hf_json(&text).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::TooLarge { field, .. } if field == key),
+                "{key} = {value}: {err}"
+            );
+        }
+        // Heads and width whose products overflow: head_dim 4, but V x H has no usize.
+        let text = set(
+            &set(
+                &set(TINY, "hidden_size", "17179869184"),
+                "num_attention_heads",
+                "4294967296",
+            ),
+            "num_key_value_heads",
+            "4294967296",
+        );
+        assert!(matches!(
+            InternLM2Config::from_hf_json(&text),
+            Err(ConfigError::TooLarge { .. })
+        ));
+        // The largest accepted shape still has a parameter count.
+        let max = InternLM2Config::new(
+            limits::MAX_VOCAB_SIZE,
+            limits::MAX_HIDDEN_SIZE,
+            limits::MAX_INTERMEDIATE_SIZE,
+            limits::MAX_LAYERS,
+            limits::MAX_HIDDEN_SIZE / 4,
+            limits::MAX_HIDDEN_SIZE / 4,
+        )
+        .with_max_position_embeddings(limits::MAX_POSITION_EMBEDDINGS)
+        .with_rope_scaling(Some(RopeScaling::Dynamic {
+            factor: limits::MAX_ROPE_SCALING_FACTOR,
+        }));
+        max.validate().unwrap();
+        assert!(max.num_parameters() < usize::MAX);
+    }
+
+    /// Issue 16: values the model cannot compute with are typed errors.
+    #[test]
+    fn unusable_values_are_typed_errors() {
+        for (key, value) in [
+            ("rms_norm_eps", "0"),
+            ("rms_norm_eps", "-1e-5"),
+            ("rms_norm_eps", "1.5"),
+            ("rms_norm_eps", "1e300"),
+            ("rope_theta", "0"),
+            ("rope_theta", "-10000"),
+            ("rope_theta", "0.5"),
+            ("rope_theta", "1e-300"),
+        ] {
+            let text = set(TINY, key, value);
+            let err = InternLM2Config::from_hf_json(&text).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::InvalidField { field, .. } if field == key),
+                "{key} = {value}: {err}"
+            );
+        }
+        for factor in ["0.5", "0", "-2", "1e300"] {
+            let text = TINY.replace(r#""factor": 2.0"#, &format!(r#""factor": {factor}"#));
+            assert!(
+                matches!(
+                    InternLM2Config::from_hf_json(&text),
+                    Err(ConfigError::InvalidField {
+                        field: "rope_scaling.factor",
+                        ..
+                    })
+                ),
+                "factor {factor}"
+            );
+        }
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let c = InternLM2Config::from_hf_json(TINY).unwrap();
+            assert!(c.clone().with_rms_norm_eps(bad).validate().is_err());
+            assert!(c.clone().with_rope_theta(bad).validate().is_err());
+            assert!(
+                c.with_rope_scaling(Some(RopeScaling::Linear { factor: bad }))
+                    .validate()
+                    .is_err()
+            );
+        }
+        // Heads that do not divide the width, KV heads that do not divide the heads, more
+        // heads than the width, zero heads.
+        for (key, value) in [
+            ("num_attention_heads", "5"),
+            ("num_attention_heads", "128"),
+            ("num_key_value_heads", "3"),
+            ("num_key_value_heads", "8"),
+            ("num_attention_heads", "0"),
+        ] {
+            assert!(
+                InternLM2Config::from_hf_json(&set(TINY, key, value)).is_err(),
+                "{key} = {value}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_oversized_config_file_is_refused_before_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let mut text = TINY.to_string();
+        text.push_str(&" ".repeat(limits::MAX_CONFIG_BYTES as usize));
+        std::fs::write(&path, text).unwrap();
+        assert!(matches!(
+            InternLM2Config::from_hf_file(&path),
+            Err(ConfigError::TooLarge { .. })
+        ));
+    }
+
+    /// `TINY` with `"key": value` replaced.
+    fn set(text: &str, key: &str, value: &str) -> String {
+        let mut json: serde_json::Value = serde_json::from_str(text).unwrap();
+        json[key] = serde_json::from_str(value).unwrap();
+        json.to_string()
     }
 
     #[test]

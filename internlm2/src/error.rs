@@ -27,6 +27,17 @@ pub enum ConfigError {
         /// The config.json key.
         field: &'static str,
     },
+    /// A size above its bound in [`crate::config::limits`] (checked before anything is
+    /// allocated from it).
+    #[error("config field `{field}` is {value}, above the limit of {max}")]
+    TooLarge {
+        /// The config.json key.
+        field: &'static str,
+        /// The value found.
+        value: String,
+        /// The largest value accepted.
+        max: String,
+    },
     /// A field has a value the model cannot use.
     #[error("config field `{field}` is invalid: {reason}")]
     InvalidField {

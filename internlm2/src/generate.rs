@@ -28,6 +28,52 @@ pub enum OverflowPolicy {
     ClampNewTokens,
 }
 
+impl OverflowPolicy {
+    /// The context policy in checked arithmetic, for every value a caller may set: how many
+    /// tokens a request whose longest prompt has `prompt_len` tokens generates under `limit`.
+    /// `prompt_len + max_new_tokens` past the limit (or past `usize::MAX`) is
+    /// [`GenerateError::ContextOverflow`] under [`OverflowPolicy::Error`], and `limit -
+    /// prompt_len` under [`OverflowPolicy::ClampNewTokens`] (a prompt that alone reaches the
+    /// limit is refused under both). [`Generation::new`] and the serving engine call this.
+    ///
+    /// ```
+    /// use internlm2::generate::OverflowPolicy;
+    /// assert_eq!(OverflowPolicy::Error.resolve(10, 6, 16).unwrap(), 6);
+    /// assert!(OverflowPolicy::Error.resolve(10, usize::MAX, 16).is_err());
+    /// assert_eq!(OverflowPolicy::ClampNewTokens.resolve(10, usize::MAX, 16).unwrap(), 6);
+    /// assert!(OverflowPolicy::ClampNewTokens.resolve(16, 1, 16).is_err());
+    /// ```
+    pub fn resolve(
+        self,
+        prompt_len: usize,
+        max_new_tokens: usize,
+        limit: usize,
+    ) -> Result<usize, GenerateError> {
+        let fits = prompt_len
+            .checked_add(max_new_tokens)
+            .is_some_and(|total| total <= limit);
+        if fits {
+            Ok(max_new_tokens)
+        } else if self == OverflowPolicy::ClampNewTokens && prompt_len < limit {
+            Ok(limit - prompt_len)
+        } else {
+            Err(GenerateError::ContextOverflow {
+                prompt_len,
+                max_new_tokens,
+                limit,
+            })
+        }
+    }
+}
+
+/// Most stop strings a request may set.
+pub const MAX_STOP_STRINGS: usize = 64;
+/// Longest stop string a request may set, in bytes.
+pub const MAX_STOP_STRING_BYTES: usize = 1024;
+/// New-token slots of KV cache allocated up front; past them the cache grows by doubling, so
+/// a huge `max_new_tokens` never allocates before tokens exist.
+const PREALLOCATED_NEW_TOKENS: usize = 4096;
+
 /// Everything a generation request needs besides the prompts.
 ///
 /// ```
@@ -204,6 +250,73 @@ pub struct Generation<'a, B: Kernels> {
     pad: u32,
 }
 
+/// Every check of a generation request, in the order [`Generation::new`] makes them (the
+/// serving engine calls it too, so both refuse the same requests): sampling parameters, a
+/// non-empty batch of non-empty prompts inside the vocabulary, a prefill chunk of at least one
+/// token, stop strings (a tokenizer, at most [`MAX_STOP_STRINGS`] non-empty ones of at most
+/// [`MAX_STOP_STRING_BYTES`] bytes), and the context policy under `limit`
+/// ([`OverflowPolicy::resolve`]). Returns the number of new tokens the request may generate.
+pub fn validate_request(
+    prompts: &[Vec<u32>],
+    config: &GenerationConfig,
+    vocab_size: usize,
+    has_tokenizer: bool,
+    limit: usize,
+) -> Result<usize, GenerateError> {
+    config.sampling.validate()?;
+    if prompts.is_empty() {
+        return Err(GenerateError::EmptyBatch);
+    }
+    for (index, prompt) in prompts.iter().enumerate() {
+        if prompt.is_empty() {
+            return Err(GenerateError::EmptyPrompt { index });
+        }
+        if let Some(&id) = prompt.iter().find(|&&id| id as usize >= vocab_size) {
+            return Err(GenerateError::TokenOutOfVocab { id, vocab_size });
+        }
+    }
+    if config.prefill_chunk == Some(0) {
+        return Err(GenerateError::InvalidSampling {
+            name: "prefill_chunk",
+            reason: "a prefill chunk holds at least one token".into(),
+        });
+    }
+    if !config.stop_strings.is_empty() && !has_tokenizer {
+        return Err(GenerateError::InvalidSampling {
+            name: "stop_strings",
+            reason: "stop strings need a tokenizer".into(),
+        });
+    }
+    if config.stop_strings.len() > MAX_STOP_STRINGS
+        || config
+            .stop_strings
+            .iter()
+            .any(|s| s.is_empty() || s.len() > MAX_STOP_STRING_BYTES)
+    {
+        return Err(GenerateError::InvalidSampling {
+            name: "stop_strings",
+            reason: format!(
+                "at most {MAX_STOP_STRINGS} non-empty stop strings of at most \
+                 {MAX_STOP_STRING_BYTES} bytes"
+            ),
+        });
+    }
+    let longest = prompts.iter().map(Vec::len).max().expect("non-empty batch");
+    // The padded batch must have a size.
+    if prompts.len().checked_mul(longest).is_none() {
+        return Err(GenerateError::InvalidSampling {
+            name: "batch",
+            reason: format!(
+                "{} prompts of up to {longest} tokens overflow",
+                prompts.len()
+            ),
+        });
+    }
+    config
+        .overflow
+        .resolve(longest, config.max_new_tokens, limit)
+}
+
 impl<'a, B: Kernels> Generation<'a, B> {
     /// Validates the request and runs the prefill over the left-padded prompts.
     pub fn new(
@@ -212,55 +325,24 @@ impl<'a, B: Kernels> Generation<'a, B> {
         prompts: Vec<Vec<u32>>,
         config: &GenerationConfig,
     ) -> Result<Self, GenerateError> {
-        config.sampling.validate()?;
-        if prompts.is_empty() {
-            return Err(GenerateError::EmptyBatch);
-        }
-        let vocab = model.config().vocab_size;
-        for (index, prompt) in prompts.iter().enumerate() {
-            if prompt.is_empty() {
-                return Err(GenerateError::EmptyPrompt { index });
-            }
-            if let Some(&id) = prompt.iter().find(|&&id| id as usize >= vocab) {
-                return Err(GenerateError::TokenOutOfVocab {
-                    id,
-                    vocab_size: vocab,
-                });
-            }
-        }
-        if config.prefill_chunk == Some(0) {
-            return Err(GenerateError::InvalidSampling {
-                name: "prefill_chunk",
-                reason: "a prefill chunk holds at least one token".into(),
-            });
-        }
-        if !config.stop_strings.is_empty() && tokenizer.is_none() {
-            return Err(GenerateError::InvalidSampling {
-                name: "stop_strings",
-                reason: "stop strings need a tokenizer".into(),
-            });
-        }
-        let longest = prompts.iter().map(Vec::len).max().expect("non-empty batch");
         let limit = config
             .context_limit
             .unwrap_or_else(|| default_context_limit(model));
-        let max_new_tokens = if longest + config.max_new_tokens <= limit {
-            config.max_new_tokens
-        } else if config.overflow == OverflowPolicy::ClampNewTokens && longest < limit {
-            limit - longest
-        } else {
-            return Err(GenerateError::ContextOverflow {
-                prompt_len: longest,
-                max_new_tokens: config.max_new_tokens,
-                limit,
-            });
-        };
+        let max_new_tokens = validate_request(
+            &prompts,
+            config,
+            model.config().vocab_size,
+            tokenizer.is_some(),
+            limit,
+        )?;
+        let longest = prompts.iter().map(Vec::len).max().expect("non-empty batch");
 
         let batch = prompts.len();
         let pad = model.config().pad_token_id;
-        let mut ids = Vec::with_capacity(batch * longest);
-        let mut positions = Vec::with_capacity(batch * longest);
-        let mut padding = Vec::with_capacity(batch * longest);
+        let padded = batch * longest; // checked by validate_request
+        let mut ids = Vec::with_capacity(padded);
+        let mut positions = Vec::with_capacity(padded);
+        let mut padding = Vec::with_capacity(padded);
         for prompt in &prompts {
             let pads = longest - prompt.len();
             ids.extend(std::iter::repeat_n(pad as i64, pads));
@@ -290,7 +372,11 @@ impl<'a, B: Kernels> Generation<'a, B> {
             .collect::<Result<Vec<_>, GenerateError>>()?;
 
         let device = model.device();
-        let mut cache = KvCache::new(model.config(), batch, longest + max_new_tokens);
+        let mut cache = KvCache::new(
+            model.config(),
+            batch,
+            longest + max_new_tokens.min(PREALLOCATED_NEW_TOKENS),
+        );
         let input = ForwardInput::new(Tensor::<B, 2, Int>::from_data(
             TensorData::new(ids, [batch, longest]),
             &device,
@@ -453,27 +539,56 @@ impl<B: Kernels> Iterator for Generation<'_, B> {
 
 /// Length of the longest suffix of `text` that is a proper prefix of a stop string.
 fn held_back(text: &str, stops: &[String]) -> usize {
-    let mut hold = 0;
-    for stop in stops {
-        for len in (1..stop.len()).rev() {
-            if len > hold
-                && text.len() >= len
-                && stop.is_char_boundary(len)
-                && text.ends_with(&stop[..len])
-            {
-                hold = len;
-                break;
-            }
+    stops
+        .iter()
+        .map(|stop| partial_stop(text.as_bytes(), stop))
+        .max()
+        .unwrap_or(0)
+}
+
+/// The longest proper prefix of `stop` (ending on a character boundary) that `text` ends
+/// with, by Knuth-Morris-Pratt over the last `stop.len() - 1` bytes: O(|stop|) per call.
+fn partial_stop(text: &[u8], stop: &str) -> usize {
+    let s = stop.as_bytes();
+    if s.len() < 2 {
+        return 0;
+    }
+    // fail[i]: the longest proper prefix of s[..=i] that is also a suffix of it.
+    let mut fail = vec![0usize; s.len()];
+    let mut k = 0;
+    for i in 1..s.len() {
+        while k > 0 && s[i] != s[k] {
+            k = fail[k - 1];
+        }
+        if s[i] == s[k] {
+            k += 1;
+        }
+        fail[i] = k;
+    }
+    // The tail is shorter than `stop`, so `k` stays a proper prefix.
+    let mut k = 0;
+    for &b in &text[text.len().saturating_sub(s.len() - 1)..] {
+        while k > 0 && b != s[k] {
+            k = fail[k - 1];
+        }
+        if b == s[k] {
+            k += 1;
         }
     }
-    hold
+    while k > 0 && !stop.is_char_boundary(k) {
+        k = fail[k - 1];
+    }
+    k
 }
 
 /// Checks stop strings and returns the text that is safe to stream.
 fn release(row: &mut Row<'_>, stops: &[String]) -> String {
+    // Text before `emitted` holds no stop string and ends in no part of one (it was released),
+    // so a new match starts at or after it: each token searches only the unreleased tail.
+    let from = row.emitted;
     if let Some((at, stop)) = stops
         .iter()
-        .filter_map(|s| row.text.find(s.as_str()).map(|at| (at, s)))
+        .filter_map(|s| row.text[from..].find(s.as_str()).map(|at| (from + at, s)))
         .min_by_key(|(at, _)| *at)
     {
         row.finished = Some(FinishReason::StopString(stop.clone()));

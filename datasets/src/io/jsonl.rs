@@ -8,12 +8,17 @@ use super::{Compression, tmp_path};
 use crate::error::IoContext;
 use crate::{DataError, Document, Result};
 
+/// Longest JSONL line read by default, in bytes: a longer line (say, a decompression bomb
+/// without newlines) is a [`DataError::BadRecord`] read in bounded memory, then skipped.
+pub const MAX_LINE_BYTES: usize = 256 << 20;
+
 /// Streams documents out of a JSONL file, one line at a time (blank lines are skipped).
 pub struct JsonlReader {
     path: PathBuf,
     lines: BufReader<Box<dyn Read + Send>>,
     line_no: u64,
     buf: String,
+    max_line: usize,
 }
 
 impl JsonlReader {
@@ -30,7 +35,14 @@ impl JsonlReader {
             lines: BufReader::with_capacity(1 << 20, inner),
             line_no: 0,
             buf: String::new(),
+            max_line: MAX_LINE_BYTES,
         })
+    }
+
+    /// Sets the longest line accepted, in bytes ([`MAX_LINE_BYTES`] by default).
+    pub fn with_max_line_bytes(mut self, max: usize) -> Self {
+        self.max_line = max;
+        self
     }
 }
 
@@ -41,8 +53,24 @@ impl Iterator for JsonlReader {
         loop {
             self.buf.clear();
             self.line_no += 1;
-            match self.lines.read_line(&mut self.buf) {
+            let limit = self.max_line.saturating_add(1) as u64;
+            match (&mut self.lines).take(limit).read_line(&mut self.buf) {
                 Ok(0) => return None,
+                Ok(n) if n as u64 == limit && !self.buf.ends_with('\n') => {
+                    self.buf = String::new();
+                    // Drop the rest of the line without holding it.
+                    if let Err(source) = self.lines.skip_until(b'\n') {
+                        return Some(Err(DataError::Io {
+                            path: self.path.clone(),
+                            source,
+                        }));
+                    }
+                    return Some(Err(DataError::BadRecord {
+                        path: self.path.clone(),
+                        line: self.line_no,
+                        message: format!("longer than {} bytes", self.max_line),
+                    }));
+                }
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
                     return Some(Err(DataError::BadRecord {

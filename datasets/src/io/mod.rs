@@ -21,7 +21,7 @@ mod parquet;
 
 use std::path::{Path, PathBuf};
 
-pub use jsonl::{JsonlReader, JsonlWriter};
+pub use jsonl::{JsonlReader, JsonlWriter, MAX_LINE_BYTES};
 pub use parquet::{ParquetReader, ParquetWriter};
 
 use crate::error::IoContext;

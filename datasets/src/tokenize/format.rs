@@ -104,10 +104,23 @@ pub(crate) fn rows_for(valid: u64, seq_len: u64) -> u64 {
     }
 }
 
-/// Tokens stored for `rows` rows.
+/// Tokens stored for `rows` rows (the writer's sizes; indexes read from disk go through
+/// [`checked_stored_len`]).
 pub(crate) fn stored_len(rows: u64, seq_len: u64) -> u64 {
     if rows == 0 { 0 } else { rows * seq_len + 1 }
 }
+
+/// [`stored_len`], `None` when it overflows.
+pub(crate) fn checked_stored_len(rows: u64, seq_len: u64) -> Option<u64> {
+    if rows == 0 {
+        Some(0)
+    } else {
+        rows.checked_mul(seq_len)?.checked_add(1)
+    }
+}
+
+/// Largest shard index file read, in bytes (one part takes about 250 bytes of JSON).
+pub const MAX_INDEX_BYTES: u64 = 64 << 20;
 
 /// `<dir>/<name>.index.json`.
 pub(crate) fn index_path(dir: &Path, name: &str) -> PathBuf {
@@ -165,6 +178,13 @@ impl ShardIndex {
     /// checked by [`TokenShards::open`](super::TokenShards::open)).
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
+        let len = std::fs::metadata(path).at(path)?.len();
+        if len > MAX_INDEX_BYTES {
+            return Err(corrupt(
+                path,
+                format!("{len} bytes, more than the {MAX_INDEX_BYTES} a shard index may have"),
+            ));
+        }
         let text = std::fs::read_to_string(path).at(path)?;
         let index: ShardIndex = serde_json::from_str(&text)
             .map_err(|e| corrupt(path, format!("not a shard index: {e}")))?;
@@ -181,7 +201,8 @@ impl ShardIndex {
         }
     }
 
-    /// Tokens stored in the file of part `k` (valid tokens and padding).
+    /// Tokens stored in the file of part `k` (valid tokens and padding); checked not to
+    /// overflow by [`ShardIndex::load`].
     pub(crate) fn stored_tokens(&self, k: usize) -> u64 {
         stored_len(self.parts[k].rows, self.seq_len as u64)
     }
@@ -200,8 +221,11 @@ impl ShardIndex {
                 self.version
             ));
         }
-        if self.seq_len == 0 {
-            return bad("seq_len 0".into());
+        if self.seq_len == 0 || self.seq_len > MAX_SEQ_LEN {
+            return bad(format!(
+                "seq_len {} (expected 1..={MAX_SEQ_LEN})",
+                self.seq_len
+            ));
         }
         if self.vocab_size as u64 > self.dtype.max_vocab()
             || self.pad_id as usize >= self.vocab_size
@@ -215,11 +239,21 @@ impl ShardIndex {
         let (mut rows, mut valid, mut padding) = (0u64, 0u64, 0u64);
         let mut next_document = 0u64;
         let last = self.parts.len().saturating_sub(1);
+        let overflow = |k: usize| Err(corrupt(path, format!("part {k}: counts overflow")));
         for (k, part) in self.parts.iter().enumerate() {
             if !is_plain_file_name(&part.tokens_file) || !is_plain_file_name(&part.docs_file) {
                 return bad(format!("part {k}: file names must be plain names"));
             }
-            let stored = stored_len(part.rows, l);
+            // The file sizes the part implies must be representable: tokens times the dtype
+            // width, and 8 bytes per document piece.
+            let Some(stored) = checked_stored_len(part.rows, l)
+                .filter(|&s| s.checked_mul(self.dtype.width() as u64).is_some())
+            else {
+                return overflow(k);
+            };
+            if part.segments.checked_mul(8).is_none() {
+                return overflow(k);
+            }
             let expected_rows = if k == last {
                 rows_for(part.valid_tokens, l)
             } else {
@@ -249,17 +283,25 @@ impl ShardIndex {
                 return bad(format!("part {k}: bad xxh3_64 {:?}", part.xxh3_64));
             }
             // The last document of a part goes on into the next one (the repeated token).
-            next_document = part.first_document + part.segments - 1;
-            rows += part.rows;
-            valid += part.valid_tokens;
-            padding += stored - part.valid_tokens;
+            let sums = (|| {
+                Some((
+                    (part.first_document.checked_add(part.segments)? - 1),
+                    rows.checked_add(part.rows)?,
+                    valid.checked_add(part.valid_tokens)?,
+                    padding.checked_add(stored - part.valid_tokens)?,
+                ))
+            })();
+            let Some(sums) = sums else {
+                return overflow(k);
+            };
+            (next_document, rows, valid, padding) = sums;
         }
         let documents_seen = if self.parts.is_empty() {
             0
         } else {
-            next_document + 1
+            next_document.saturating_add(1)
         };
-        let tokens = valid - (self.parts.len() as u64).saturating_sub(1);
+        let tokens = valid.saturating_sub((self.parts.len() as u64).saturating_sub(1));
         if rows != self.rows
             || padding != self.padding
             || tokens != self.tokens
@@ -306,6 +348,9 @@ impl ShardIndex {
         Ok(())
     }
 }
+
+/// Largest `seq_len` a shard index may declare (rows are copied out whole).
+pub const MAX_SEQ_LEN: usize = 1 << 24;
 
 /// A part's files, opened and checked against the index.
 pub(crate) struct OpenedPart {

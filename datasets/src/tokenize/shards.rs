@@ -100,6 +100,14 @@ impl std::fmt::Debug for TokenShards {
     }
 }
 
+/// The error for shards whose rows or documents add up past `u64::MAX`.
+fn too_many(path: &Path) -> DataError {
+    DataError::Corrupt {
+        path: path.to_path_buf(),
+        message: "rows or documents of the shards add up past 2^64".into(),
+    }
+}
+
 fn decode(bytes: &[u8], dtype: TokenDtype, from: u64, to: u64) -> Vec<u32> {
     let w = dtype.width();
     let bytes = &bytes[from as usize * w..to as usize * w];
@@ -184,16 +192,23 @@ impl TokenShards {
                     rows: part.rows,
                     valid: part.valid_tokens,
                     starts,
-                    first_document: this.documents + part.first_document,
+                    first_document: this
+                        .documents
+                        .checked_add(part.first_document)
+                        .ok_or_else(|| too_many(path))?,
                     first_continues: part.first_continues,
                     xxh3_64: part.xxh3_64.clone(),
                     widened: OnceLock::new(),
                     spanning: OnceLock::new(),
                 });
-                let rows = this.row_offsets.last().copied().unwrap_or(0) + part.rows;
+                let rows = this.row_offsets.last().copied().unwrap_or(0);
+                let rows = rows.checked_add(part.rows).ok_or_else(|| too_many(path))?;
                 this.row_offsets.push(rows);
             }
-            this.documents += index.documents;
+            this.documents = this
+                .documents
+                .checked_add(index.documents)
+                .ok_or_else(|| too_many(path))?;
             this.shards.push(OpenShard {
                 path: path.to_path_buf(),
                 index,

@@ -157,6 +157,13 @@ impl<B: Kernels> InternLM2Model<B> {
         device: &B::Device,
     ) -> Result<Self, CheckpointError> {
         config.validate()?;
+        // Every tensor of the body must be in the files with the shape config.json implies
+        // before anything is allocated: the files, not config.json, bound what is built.
+        for (name, shape) in expected_tensors(config) {
+            if name.starts_with("model.") {
+                reader.check(&name, &shape)?;
+            }
+        }
         let (h, v, i) = (
             config.hidden_size,
             config.vocab_size,

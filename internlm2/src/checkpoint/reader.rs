@@ -18,6 +18,9 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::error::CheckpointError;
 
+/// Largest `model.safetensors.index.json` read, in bytes (a 20B model's is about 50 KB).
+pub const MAX_INDEX_BYTES: u64 = 64 << 20;
+
 /// Where a tensor lives.
 #[derive(Debug, Clone)]
 struct Entry {
@@ -83,6 +86,15 @@ impl WeightReader {
             let mut files: Vec<&String> = shards.values().collect();
             files.sort();
             files.dedup();
+            for shard in &files {
+                // Shards live beside the index: a path elsewhere is not a shard of this model.
+                if !is_plain_file_name(shard) {
+                    return Err(CheckpointError::BadIndex {
+                        path: index.clone(),
+                        reason: format!("shard {shard:?} is not a file name in {}", dir.display()),
+                    });
+                }
+            }
             for shard in files {
                 let path = dir.join(shard);
                 if !path.is_file() {
@@ -134,6 +146,10 @@ impl WeightReader {
         // SAFETY: the mapping is read-only; like every safetensors reader we assume the file
         // is not truncated by another process while the model loads.
         let mmap = unsafe { Mmap::map(&file) }.map_err(io_err(path))?;
+        check_safetensors_bounds(&mmap).map_err(|reason| CheckpointError::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+        })?;
         let (header, metadata) =
             SafeTensors::read_metadata(&mmap).map_err(|e| CheckpointError::Corrupt {
                 path: path.to_path_buf(),
@@ -196,6 +212,29 @@ impl WeightReader {
         self.entries.contains_key(name)
     }
 
+    /// The stored shape of tensor `name`, if the directory holds it (nothing is read).
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.entries.get(name).map(|e| e.shape.as_slice())
+    }
+
+    /// Checks, without reading anything, that tensor `name` is there with shape `expected`
+    /// ([`CheckpointError::MissingTensor`] or [`CheckpointError::ShapeMismatch`] otherwise).
+    pub fn check(&self, name: &str, expected: &[usize]) -> Result<(), CheckpointError> {
+        match self.shape(name) {
+            None => Err(CheckpointError::MissingTensor {
+                dir: self.dir.clone(),
+                name: name.to_string(),
+            }),
+            Some(got) if got != expected => Err(CheckpointError::ShapeMismatch {
+                path: self.file_of(name),
+                name: name.to_string(),
+                expected: expected.to_vec(),
+                got: got.to_vec(),
+            }),
+            Some(_) => Ok(()),
+        }
+    }
+
     /// Names of the tensors not taken yet.
     pub fn remaining(&self) -> impl Iterator<Item = &str> {
         self.entries.keys().map(String::as_str)
@@ -246,7 +285,15 @@ impl WeightReader {
         match file {
             WeightFile::Safetensors { mmap, .. } => {
                 let (start, end) = entry.range.expect("safetensors entries have a range");
-                let bytes = &mmap[start..end];
+                let bytes = mmap
+                    .get(start..end)
+                    .ok_or_else(|| CheckpointError::Corrupt {
+                        path: path.clone(),
+                        reason: format!(
+                            "tensor `{name}` at bytes {start}..{end} of a {}-byte file",
+                            mmap.len()
+                        ),
+                    })?;
                 let stored = match entry.dtype.as_str() {
                     "BF16" => Dtype::BF16,
                     "F16" => Dtype::F16,
@@ -328,11 +375,75 @@ fn convert(bytes: &[u8], stored: Dtype, shape: &[usize], target: DType) -> Optio
     }
 }
 
+/// Checks the parts of a safetensors header that the `safetensors` crate adds up without
+/// checking: the header length must fit the file, and every tensor's `data_offsets` must lie
+/// inside the data section, so that no offset sum can overflow and every range can be sliced.
+fn check_safetensors_bounds(bytes: &[u8]) -> Result<(), String> {
+    let Some(len) = bytes.get(..8) else {
+        return Err(format!(
+            "{} bytes, shorter than the 8-byte header length",
+            bytes.len()
+        ));
+    };
+    let header_len = u64::from_le_bytes(len.try_into().expect("8 bytes"));
+    let available = bytes.len() as u64 - 8;
+    if header_len > available {
+        return Err(format!(
+            "header of {header_len} bytes in a file of {} bytes",
+            bytes.len()
+        ));
+    }
+    let data_len = available - header_len;
+    let header = &bytes[8..8 + header_len as usize];
+    // Only the offsets are read here; `safetensors` validates the rest.
+    #[derive(serde::Deserialize)]
+    struct Info {
+        data_offsets: (u64, u64),
+    }
+    let Ok(tensors) = serde_json::from_slice::<BTreeMap<String, serde_json::Value>>(header) else {
+        // Not a JSON object: `safetensors` reports what is wrong with it.
+        return Ok(());
+    };
+    for (name, value) in tensors {
+        if name == "__metadata__" {
+            continue;
+        }
+        let Ok(info) = serde_json::from_value::<Info>(value) else {
+            continue;
+        };
+        let (start, end) = info.data_offsets;
+        if start > end || end > data_len {
+            return Err(format!(
+                "tensor `{name}` has data_offsets [{start}, {end}] outside the {data_len} data bytes"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a shard name from an index is a plain file name (no directory part).
+fn is_plain_file_name(name: &str) -> bool {
+    let path = Path::new(name);
+    !name.is_empty()
+        && path
+            .file_name()
+            .is_some_and(|n| n == std::ffi::OsStr::new(name))
+        && name != ".."
+        && !name.contains(['/', '\\', '\0'])
+}
+
 /// `weight_map` of `model.safetensors.index.json`.
 fn read_index(path: &Path) -> Result<BTreeMap<String, String>, CheckpointError> {
     #[derive(serde::Deserialize)]
     struct Index {
         weight_map: BTreeMap<String, String>,
+    }
+    let len = std::fs::metadata(path).map_err(io_err(path))?.len();
+    if len > MAX_INDEX_BYTES {
+        return Err(CheckpointError::BadIndex {
+            path: path.to_path_buf(),
+            reason: format!("{len} bytes, more than the {MAX_INDEX_BYTES} an index may have"),
+        });
     }
     let text = std::fs::read_to_string(path).map_err(io_err(path))?;
     let index: Index = serde_json::from_str(&text).map_err(|e| CheckpointError::BadIndex {

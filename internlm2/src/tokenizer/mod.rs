@@ -17,11 +17,16 @@ mod train;
 
 use std::path::Path;
 
-pub use sentencepiece::{Piece, PieceKind, SentencePieceModel};
+pub use sentencepiece::{
+    MAX_MODEL_BYTES, MAX_PIECE_BYTES, MAX_PIECES, Piece, PieceKind, SentencePieceModel,
+};
 pub use stream::IncrementalDecoder;
 pub use train::SPECIAL_TOKENS;
 
 use crate::error::TokenizerError;
+
+/// Largest `tokenizer.json` read, in bytes (InternLM2's is about 2 MB).
+pub const MAX_JSON_BYTES: u64 = 256 << 20;
 
 /// The ids of the chat protocol's special tokens (SPEC 3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,12 +88,26 @@ impl Tokenizer {
     /// Loads a `tokenizer.json` (by extension) or a SentencePiece model (anything else).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, TokenizerError> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| TokenizerError::Io {
+        let io = |source| TokenizerError::Io {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
         let origin = path.display().to_string();
-        if path.extension().is_some_and(|e| e == "json") {
+        let json = path.extension().is_some_and(|e| e == "json");
+        let max = if json {
+            MAX_JSON_BYTES
+        } else {
+            sentencepiece::MAX_MODEL_BYTES as u64
+        };
+        let len = std::fs::metadata(path).map_err(io)?.len();
+        if len > max {
+            return Err(TokenizerError::InvalidModel {
+                origin,
+                reason: format!("{len} bytes, more than the {max} a tokenizer file may have"),
+            });
+        }
+        let bytes = std::fs::read(path).map_err(io)?;
+        if json {
             Self::from_json_bytes(&bytes, &origin)
         } else {
             Self::from_sentencepiece_bytes(&bytes, &origin)

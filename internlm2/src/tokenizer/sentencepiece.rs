@@ -120,6 +120,14 @@ pub struct SentencePieceModel {
     normalizer: NormalizerSpec,
 }
 
+/// Largest `tokenizer.model` parsed, in bytes (InternLM2's is 1.5 MB).
+pub const MAX_MODEL_BYTES: usize = 64 << 20;
+/// Most pieces a model may have (the vocabulary bound of [`crate::config::limits`]).
+pub const MAX_PIECES: usize = crate::config::limits::MAX_VOCAB_SIZE;
+/// Longest piece, in bytes (InternLM2's longest is 384 bytes, 128 `▁`). Building the merges
+/// costs the square of a piece's length, so a longer piece is refused.
+pub const MAX_PIECE_BYTES: usize = 1024;
+
 /// InternLM2 chat models rename six unused pieces (SPEC 3).
 const CHAT_RENAMES: [(&str, &str); 6] = [
     ("[UNUSED_TOKEN_141]", "<|plugin|>"),
@@ -129,6 +137,65 @@ const CHAT_RENAMES: [(&str, &str); 6] = [
     ("[UNUSED_TOKEN_145]", "<|im_end|>"),
     ("[UNUSED_TOKEN_146]", "<|im_start|>"),
 ];
+
+/// Checks a SentencePiece `precompiled_charsmap` (a double-array trie over UTF-8 bytes, then
+/// NUL-terminated replacement strings) so that the normaliser built from it never indexes out
+/// of bounds: every node reachable from the root must have all 256 child slots inside the
+/// array, and every leaf value must point at a character boundary of the replacement text.
+/// The unit layout is Darts-clone's (label in bits 0-7 and 31, leaf flag in bit 8, offset in
+/// bits 10-31 shifted by 8 when bit 9 is set, value in bits 0-30), as `spm_precompiled` reads
+/// it.
+fn check_charsmap(map: &[u8]) -> Result<(), String> {
+    let Some(head) = map.get(..4) else {
+        return Err("shorter than its 4-byte trie length".into());
+    };
+    let trie_bytes = u32::from_le_bytes(head.try_into().expect("4 bytes")) as usize;
+    let Some(trie) = map.get(4..4 + trie_bytes) else {
+        return Err(format!("trie of {trie_bytes} bytes in {} bytes", map.len()));
+    };
+    let normalized = std::str::from_utf8(&map[4 + trie_bytes..])
+        .map_err(|_| "replacement text is not UTF-8".to_string())?;
+    let units: Vec<usize> = trie
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")) as usize)
+        .collect();
+    let offset = |u: usize| (u >> 10) << ((u & (1 << 9)) >> 6);
+    let label = |u: usize| u & ((1 << 31) | 0xFF);
+    let has_leaf = |u: usize| (u >> 8) & 1 == 1;
+    let value = |u: usize| u & ((1 << 31) - 1);
+    let Some(&root) = units.first() else {
+        return Err("empty trie".into());
+    };
+    let mut seen = vec![false; units.len()];
+    let mut stack = vec![offset(root)];
+    while let Some(node) = stack.pop() {
+        // Every byte of the input is looked up at `node ^ byte`.
+        if (node | 0xFF) >= units.len() {
+            return Err(format!("node {node} has children outside the trie"));
+        }
+        if std::mem::replace(&mut seen[node], true) {
+            continue;
+        }
+        for byte in 1..=0xFFusize {
+            let unit = units[node ^ byte];
+            if label(unit) != byte {
+                continue;
+            }
+            let next = node ^ byte ^ offset(unit);
+            if has_leaf(unit) {
+                let at = units
+                    .get(next)
+                    .map(|&u| value(u))
+                    .ok_or_else(|| format!("leaf {next} outside the trie"))?;
+                if !normalized.is_char_boundary(at) {
+                    return Err(format!("replacement at byte {at} is not in the text"));
+                }
+            }
+            stack.push(next);
+        }
+    }
+    Ok(())
+}
 
 fn byte_of_piece(text: &str) -> Option<u8> {
     let hex = text.strip_prefix("<0x")?.strip_suffix('>')?;
@@ -145,10 +212,30 @@ impl SentencePieceModel {
             origin: origin.to_string(),
             reason,
         };
+        if bytes.len() > MAX_MODEL_BYTES {
+            return Err(invalid(format!(
+                "{} bytes, more than the {MAX_MODEL_BYTES} a tokenizer.model may have",
+                bytes.len()
+            )));
+        }
         let proto = ModelProto::decode(bytes)
             .map_err(|e| invalid(format!("not a protobuf ModelProto: {e}")))?;
         if proto.pieces.is_empty() {
             return Err(invalid("the model has no pieces".into()));
+        }
+        if proto.pieces.len() > MAX_PIECES {
+            return Err(invalid(format!(
+                "{} pieces, more than {MAX_PIECES}",
+                proto.pieces.len()
+            )));
+        }
+        if let Some(map) = proto
+            .normalizer_spec
+            .as_ref()
+            .and_then(|n| n.precompiled_charsmap.as_deref())
+            .filter(|m| !m.is_empty())
+        {
+            check_charsmap(map).map_err(|e| invalid(format!("precompiled_charsmap: {e}")))?;
         }
         let trainer = proto.trainer_spec.clone().unwrap_or_default();
         let model_type = trainer.model_type.unwrap_or(1);
@@ -187,6 +274,12 @@ impl SentencePieceModel {
             };
             if text.is_empty() {
                 return Err(invalid(format!("piece {id} is empty")));
+            }
+            if text.len() > MAX_PIECE_BYTES {
+                return Err(invalid(format!(
+                    "piece {id} has {} bytes, more than {MAX_PIECE_BYTES}",
+                    text.len()
+                )));
             }
             let text = CHAT_RENAMES
                 .iter()

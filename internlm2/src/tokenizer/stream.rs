@@ -71,13 +71,17 @@ impl<'a> IncrementalDecoder<'a> {
                     .tokenizer
                     .decode(&self.ids[self.prefix_offset..self.read_offset])?;
                 let text = self.tokenizer.decode(&self.ids[self.prefix_offset..])?;
-                if text.len() > prefix.len() && !text.ends_with('\u{FFFD}') {
-                    let delta = text[prefix.len()..].to_string();
-                    self.prefix_offset = self.read_offset;
-                    self.read_offset = self.ids.len();
-                    Ok(delta)
-                } else {
-                    Ok(String::new())
+                // A `tokenizer.json` decoder may rewrite across the prefix's end (a `Replace`
+                // of two tokens' text, say), so the prefix's length need not be a character
+                // boundary of the longer text: then wait for more ids.
+                match text.get(prefix.len()..) {
+                    Some(delta) if !delta.is_empty() && !text.ends_with('\u{FFFD}') => {
+                        let delta = delta.to_string();
+                        self.prefix_offset = self.read_offset;
+                        self.read_offset = self.ids.len();
+                        Ok(delta)
+                    }
+                    _ => Ok(String::new()),
                 }
             }
         }
@@ -102,7 +106,11 @@ impl<'a> IncrementalDecoder<'a> {
                     .unwrap_or_default();
                 self.prefix_offset = self.ids.len();
                 self.read_offset = self.ids.len();
-                text.get(prefix.len()..).unwrap_or_default().to_string()
+                // From the first character boundary at or after the prefix's length.
+                let at = (prefix.len()..=text.len())
+                    .find(|&at| text.is_char_boundary(at))
+                    .unwrap_or(text.len());
+                text[at..].to_string()
             }
         }
     }
