@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cargo run --release --example bench -- --config benches/internlm2-140m.json \
-//!     --prompt-len 512 --new-tokens 64 --batch 1 [--device cpu] [--dtype auto] [--json]
+//!     --prompt-len 512 --new-tokens 64 --batch 1 [--device cpu] [--dtype auto] [--json] \
+//!     [--quant f32|f16|bf16|q8_0|q4_0|q4_k] [--head-format q6_k] [--embedding-format q8_0]
 //! # on a GPU build (cargo ... --features cuda): --device cuda:0 (bf16 by default)
 //! ```
 //!
@@ -11,12 +12,24 @@
 //! `new_tokens` tokens per row one step at a time (greedy, argmax on the device). Peak memory
 //! is the process's peak resident set (VmHWM), weights included.
 //!
+//! `--quant` packs the random weights (see `internlm2::quant`; under a 4-bit body the embedding
+//! table and the LM head stay at Q8_0 unless `--head-format` / `--embedding-format` say
+//! otherwise); activations stay f32.
+//!
 //! `--limits` also measures the device's read bandwidth and matmul throughput in the compute
-//! dtype and prints each figure next to its physical limit: decode reads every weight once
-//! per step (`batch x bandwidth / weight bytes`, or `matmul peak / 2 x params` when compute
-//! binds first), prefill needs `2 x (params - embedding - LM head) + 2 x layers x hidden x
+//! dtype (the better of burn's matmul and the kernel layer's `dense` on square matrices) and prints each figure next to its physical limit: decode reads every weight once
+//! per step (`batch x bandwidth / weight bytes`, the bytes the weights take in their stored
+//! format, or `matmul peak / 2 x params` when compute binds first), prefill needs `2 x (params - embedding - LM head) + 2 x layers x hidden x
 //! prompt` FLOPs per token (the LM head runs for the last position only; causal attention) at
 //! the measured matmul peak.
+//!
+//! `--long-context 4096,8192,16384,32768` instead measures prefill time and peak RSS of long
+//! prompts, chunked (`--prefill-chunk`, 512 by default; `--prefill-chunk 0,512` adds the
+//! whole-prompt baseline), one fresh process per length, next to the KV-cache bytes the config
+//! implies (see `examples/long_context/mod.rs`).
+
+#[path = "long_context/mod.rs"]
+mod long_context;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +41,7 @@ use internlm2::backends::Kernels;
 use internlm2::backends::device::{BackendTask, DTypeChoice, DeviceSpec};
 use internlm2::backends::limits::{best_of_5, measure_matmul_flops_in};
 use internlm2::backends::program::exit_code;
+use internlm2::quant::{QuantConfig, WeightFormat};
 use internlm2::{ForwardInput, InternLM2, InternLM2Config, KvCache};
 
 #[derive(Parser)]
@@ -52,12 +66,30 @@ struct Args {
     /// Compute dtype: auto (bf16 on CUDA, f32 elsewhere), f32, bf16 or f16.
     #[arg(long, default_value = "auto")]
     dtype: DTypeChoice,
+    /// Weight storage: f32 (dense, the default), f16, bf16, q8_0, q4_0 or q4_k.
+    #[arg(long, default_value = "f32")]
+    quant: QuantConfig,
+    /// Override the LM head's format (e.g. q6_k, q8_0, f16).
+    #[arg(long)]
+    head_format: Option<String>,
+    /// Override the embedding table's format.
+    #[arg(long)]
+    embedding_format: Option<String>,
     /// Print one JSON line instead of a table.
     #[arg(long)]
     json: bool,
     /// Also measure read bandwidth and matmul peak, and print the fraction of each limit.
     #[arg(long)]
     limits: bool,
+    /// Long-context prefill: prompt lengths, each measured in a fresh process.
+    #[arg(long, value_delimiter = ',')]
+    long_context: Option<Vec<usize>>,
+    /// Prefill chunks of the long-context measurement (0 = the whole prompt at once).
+    #[arg(long, value_delimiter = ',', default_value = "512")]
+    prefill_chunk: Vec<usize>,
+    /// Internal: one long-context measurement in this process (prints one JSON line).
+    #[arg(long, hide = true)]
+    long_context_one: Option<usize>,
 }
 
 /// Peak resident set size of this process in bytes (Linux), if known.
@@ -76,6 +108,8 @@ fn main() -> ExitCode {
 struct Measured {
     prefill_s: f64,
     decode_s: f64,
+    /// Bytes of weights a decoding step reads (the stored format's).
+    weight_bytes: usize,
     /// Read bandwidth in bytes/s and matmul throughput in FLOP/s, with `--limits`.
     limits: Option<(f64, f64)>,
 }
@@ -84,6 +118,7 @@ struct Measured {
 struct Measure {
     config: InternLM2Config,
     dtype: DType,
+    quant: QuantConfig,
     ids: Vec<i64>,
     batch: usize,
     prompt_len: usize,
@@ -103,9 +138,18 @@ fn device_limits<B: Kernels>(device: &B::Device, dtype: DType, cpu: bool) -> (f6
     });
     let bandwidth = elements as f64 * dtype.size() as f64 / read_s;
     let sizes = if cpu { [1024, 2048] } else { [4096, 8192] };
+    // The backend's matmul, and the model's own linear-layer kernel (`Kernels::dense`, the
+    // panel-parallel GEMM on the CPU), whichever is faster.
     let flops = sizes
         .into_iter()
-        .map(|n| measure_matmul_flops_in::<B>(device, n, dtype))
+        .map(|n| {
+            let x = Tensor::<B, 3>::ones([1, n, n], device).cast(dtype);
+            let w = Tensor::<B, 2>::ones([n, n], device).cast(dtype);
+            let dense_s = best_of_5::<B>(device, || {
+                let _ = B::dense(x.clone(), w.clone(), None);
+            });
+            measure_matmul_flops_in::<B>(device, n, dtype).max(2.0 * (n as f64).powi(3) / dense_s)
+        })
         .fold(0.0, f64::max);
     (bandwidth, flops)
 }
@@ -119,7 +163,10 @@ impl BackendTask for Measure {
             .limits
             .then(|| device_limits::<B>(&device, self.dtype, cpu));
         let (b, p, n) = (self.batch, self.prompt_len, self.new_tokens);
-        let model = InternLM2::<B>::init_with_dtype(&self.config, self.dtype, &device);
+        let model = InternLM2::<B>::init_with_dtype(&self.config, self.dtype, &device)
+            .quantize(&self.quant)
+            .expect("random weights quantize");
+        let weight_bytes = model.weight_bytes_per_token();
         // Warm-up: a short forward pass (allocator, thread pool, kernel compilation).
         let warm = Tensor::<B, 2, Int>::from_data(
             TensorData::new(self.ids[..8.min(p)].to_vec(), [1, 8.min(p)]),
@@ -152,6 +199,7 @@ impl BackendTask for Measure {
         Measured {
             prefill_s,
             decode_s: t.elapsed().as_secs_f64(),
+            weight_bytes,
             limits,
         }
     }
@@ -160,6 +208,52 @@ impl BackendTask for Measure {
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let config = InternLM2Config::from_hf_file(&args.config)?;
     let dtype = args.dtype.resolve(&args.device);
+    if let Some(tokens) = args.long_context_one {
+        let one = long_context::One {
+            config,
+            dtype,
+            tokens,
+            chunk: args.prefill_chunk.first().copied().unwrap_or(0),
+        };
+        println!("{}", serde_json::to_string(&args.device.run(one)?)?);
+        return Ok(());
+    }
+    if let Some(lengths) = &args.long_context {
+        let forward = [
+            "--config".to_string(),
+            args.config.display().to_string(),
+            "--device".into(),
+            args.device.to_string(),
+            "--dtype".into(),
+            format!("{dtype:?}").to_lowercase(),
+        ];
+        let name = args.config.display().to_string();
+        return long_context::run_all(
+            &config,
+            &name,
+            dtype,
+            lengths,
+            &args.prefill_chunk,
+            &forward,
+            &args.device.to_string(),
+        );
+    }
+    let format = |name: &Option<String>| -> Result<Option<Option<WeightFormat>>, String> {
+        match name.as_deref() {
+            None => Ok(None),
+            Some("f32" | "dense") => Ok(Some(None)),
+            Some(n) => WeightFormat::from_name(n)
+                .map(|f| Some(Some(f)))
+                .ok_or_else(|| format!("unknown format `{n}`")),
+        }
+    };
+    let mut quant = args.quant;
+    if let Some(f) = format(&args.head_format)? {
+        quant = quant.with_head(f);
+    }
+    if let Some(f) = format(&args.embedding_format)? {
+        quant = quant.with_embedding(f);
+    }
     let (b, p, n) = (args.batch, args.prompt_len, args.new_tokens);
     if b == 0 || p == 0 {
         return Err("--batch and --prompt-len must be at least 1".into());
@@ -172,6 +266,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let measured = args.device.run(Measure {
         config: config.clone(),
         dtype,
+        quant,
         ids,
         batch: b,
         prompt_len: p,
@@ -185,7 +280,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // Physical limits (see the module docs): weights read per decode step, FLOPs per token.
     let params = config.num_parameters() as f64;
     let lookup = (config.vocab_size * config.hidden_size) as f64; // embedding rows are gathered
-    let weight_bytes = (params - lookup) * dtype.size() as f64;
+    let weight_bytes = measured.weight_bytes as f64;
     let limits = measured.limits.map(|(bandwidth, flops)| {
         let decode_limit =
             (b as f64 * bandwidth / weight_bytes).min(flops / (2.0 * (params - lookup)));
@@ -213,6 +308,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 "peak_memory_bytes": peak,
                 "device": device_name,
                 "dtype": dtype_name,
+                "weights": quant.to_string(),
+                "weight_bytes_per_token": measured.weight_bytes,
                 "batch": b,
                 "prompt_len": p,
                 "new_tokens": n,
@@ -225,15 +322,17 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         );
     } else {
         println!(
-            "| model | params | device | dtype | batch | prompt | new | prefill tok/s | decode tok/s | peak RSS |"
+            "| model | params | device | dtype | weights | batch | prompt | new | prefill tok/s | decode tok/s | peak RSS |"
         );
-        println!("|---|---|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|");
         println!(
-            "| {} | {:.1}M | {} | {} | {} | {} | {} | {:.1} | {:.1} | {} |",
+            "| {} | {:.1}M | {} | {} | {} ({:.0} MB/token) | {} | {} | {} | {:.1} | {:.1} | {} |",
             args.config.display(),
             config.num_parameters() as f64 / 1e6,
             device_name,
             dtype_name,
+            quant,
+            measured.weight_bytes as f64 / 1e6,
             b,
             p,
             n,

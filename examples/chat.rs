@@ -4,7 +4,12 @@
 //! cargo run --release --example chat -- --model-dir internlm2-chat-1_8b [--system "..."]
 //!     [--temperature 0.8 --top-p 0.8 --top-k 0 --min-p 0 --repetition-penalty 1.0 --seed 0]
 //!     [--max-new-tokens 512] [--tools tools.json] [--interpreter] [--device cpu] [--dtype auto]
+//!     [--quant f32|f16|bf16|q8_0|q4_0|q4_k] [--tokenizer tokenizer.model]
+//! # a GGUF file (tokenizer from its metadata) or a quantized / AWQ checkpoint, as stored:
+//! cargo run --release --example chat -- --model-dir internlm2-chat-1_8b-Q4_K_M.gguf
 //! ```
+//!
+//! `--quant` quantizes a HuggingFace checkpoint while loading it (see `internlm2::quant`).
 //!
 //! Type a message and press enter; `/reset` starts over, `/quit` (or end of input) leaves.
 //! With `--tools` (a JSON list of function schemas) or `--interpreter`, the model may call a
@@ -19,14 +24,16 @@ use internlm2::backends::Kernels;
 use internlm2::backends::device::{DTypeChoice, DeviceSpec};
 use internlm2::backends::program::{Program, ProgramResult, run_program};
 use internlm2::chat::{self, Message, Tool, ToolCall};
+use internlm2::checkpoint::gguf::tokenizer_from_gguf;
 use internlm2::generate::{GenerationConfig, generate};
+use internlm2::quant::{LoadOptions, QuantConfig};
 use internlm2::sampling::SamplingConfig;
 use internlm2::{InternLM2, Tokenizer};
 
 #[derive(Parser)]
 #[command(about = "Chat with an InternLM2 checkpoint")]
 struct Args {
-    /// HuggingFace model directory (config.json, safetensors, tokenizer.model).
+    /// HuggingFace model directory (config.json, safetensors, tokenizer.model), or a GGUF file.
     #[arg(long)]
     model_dir: PathBuf,
     /// System prompt.
@@ -65,6 +72,13 @@ struct Args {
     /// Compute dtype: auto (bf16 on CUDA, f32 elsewhere), f32, bf16 or f16.
     #[arg(long, default_value = "auto")]
     dtype: DTypeChoice,
+    /// Weight storage when loading a HuggingFace checkpoint: f32 (dense in --dtype), f16, bf16,
+    /// q8_0, q4_0 or q4_k. GGUF files and quantized checkpoints load as stored.
+    #[arg(long, default_value = "f32")]
+    quant: QuantConfig,
+    /// Tokenizer file (default: the model directory's, or a GGUF file's metadata).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -85,8 +99,17 @@ impl Program for Args {
 fn run_chat<B: Kernels>(args: Args, device: B::Device) -> ProgramResult {
     let dtype = args.dtype.resolve(&args.device);
     let start = std::time::Instant::now();
-    let model = InternLM2::<B>::load(&args.model_dir, dtype, &device)?;
-    let tokenizer = Tokenizer::from_dir(&args.model_dir)?;
+    let options = LoadOptions::new(dtype).with_quant(args.quant);
+    let model = InternLM2::<B>::load_with(&args.model_dir, &options, &device)?;
+    let is_gguf = args
+        .model_dir
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    let tokenizer = match &args.tokenizer {
+        Some(path) => Tokenizer::from_file(path)?,
+        None if is_gguf => tokenizer_from_gguf(&args.model_dir)?,
+        None => Tokenizer::from_dir(&args.model_dir)?,
+    };
     eprintln!(
         "loaded {} ({} parameters) in {:.1}s",
         args.model_dir.display(),

@@ -21,6 +21,7 @@
 
 pub mod device;
 pub mod kernels;
+pub mod packed;
 pub mod limits;
 pub mod program;
 
@@ -166,6 +167,26 @@ macro_rules! kernel_method {
     };
 }
 
+/// `dense_packed` takes its weight by reference, so it has its own arm.
+#[allow(unused_macros)]
+macro_rules! kernel_method_packed {
+    ($module:ident) => {
+        fn dense_packed(
+            x: Tensor<Self, 3>,
+            weight: &packed::PackedWeight,
+            bias: Option<Tensor<Self, 1>>,
+        ) -> Tensor<Self, 3> {
+            fused_or_composite!(
+                kernels::$module::dense_packed,
+                kernels::composite::dense_packed,
+                x,
+                weight,
+                bias
+            )
+        }
+    };
+}
+
 /// The `Kernels` methods a backend overrides with the kernels of `kernels::$module`.
 #[allow(unused_macros)]
 macro_rules! kernel_methods {
@@ -178,6 +199,7 @@ macro_rules! kernel_methods {
 #[cfg(feature = "flex")]
 impl Kernels for burn::backend::Flex {
     kernel_methods!(cpu: rms_norm, add_rms_norm, rope, causal_attention, swiglu, cache_write, dense);
+    kernel_method_packed!(cpu_quant);
 }
 
 #[cfg(feature = "ndarray")]

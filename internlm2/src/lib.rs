@@ -10,6 +10,7 @@ pub mod error;
 pub mod generate;
 pub mod model;
 pub mod prefill;
+pub mod quant;
 pub mod sampling;
 pub mod tokenizer;
 

@@ -6,6 +6,7 @@
 use burn::tensor::{DType, Tensor, activation, backend::Backend};
 
 use super::AttentionMask;
+pub use super::composite_packed::dense_packed;
 
 /// See [`super::Kernels::rms_norm`].
 pub fn rms_norm<B: Backend>(x: Tensor<B, 3>, weight: Tensor<B, 1>, eps: f64) -> Tensor<B, 3> {

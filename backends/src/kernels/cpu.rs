@@ -29,18 +29,18 @@ const SCORE_BUDGET: usize = 1 << 21;
 /// Queries per attention task before the score budget shrinks it.
 const QUERY_BLOCK: usize = 64;
 
-fn primitive<const D: usize>(t: Tensor<Flex, D>) -> FlexTensor {
+pub(crate) fn primitive<const D: usize>(t: Tensor<Flex, D>) -> FlexTensor {
     t.into_primitive().tensor()
 }
 
-fn wrap<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<Flex, D> {
+pub(crate) fn wrap<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<Flex, D> {
     Tensor::from_primitive(TensorPrimitive::Float(FlexTensor::from_data(
         TensorData::new(values, shape),
     )))
 }
 
 /// The f32 elements of a tensor in row-major order (copied only if not contiguous).
-fn contiguous(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
+pub(crate) fn contiguous(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
     match t.as_slice::<f32>() {
         Some(s) => std::borrow::Cow::Borrowed(s),
         None => std::borrow::Cow::Owned(
@@ -266,7 +266,7 @@ pub fn cache_write(
 }
 
 /// Rows of `x` up to which [`dense`] uses the skinny kernel instead of a GEMM.
-const SKINNY_MAX_ROWS: usize = 16;
+pub(crate) const SKINNY_MAX_ROWS: usize = 16;
 
 /// Output features per skinny-kernel task.
 const SKINNY_CHUNK: usize = 64;
@@ -274,7 +274,9 @@ const SKINNY_CHUNK: usize = 64;
 /// See [`super::Kernels::dense`]. Decoding multiplies a handful of rows by every weight: a
 /// GEMM library packs the whole weight for that and runs on one core below its parallel
 /// threshold. The skinny kernel instead streams each weight row once, dots it with every
-/// input row (AVX + FMA when the CPU has them) and splits the output features across cores.
+/// input row (AVX + FMA when the CPU has them) and splits the output features across cores;
+/// a row's result never depends on the other rows of the call. More rows (prefill) run the
+/// panel-parallel GEMM of [`super::cpu_gemm`].
 pub fn dense(
     x: Tensor<Flex, 3>,
     weight: Tensor<Flex, 2>,
@@ -286,7 +288,7 @@ pub fn dense(
     let f32s = x.dtype() == DType::F32
         && weight.dtype() == DType::F32
         && bias.as_ref().is_none_or(|b| b.dtype() == DType::F32);
-    if m > SKINNY_MAX_ROWS || !f32s {
+    if !f32s {
         return composite::dense(x, weight, bias);
     }
     let (xp, wp) = (primitive(x), primitive(weight));
@@ -294,6 +296,10 @@ pub fn dense(
     let bias = bias.map(primitive);
     let bias = bias.as_ref().map(contiguous);
     let mut out = vec![0f32; m * n];
+    if m > SKINNY_MAX_ROWS {
+        super::cpu_gemm::gemm_f32_weight(&xs, m, k, &ws, n, bias.as_deref(), &mut out);
+        return wrap(out, [b, s, n]);
+    }
     let out_ptr = OutPtr(out.as_mut_ptr());
     let task = |chunk: usize| {
         let out_ptr = out_ptr;

@@ -6,8 +6,15 @@
 //! a method is tested against it.
 
 pub mod composite;
+mod composite_packed;
 #[cfg(feature = "flex")]
 pub mod cpu;
+#[cfg(feature = "flex")]
+mod cpu_gemm;
+#[cfg(feature = "flex")]
+pub mod cpu_quant;
+#[cfg(all(feature = "flex", target_arch = "x86_64"))]
+mod cpu_quant_avx2;
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 pub mod cube;
 #[cfg(feature = "tch")]
@@ -16,6 +23,8 @@ pub mod torch;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use burn::tensor::{Bool, Int, Tensor, backend::Backend};
+
+use crate::packed::PackedWeight;
 
 /// Which implementation of the kernel layer runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,5 +191,19 @@ pub trait Kernels: Backend {
         bias: Option<Tensor<Self, 1>>,
     ) -> Tensor<Self, 3> {
         composite::dense(x, weight, bias)
+    }
+
+    /// A linear layer whose weight is packed (f16/bf16 or block-quantized, see
+    /// [`crate::packed`]), computed in the activation dtype: `x @ dequantize(weight)^T + bias`.
+    /// No implementation materialises the whole weight in f32.
+    ///
+    /// # Shapes
+    /// `x`: `[batch, seq, in]`, `weight`: `[out, in]`, `bias`: `[out]` -> `[batch, seq, out]`
+    fn dense_packed(
+        x: Tensor<Self, 3>,
+        weight: &PackedWeight,
+        bias: Option<Tensor<Self, 1>>,
+    ) -> Tensor<Self, 3> {
+        composite::dense_packed(x, weight, bias)
     }
 }

@@ -21,6 +21,9 @@
 //! reader. Saving writes `config.json` plus `model.safetensors` (or shards and an index) in
 //! BF16 or F32, through a temporary file and a rename.
 
+pub mod awq;
+pub mod gguf;
+mod gguf_model;
 mod reader;
 mod writer;
 
@@ -30,6 +33,7 @@ use burn::tensor::DType;
 use internlm2_backends::Kernels;
 
 pub use reader::WeightReader;
+pub(crate) use writer::write_atomic;
 pub use writer::{
     SaveDtype, SaveOptions, backbone_tensors, named_tensors, torch_dtype, write_checkpoint,
 };

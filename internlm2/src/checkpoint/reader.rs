@@ -248,6 +248,41 @@ impl WeightReader {
             .unwrap_or_else(|| self.dir.clone())
     }
 
+    /// Removes tensor `name` and returns its stored dtype (safetensors' name: `U8`, `F16`,
+    /// ...), shape and bytes as stored, unconverted: for packed weights
+    /// ([`crate::quant`]). Only safetensors files hold raw tensors.
+    pub fn take_raw(
+        &mut self,
+        name: &str,
+    ) -> Result<(String, Vec<usize>, Vec<u8>), CheckpointError> {
+        let entry = self
+            .entries
+            .remove(name)
+            .ok_or_else(|| CheckpointError::MissingTensor {
+                dir: self.dir.clone(),
+                name: name.to_string(),
+            })?;
+        match (&self.files[entry.file], entry.range) {
+            (WeightFile::Safetensors { mmap, path }, Some((start, end))) => {
+                let bytes = mmap
+                    .get(start..end)
+                    .ok_or_else(|| CheckpointError::Corrupt {
+                        path: path.clone(),
+                        reason: format!("tensor `{name}` runs past the end of the file"),
+                    })?;
+                Ok((entry.dtype, entry.shape, bytes.to_vec()))
+            }
+            (file, _) => Err(CheckpointError::UnsupportedDtype {
+                path: file.path().to_path_buf(),
+                name: name.to_string(),
+                dtype: format!(
+                    "{} in a pickled file (packed weights live in safetensors)",
+                    entry.dtype
+                ),
+            }),
+        }
+    }
+
     /// Removes a tensor from the directory's set without reading it.
     pub fn skip(&mut self, name: &str) {
         self.entries.remove(name);

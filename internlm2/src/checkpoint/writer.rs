@@ -14,6 +14,7 @@ use internlm2_backends::Kernels;
 use safetensors::{Dtype, View};
 
 use crate::error::CheckpointError;
+use crate::model::linear::Linear;
 use crate::model::{InternLM2, InternLM2Model};
 
 /// The dtype weights are stored in.
@@ -94,11 +95,20 @@ fn encode(data: TensorData, dtype: SaveDtype) -> Stored {
     }
 }
 
-/// The model's tensors under their HuggingFace names, in checkpoint order.
+/// A linear layer's weight as data: packed weights are dequantized to f32.
+fn linear_data<B: Kernels>(linear: &Linear<B>) -> TensorData {
+    match &linear.packed {
+        Some(p) => TensorData::new(p.dequantize(), p.dims()),
+        None => linear.weight.val().into_data(),
+    }
+}
+
+/// The model's tensors under their HuggingFace names, in checkpoint order (packed weights
+/// dequantized to f32; [`crate::quant::save_quantized`] keeps them packed).
 pub fn named_tensors<B: Kernels>(model: &InternLM2<B>) -> Vec<(String, TensorData)> {
     let mut out = backbone_tensors(&model.model);
     if let Some(output) = &model.output {
-        out.push(("output.weight".to_string(), output.weight.val().into_data()));
+        out.push(("output.weight".to_string(), linear_data(output)));
     }
     out
 }
@@ -110,7 +120,10 @@ pub fn backbone_tensors<B: Kernels>(body: &InternLM2Model<B>) -> Vec<(String, Te
     }
     let mut out = vec![(
         "model.tok_embeddings.weight".to_string(),
-        d(body.tok_embeddings.weight.val()),
+        match &body.tok_embeddings.packed {
+            Some(table) => TensorData::new(table.dequantize(), table.dims()),
+            None => d(body.tok_embeddings.weight.val()),
+        },
     )];
     for (l, layer) in body.layers.iter().enumerate() {
         let p = format!("model.layers.{l}");
@@ -119,14 +132,11 @@ pub fn backbone_tensors<B: Kernels>(body: &InternLM2Model<B>) -> Vec<(String, Te
             d(layer.attention_norm.weight.val()),
         ));
         let att = &layer.attention;
-        out.push((
-            format!("{p}.attention.wqkv.weight"),
-            d(att.wqkv.weight.val()),
-        ));
+        out.push((format!("{p}.attention.wqkv.weight"), linear_data(&att.wqkv)));
         if let Some(b) = &att.wqkv.bias {
             out.push((format!("{p}.attention.wqkv.bias"), d(b.val())));
         }
-        out.push((format!("{p}.attention.wo.weight"), d(att.wo.weight.val())));
+        out.push((format!("{p}.attention.wo.weight"), linear_data(&att.wo)));
         if let Some(b) = &att.wo.bias {
             out.push((format!("{p}.attention.wo.bias"), d(b.val())));
         }
@@ -135,9 +145,9 @@ pub fn backbone_tensors<B: Kernels>(body: &InternLM2Model<B>) -> Vec<(String, Te
             d(layer.ffn_norm.weight.val()),
         ));
         let ff = &layer.feed_forward;
-        out.push((format!("{p}.feed_forward.w1.weight"), d(ff.w1.weight.val())));
-        out.push((format!("{p}.feed_forward.w3.weight"), d(ff.w3.weight.val())));
-        out.push((format!("{p}.feed_forward.w2.weight"), d(ff.w2.weight.val())));
+        out.push((format!("{p}.feed_forward.w1.weight"), linear_data(&ff.w1)));
+        out.push((format!("{p}.feed_forward.w3.weight"), linear_data(&ff.w3)));
+        out.push((format!("{p}.feed_forward.w2.weight"), linear_data(&ff.w2)));
     }
     out.push(("model.norm.weight".to_string(), d(body.norm.weight.val())));
     out

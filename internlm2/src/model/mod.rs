@@ -132,7 +132,10 @@ impl<B: Kernels> InternLM2<B> {
     pub fn logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         let logits = match &self.output {
             Some(output) => output.forward(hidden),
-            None => B::dense(hidden, self.model.tok_embeddings.weight.val(), None),
+            None => match &self.model.tok_embeddings.packed {
+                Some(table) => B::dense_packed(hidden, table, None),
+                None => B::dense(hidden, self.model.tok_embeddings.weight.val(), None),
+            },
         };
         logits.cast(DType::F32)
     }

@@ -1,0 +1,285 @@
+//! Linear layers over packed weights ([`PackedWeight`]: f16/bf16, Q8_0, Q4_0, Q4_K, Q6_K,
+//! AWQ4) on burn's Flex CPU backend, with f32 activations.
+//!
+//! - **Decoding (up to 16 rows)**: a mat-vec that streams each packed weight row once and
+//!   dequantizes it in registers, block by block, against every input row: AVX2 + FMA + F16C
+//!   kernels ([`super::cpu_quant_avx2`]) where the CPU has them, chosen at run time, and a
+//!   portable kernel (decode one block to the stack, dot it) elsewhere. Output features are
+//!   split across cores. A row's result depends only on that row and the weight, never on how
+//!   many rows share the call (the serving engine relies on this for batch-invariant tokens).
+//! - **Prefill (more rows)**: the panel-parallel GEMM of [`super::cpu_gemm`], each panel of
+//!   output features dequantized into a per-thread f32 buffer that stays in cache.
+//!
+//! Neither path ever holds more than one panel of the weight in f32.
+
+use burn::backend::Flex;
+use burn::tensor::{DType, Tensor};
+use rayon::prelude::*;
+
+use super::composite;
+use super::cpu::{SKINNY_MAX_ROWS, contiguous, primitive, wrap};
+use super::cpu_gemm::{Panel, gemm_panels};
+use crate::packed::{PackedWeight, WeightFormat, blocks};
+
+/// Work (rows x outputs x inputs) below which the mat-vec stays on the calling thread.
+const PARALLEL_WORK: usize = 1 << 18;
+
+/// Input rows one kernel call handles together (each weight block is decoded once for them).
+pub(crate) const ROW_GROUP: usize = 4;
+
+/// See [`super::Kernels::dense_packed`].
+pub fn dense_packed(
+    x: Tensor<Flex, 3>,
+    weight: &PackedWeight,
+    bias: Option<Tensor<Flex, 1>>,
+) -> Tensor<Flex, 3> {
+    let [b, s, k] = x.dims();
+    let n = weight.rows();
+    let f32s = x.dtype() == DType::F32 && bias.as_ref().is_none_or(|b| b.dtype() == DType::F32);
+    if !f32s || weight.cols() != k {
+        return composite::dense_packed(x, weight, bias);
+    }
+    let m = b * s;
+    let xp = primitive(x);
+    let xs = contiguous(&xp);
+    let bias = bias.map(primitive);
+    let bias = bias.as_ref().map(contiguous);
+    let mut out = vec![0f32; m * n];
+    if m <= SKINNY_MAX_ROWS {
+        matvec(&xs, m, k, weight, bias.as_deref(), &mut out);
+    } else {
+        gemm_panels(&xs, m, k, n, bias.as_deref(), &mut out, |o0, o1, buf| {
+            decode_rows(weight, o0, o1, buf);
+            Panel::Decoded
+        });
+    }
+    wrap(out, [b, s, n])
+}
+
+/// Dequantizes rows `o0..o1` of `weight` into `out` with the fastest decoder the CPU has.
+pub(crate) fn decode_rows(weight: &PackedWeight, o0: usize, o1: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::cpu_quant_avx2::available() {
+        let k = weight.cols();
+        if k == 0 {
+            return;
+        }
+        weight.for_rows(o0, o1, |o, format, row| {
+            let dst = &mut out[(o - o0) * k..(o - o0 + 1) * k];
+            // SAFETY: the features were detected; `dst` holds one row of `k` values.
+            unsafe { super::cpu_quant_avx2::decode_row(format, row, dst) };
+        });
+        return;
+    }
+    weight.dequantize_rows(o0, o1, out);
+}
+
+/// The sums of every 32 consecutive inputs of each row (`[m, k / 32]`), which the formats
+/// with an offset (`Q4_K`'s mins) subtract once per sub-block instead of once per value.
+pub(crate) fn chunk_sums(x: &[f32], m: usize, k: usize) -> Vec<f32> {
+    let chunks = k / 32;
+    let mut sums = vec![0f32; m * chunks];
+    for r in 0..m {
+        for c in 0..chunks {
+            let v = &x[r * k + c * 32..r * k + c * 32 + 32];
+            let mut acc = [0f32; 8];
+            for part in v.chunks_exact(8) {
+                for i in 0..8 {
+                    acc[i] += part[i];
+                }
+            }
+            sums[r * chunks + c] =
+                ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+        }
+    }
+    sums
+}
+
+/// What one kernel call needs besides the weight row: the input rows and their chunk sums.
+#[derive(Clone, Copy)]
+pub(crate) struct Inputs<'a> {
+    /// `[rows, k]` row-major.
+    pub x: &'a [f32],
+    /// `[rows, k / 32]` (empty when the format does not use them).
+    pub sums: &'a [f32],
+    /// Values per row.
+    pub k: usize,
+}
+
+/// A raw output pointer shared by tasks that write disjoint columns.
+#[derive(Clone, Copy)]
+struct Dst(*mut f32);
+// SAFETY: every task writes its own output columns only.
+unsafe impl Send for Dst {}
+unsafe impl Sync for Dst {}
+
+/// `out[r, o] = dot(x[r], dequantize(weight[o])) + bias[o]` for up to [`SKINNY_MAX_ROWS`] rows.
+pub(crate) fn matvec(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    weight: &PackedWeight,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let n = weight.rows();
+    let sums = if weight.uses(WeightFormat::Q4K) {
+        chunk_sums(x, m, k)
+    } else {
+        Vec::new()
+    };
+    #[cfg(target_arch = "x86_64")]
+    let avx2 = super::cpu_quant_avx2::available();
+    let dst = Dst(out.as_mut_ptr());
+    let task = |(o0, o1): (usize, usize)| {
+        let dst = dst;
+        let mut dots = [0f32; ROW_GROUP];
+        weight.for_rows(o0, o1, |o, format, row| {
+            let mut r = 0;
+            while r < m {
+                let rows = (m - r).min(ROW_GROUP);
+                let chunks = k / 32;
+                let inputs = Inputs {
+                    x: &x[r * k..(r + rows) * k],
+                    sums: if sums.is_empty() {
+                        &[]
+                    } else {
+                        &sums[r * chunks..(r + rows) * chunks]
+                    },
+                    k,
+                };
+                #[cfg(target_arch = "x86_64")]
+                if avx2 {
+                    // SAFETY: the features were detected.
+                    unsafe {
+                        super::cpu_quant_avx2::dot_rows(format, row, inputs, rows, &mut dots)
+                    };
+                } else {
+                    dot_rows_portable(format, row, inputs, rows, &mut dots);
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                dot_rows_portable(format, row, inputs, rows, &mut dots);
+                for (j, &d) in dots[..rows].iter().enumerate() {
+                    let v = d + bias.map_or(0.0, |b| b[o]);
+                    // SAFETY: this task alone writes column `o`; row r + j < m.
+                    unsafe { *dst.0.add((r + j) * n + o) = v };
+                }
+                r += rows;
+            }
+        });
+    };
+    let threads = rayon::current_num_threads().max(1);
+    let per_task = (n / (8 * threads)).clamp(16, 256);
+    let ranges: Vec<(usize, usize)> = (0..n.div_ceil(per_task))
+        .map(|t| (t * per_task, ((t + 1) * per_task).min(n)))
+        .collect();
+    if m * n * k >= PARALLEL_WORK && ranges.len() > 1 {
+        ranges.into_par_iter().for_each(task);
+    } else {
+        ranges.into_iter().for_each(task);
+    }
+}
+
+/// The portable kernel: decode 32 values (or one block of a larger format) to the stack, then
+/// dot them with each input row, every row in the same order whatever `rows` is.
+pub(crate) fn dot_rows_portable(
+    format: WeightFormat,
+    row: &[u8],
+    inputs: Inputs<'_>,
+    rows: usize,
+    dots: &mut [f32; ROW_GROUP],
+) {
+    let k = inputs.k;
+    let piece = format.block_values().max(32);
+    let piece_bytes = piece / format.block_values() * format.block_bytes();
+    let mut buf = [0f32; 256];
+    let mut acc = [[0f32; 8]; ROW_GROUP];
+    let whole = row.len() / piece_bytes;
+    for (p, bytes) in row.chunks_exact(piece_bytes).enumerate() {
+        let vals = &mut buf[..piece];
+        blocks::decode_row(format, bytes, vals);
+        for (j, a) in acc[..rows].iter_mut().enumerate() {
+            let xs = &inputs.x[j * k + p * piece..j * k + (p + 1) * piece];
+            for (wv, xv) in vals.chunks_exact(8).zip(xs.chunks_exact(8)) {
+                for i in 0..8 {
+                    a[i] += wv[i] * xv[i];
+                }
+            }
+        }
+    }
+    // f16/bf16 rows may end with fewer than 32 values.
+    let tail = k - whole * piece;
+    blocks::decode_row(format, &row[whole * piece_bytes..], &mut buf[..tail]);
+    for (j, (d, a)) in dots[..rows].iter_mut().zip(&acc).enumerate() {
+        let mut sum = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+        for (i, w) in buf[..tail].iter().enumerate() {
+            sum += w * inputs.x[j * k + whole * piece + i];
+        }
+        *d = sum;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Valid packed rows from a byte pattern, with sane f16 scales.
+    fn rows(format: WeightFormat, rows: usize, cols: usize) -> PackedWeight {
+        let rb = format.row_bytes(cols).unwrap();
+        let mut bytes: Vec<u8> = (0..rows * rb).map(|i| (i * 131 % 251) as u8).collect();
+        let scale = half::f16::from_f32(0.01).to_le_bytes();
+        for block in bytes.chunks_exact_mut(format.block_bytes()) {
+            match format {
+                WeightFormat::F16 | WeightFormat::BF16 => block[1] &= 0x3B, // small finite values
+                WeightFormat::Q6K => block[208..210].copy_from_slice(&scale),
+                WeightFormat::Q4K => {
+                    block[..2].copy_from_slice(&scale);
+                    block[2..4].copy_from_slice(&scale);
+                }
+                _ => block[..2].copy_from_slice(&scale),
+            }
+        }
+        PackedWeight::new(format, rows, cols, bytes).unwrap()
+    }
+
+    #[test]
+    fn portable_kernel_matches_the_reference_decoders() {
+        for format in WeightFormat::ALL {
+            let (n, k, m) = (3, 512, 4);
+            let w = rows(format, n, k);
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 7 % 19) as f32 - 9.0) / 9.0)
+                .collect();
+            let dense = w.dequantize();
+            let mut out = [0f32; ROW_GROUP];
+            for o in 0..n {
+                let (f, row) = w.row(o);
+                let inputs = Inputs {
+                    x: &x,
+                    sums: &[],
+                    k,
+                };
+                dot_rows_portable(f, row, inputs, m, &mut out);
+                for r in 0..m {
+                    let want: f32 = (0..k).map(|i| dense[o * k + i] * x[r * k + i]).sum();
+                    let scale = (0..k)
+                        .map(|i| (dense[o * k + i] * x[r * k + i]).abs())
+                        .sum::<f32>()
+                        .max(1e-6);
+                    assert!(
+                        (out[r] - want).abs() / scale < 1e-5,
+                        "{format} row {o} input {r}: {} vs {want}",
+                        out[r]
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn chunk_sums_add_32_values() {
+        let x: Vec<f32> = (0..128).map(|i| i as f32).collect();
+        let s = chunk_sums(&x, 2, 64);
+        assert_eq!(s, vec![496.0, 1520.0, 2544.0, 3568.0]);
+    }
+}

@@ -1,0 +1,206 @@
+//! The fused packed-weight kernels of the CPU backend (`dense_packed`: the dequantizing
+//! mat-vec up to 16 rows, the panel GEMM above) against the composite reference (tiled
+//! dequantize, then matmul) for every format, odd shapes, mixed-format stacks and biases;
+//! and the decoding kernels' batch invariance (a row's result is bit-identical whatever else
+//! is in the call). Tolerance: 2e-4 relative to the size of the dot products (f32 results
+//! differing only in summation order).
+
+#![cfg(feature = "flex")]
+
+use burn::tensor::{Distribution, Tensor, TensorData};
+use half::{bf16, f16};
+use internlm2_backends::kernels::composite;
+use internlm2_backends::packed::{PackedWeight, WeightFormat};
+use internlm2_backends::{Cpu, Kernels};
+
+/// A small deterministic generator (xorshift).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+/// Random but valid packed rows: random quantized values, sane f16 scales.
+fn random_packed(format: WeightFormat, rows: usize, cols: usize, seed: u64) -> PackedWeight {
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let row_bytes = format.row_bytes(cols).expect("whole blocks");
+    let mut bytes: Vec<u8> = (0..rows * row_bytes).map(|_| rng.next() as u8).collect();
+    let scale = |rng: &mut Rng| f16::from_f32(0.005 + 0.05 * rng.unit()).to_le_bytes();
+    let bb = format.block_bytes();
+    for block in bytes.chunks_exact_mut(bb) {
+        match format {
+            WeightFormat::F16 => {
+                block.copy_from_slice(&f16::from_f32(rng.unit() - 0.5).to_le_bytes())
+            }
+            WeightFormat::BF16 => {
+                block.copy_from_slice(&bf16::from_f32(rng.unit() - 0.5).to_le_bytes())
+            }
+            WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Awq4 => {
+                block[0..2].copy_from_slice(&scale(&mut rng))
+            }
+            WeightFormat::Q4K => {
+                block[0..2].copy_from_slice(&scale(&mut rng));
+                block[2..4].copy_from_slice(&scale(&mut rng));
+            }
+            WeightFormat::Q6K => block[208..210].copy_from_slice(&scale(&mut rng)),
+            _ => unreachable!(),
+        }
+    }
+    PackedWeight::new(format, rows, cols, bytes).unwrap()
+}
+
+fn random<const D: usize>(shape: [usize; D]) -> Tensor<Cpu, D> {
+    Tensor::random(shape, Distribution::Normal(0.0, 1.0), &Default::default())
+}
+
+fn values<const D: usize>(t: Tensor<Cpu, D>) -> Vec<f32> {
+    t.into_data().into_vec::<f32>().unwrap()
+}
+
+/// Worst difference relative to the largest magnitude of the reference.
+fn relative_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let scale = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+        / scale
+}
+
+const FORMATS: [WeightFormat; 7] = [
+    WeightFormat::F16,
+    WeightFormat::BF16,
+    WeightFormat::Q8_0,
+    WeightFormat::Q4_0,
+    WeightFormat::Q4K,
+    WeightFormat::Q6K,
+    WeightFormat::Awq4,
+];
+
+#[test]
+fn fused_matches_composite_for_every_format_and_row_count() {
+    for (fi, &format) in FORMATS.iter().enumerate() {
+        let cols = 512;
+        for (m, n, bias) in [
+            (1, 37, false),
+            (3, 100, true),
+            (4, 64, false),
+            (5, 129, true),
+            (16, 33, false),
+            (17, 200, true),
+            (64, 300, false),
+        ] {
+            let w = random_packed(format, n, cols, (fi * 100 + m) as u64);
+            let x = random([1, m, cols]);
+            let bias = bias.then(|| random([n]));
+            let fused = values(Cpu::dense_packed(x.clone(), &w, bias.clone()));
+            let reference = values(composite::dense_packed(x, &w, bias));
+            let d = relative_diff(&fused, &reference);
+            assert!(d < 2e-4, "{format} m={m} n={n}: {d}");
+        }
+    }
+}
+
+#[test]
+fn half_precision_rows_of_any_length() {
+    for format in [WeightFormat::F16, WeightFormat::BF16] {
+        for (m, k) in [(1, 7), (2, 33), (20, 176)] {
+            let w = random_packed(format, 19, k, k as u64);
+            let x = random([1, m, k]);
+            let d = relative_diff(
+                &values(Cpu::dense_packed(x.clone(), &w, None)),
+                &values(composite::dense_packed(x, &w, None)),
+            );
+            assert!(d < 2e-4, "{format} m={m} k={k}: {d}");
+        }
+    }
+}
+
+#[test]
+fn mixed_format_stacks() {
+    // Q4_K queries and keys next to Q6_K values, as a GGUF Q4_K_M wqkv holds them.
+    let parts = [
+        random_packed(WeightFormat::Q4K, 48, 256, 1),
+        random_packed(WeightFormat::Q6K, 16, 256, 2),
+        random_packed(WeightFormat::Q4K, 16, 256, 3),
+        random_packed(WeightFormat::Q8_0, 8, 256, 4),
+    ];
+    let w = PackedWeight::stack(&parts).unwrap();
+    for m in [1, 2, 9, 33] {
+        let x = random([1, m, 256]);
+        let d = relative_diff(
+            &values(Cpu::dense_packed(x.clone(), &w, None)),
+            &values(composite::dense_packed(x, &w, None)),
+        );
+        assert!(d < 2e-4, "m={m}: {d}");
+    }
+}
+
+#[test]
+fn decoding_rows_do_not_depend_on_their_neighbours() {
+    for (fi, &format) in FORMATS.iter().enumerate() {
+        let w = random_packed(format, 300, 256, 40 + fi as u64);
+        let x = random([1, 16, 256]);
+        let all = values(Cpu::dense_packed(x.clone(), &w, None));
+        for m in [1, 3, 7, 16] {
+            for r in 0..m {
+                let alone = x.clone().slice([0..1, r..r + 1, 0..256]);
+                let got = values(Cpu::dense_packed(alone, &w, None));
+                let part = values(Cpu::dense_packed(
+                    x.clone().slice([0..1, 0..m, 0..256]),
+                    &w,
+                    None,
+                ));
+                assert_eq!(
+                    got,
+                    all[r * 300..(r + 1) * 300].to_vec(),
+                    "{format} row {r} alone vs 16"
+                );
+                assert_eq!(
+                    part[r * 300..(r + 1) * 300].to_vec(),
+                    got,
+                    "{format} row {r} in {m}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn prefill_rows_do_not_depend_on_the_row_count() {
+    for format in [WeightFormat::Q4_0, WeightFormat::F16] {
+        let w = random_packed(format, 700, 1536, 9);
+        let x = random([1, 100, 1536]);
+        let all = values(Cpu::dense_packed(x.clone(), &w, None));
+        let some = values(Cpu::dense_packed(x.slice([0..1, 0..17, 0..1536]), &w, None));
+        assert_eq!(some, all[..17 * 700].to_vec(), "{format}");
+    }
+    let w = random([900, 1536]);
+    let x = random([1, 100, 1536]);
+    let all = values(Cpu::dense(x.clone(), w.clone(), None));
+    let some = values(Cpu::dense(x.slice([0..1, 0..40, 0..1536]), w, None));
+    assert_eq!(some, all[..40 * 900].to_vec(), "f32");
+}
+
+#[test]
+fn the_reference_decoders_agree_with_the_composite_path() {
+    // composite::dense_packed of a one-hot input returns the dequantized columns.
+    let w = random_packed(WeightFormat::Q4K, 5, 256, 77);
+    let dense = w.dequantize();
+    let mut onehot = vec![0f32; 256];
+    onehot[100] = 1.0;
+    let x = Tensor::<Cpu, 3>::from_data(TensorData::new(onehot, [1, 1, 256]), &Default::default());
+    let y = values(composite::dense_packed(x, &w, None));
+    for (o, v) in y.iter().enumerate() {
+        assert!((v - dense[o * 256 + 100]).abs() < 1e-6);
+    }
+}
