@@ -185,6 +185,27 @@ macro_rules! kernel_method_packed {
             )
         }
     };
+    ($module:ident, paged_attention) => {
+        fn paged_attention(
+            q: Tensor<Self, 4>,
+            k: Tensor<Self, 4>,
+            v: Tensor<Self, 4>,
+            key_pool: Tensor<Self, 4>,
+            value_pool: Tensor<Self, 4>,
+            layout: &kernels::PagedLayout,
+        ) -> kernels::PagedAttentionOutput<Self> {
+            fused_or_composite!(
+                kernels::$module::paged_attention,
+                kernels::composite::paged_attention,
+                q,
+                k,
+                v,
+                key_pool,
+                value_pool,
+                layout
+            )
+        }
+    };
 }
 
 /// The `Kernels` methods a backend overrides with the kernels of `kernels::$module`.
@@ -199,6 +220,14 @@ macro_rules! kernel_methods {
 #[cfg(feature = "flex")]
 impl Kernels for burn::backend::Flex {
     kernel_methods!(cpu: rms_norm, add_rms_norm, rope, causal_attention, swiglu, cache_write, dense);
+    kernel_method!(cpu_paged, paged_attention);
+
+    fn dense_skinny_rows() -> usize {
+        match kernels::kernel_mode() {
+            kernels::KernelMode::Fused => kernels::cpu::SKINNY_MAX_ROWS,
+            kernels::KernelMode::Composite => 0,
+        }
+    }
     kernel_method_packed!(cpu_quant);
 }
 

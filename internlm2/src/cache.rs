@@ -6,11 +6,52 @@
 //! `len + s` slots. When a call would pass the capacity, the buffers grow by doubling, so the
 //! whole cache is never re-concatenated per token. The cache also remembers which slots hold
 //! padding, so that left-padded rows never attend to their pads.
+//!
+//! [`paged`] holds the other layout: pools of fixed-size blocks shared by many sequences, for
+//! the serving engine. A decoder layer sees either through [`LayerKv`].
+
+pub mod paged;
 
 use burn::tensor::{Bool, Tensor, TensorData, backend::Backend};
-use internlm2_backends::Kernels;
+use internlm2_backends::kernels::PagedLayout;
+use internlm2_backends::{AttentionMask, Kernels};
 
 use crate::config::InternLM2Config;
+pub use paged::{PagedKvCache, PagedLayerCache};
+
+/// The KV cache one decoder layer reads and extends during a forward call.
+#[derive(Debug)]
+pub enum LayerKv<'a, B: Kernels> {
+    /// No cache: the call's tokens attend to each other (prefill, training).
+    None,
+    /// A [`KvCache`] layer: the call's tokens come after the cached ones, row by row.
+    Contiguous(&'a mut LayerCache<B>),
+    /// A [`PagedKvCache`] layer: packed sequences, placed by the layout.
+    Paged(&'a mut PagedLayerCache<B>, &'a PagedLayout),
+}
+
+impl<B: Kernels> LayerKv<'_, B> {
+    /// Stores `k`, `v` where this cache keeps them and runs causal attention.
+    ///
+    /// # Shapes
+    /// `q`: `[batch, heads, s, d]`, `k`/`v`: `[batch, kv_heads, s, d]` -> `[batch, heads, s, d]`
+    pub fn attend(
+        self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        mask: &AttentionMask<B>,
+    ) -> Tensor<B, 4> {
+        match self {
+            Self::None => B::causal_attention(q, k, v, mask),
+            Self::Contiguous(cache) => {
+                let (k, v) = cache.append(k, v, mask.past_len);
+                B::causal_attention(q, k, v, mask)
+            }
+            Self::Paged(cache, layout) => cache.attend(q, k, v, layout),
+        }
+    }
+}
 
 /// The cache of one decoder layer.
 #[derive(Debug, Clone)]

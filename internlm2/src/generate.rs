@@ -18,6 +18,9 @@ use crate::model::{ForwardInput, InternLM2};
 use crate::sampling::{Sampler, SamplingConfig};
 use crate::tokenizer::{IncrementalDecoder, Tokenizer};
 
+mod stream;
+pub use stream::TextStream;
+
 /// What to do when prompt plus `max_new_tokens` does not fit the context limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OverflowPolicy {

@@ -125,6 +125,83 @@ pub fn cache_write<B: Backend>(
     buffer.slice_assign([0..b, 0..h, start..start + s, 0..d], values)
 }
 
+/// See [`super::Kernels::paged_attention`]: each sequence's new keys and values are written
+/// block piece by block piece with `slice_assign`, its visible keys gathered from the pool with
+/// `select`, and [`causal_attention`] runs per sequence.
+pub fn paged_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    key_pool: Tensor<B, 4>,
+    value_pool: Tensor<B, 4>,
+    layout: &super::PagedLayout,
+) -> super::PagedAttentionOutput<B> {
+    let [_, nh, tokens, d] = q.dims();
+    let [blocks, nkv, bs, _] = key_pool.dims();
+    if let Err(e) = layout.check(blocks, tokens) {
+        panic!("paged attention layout: {e}");
+    }
+    assert_eq!(bs, layout.block_size, "pool block size != layout block size");
+    let (mut key_pool, mut value_pool) = (key_pool, value_pool);
+    let offsets = layout.offsets();
+    // Write this call's keys and values, one contiguous piece of a block at a time.
+    for (seq, &offset) in layout.sequences.iter().zip(&offsets) {
+        let mut done = 0;
+        while done < seq.len {
+            let slot = seq.past + done;
+            let (block, row) = (seq.blocks[slot / bs] as usize, slot % bs);
+            let n = (bs - row).min(seq.len - done);
+            let rows = offset + done..offset + done + n;
+            let at = [block..block + 1, 0..nkv, row..row + n, 0..d];
+            let piece = |t: &Tensor<B, 4>| t.clone().slice([0..1, 0..nkv, rows.clone(), 0..d]);
+            key_pool = key_pool.slice_assign(at.clone(), piece(&k));
+            value_pool = value_pool.slice_assign(at, piece(&v));
+            done += n;
+        }
+    }
+    // Attend per sequence over its gathered keys and values.
+    let device = q.device();
+    let outputs: Vec<Tensor<B, 4>> = layout
+        .sequences
+        .iter()
+        .zip(&offsets)
+        .filter(|(seq, _)| seq.len > 0)
+        .map(|(seq, &offset)| {
+            let t = seq.past + seq.len;
+            let used = t.div_ceil(bs);
+            let ids: Vec<i64> = seq.blocks[..used].iter().map(|&b| b as i64).collect();
+            let ids = Tensor::<B, 1, burn::tensor::Int>::from_data(
+                burn::tensor::TensorData::new(ids, [used]),
+                &device,
+            );
+            let gather = |pool: &Tensor<B, 4>| {
+                pool.clone()
+                    .select(0, ids.clone()) // [used, kv_heads, bs, d]
+                    .swap_dims(0, 1)
+                    .reshape([1, nkv, used * bs, d])
+                    .slice([0..1, 0..nkv, 0..t, 0..d])
+            };
+            let q = q.clone().slice([0..1, 0..nh, offset..offset + seq.len, 0..d]);
+            causal_attention(
+                q,
+                gather(&key_pool),
+                gather(&value_pool),
+                &AttentionMask::causal(seq.past),
+            )
+        })
+        .collect();
+    let output = if outputs.is_empty() {
+        Tensor::<B, 4>::zeros([1, nh, 0, d], &device).cast(q.dtype())
+    } else {
+        Tensor::cat(outputs, 2)
+    };
+    super::PagedAttentionOutput {
+        output,
+        key_pool,
+        value_pool,
+    }
+}
+
 /// See [`super::Kernels::swiglu`].
 pub fn swiglu<B: Backend>(gate: Tensor<B, 3>, up: Tensor<B, 3>) -> Tensor<B, 3> {
     activation::silu(gate) * up

@@ -6,9 +6,12 @@
 //! a method is tested against it.
 
 pub mod composite;
+mod paged;
 mod composite_packed;
 #[cfg(feature = "flex")]
 pub mod cpu;
+#[cfg(feature = "flex")]
+pub mod cpu_paged;
 #[cfg(feature = "flex")]
 mod cpu_gemm;
 #[cfg(feature = "flex")]
@@ -23,6 +26,8 @@ pub mod torch;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use burn::tensor::{Bool, Int, Tensor, backend::Backend};
+
+pub use paged::{PagedAttentionOutput, PagedLayout, PagedSequence};
 
 use crate::packed::PackedWeight;
 
@@ -174,6 +179,40 @@ pub trait Kernels: Backend {
         start: usize,
     ) -> Tensor<Self, 4> {
         composite::cache_write(buffer, values, start)
+    }
+
+    /// Causal grouped-query attention of packed sequences over a paged KV pool (see
+    /// [`PagedLayout`]). Writes each sequence's new keys and values into its slots
+    /// `past..past + len` (in place where the backend owns the pool alone), then every query
+    /// row attends to slots `0..=` its own slot of its own sequence, softmax in f32, scale
+    /// `1/sqrt(head_dim)`. A row's result depends on its query and its sequence's keys and
+    /// values only, not on the other rows of the call.
+    ///
+    /// # Shapes
+    /// `q`: `[1, heads, tokens, d]`, `k`/`v`: `[1, kv_heads, tokens, d]`, pools:
+    /// `[blocks, kv_heads, block_size, d]` -> output `[1, heads, tokens, d]` and the pools
+    ///
+    /// # Panics
+    /// If the layout does not [`check`](PagedLayout::check) against the pool and the input.
+    fn paged_attention(
+        q: Tensor<Self, 4>,
+        k: Tensor<Self, 4>,
+        v: Tensor<Self, 4>,
+        key_pool: Tensor<Self, 4>,
+        value_pool: Tensor<Self, 4>,
+        layout: &PagedLayout,
+    ) -> PagedAttentionOutput<Self> {
+        composite::paged_attention(q, k, v, key_pool, value_pool, layout)
+    }
+
+    /// Most rows for which [`dense`](Self::dense) runs a per-row kernel: a call with at most
+    /// this many rows computes every row exactly as a one-row call does, and a call with more
+    /// rows computes every row exactly as any other call with more rows does. A caller that
+    /// needs a row's result to be independent of its batch (the serving engine) keeps each
+    /// row in the same regime. `0` when the backend promises nothing of the kind (the
+    /// composite path: a backend's matrix product may pick its algorithm from the shape).
+    fn dense_skinny_rows() -> usize {
+        0
     }
 
     /// SwiGLU gate: `silu(gate) * up`.

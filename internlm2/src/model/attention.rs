@@ -10,7 +10,8 @@ use internlm2_backends::{AttentionMask, Kernels};
 
 use super::linear::Linear;
 use super::rope::RopeTables;
-use crate::cache::LayerCache;
+use super::rows::RowGroups;
+use crate::cache::LayerKv;
 
 /// `attention` of one decoder layer: `wqkv`, RoPE, causal GQA, `wo`.
 #[derive(Module, Debug)]
@@ -50,6 +51,9 @@ impl<B: Kernels> Attention<B> {
         }
     }
 
+    /// Attention over the call's tokens and whatever `cache` holds; the projections run in
+    /// the dense calls `rows` gives.
+    ///
     /// # Shapes
     /// `x`: `[batch, seq, hidden]` -> `[batch, seq, hidden]`
     pub fn forward(
@@ -57,14 +61,17 @@ impl<B: Kernels> Attention<B> {
         x: Tensor<B, 3>,
         rope: &RopeTables<B>,
         mask: &AttentionMask<B>,
-        cache: Option<&mut LayerCache<B>>,
+        cache: LayerKv<'_, B>,
+        rows: &RowGroups,
     ) -> Tensor<B, 3> {
         let [b, s, _] = x.dims();
         let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let g = nh / nkv;
 
         // Split the interleaved projection: [b, s, kv_heads, G + 2, d].
-        let qkv = self.wqkv.forward(x).reshape([b, s, nkv, g + 2, d]);
+        let qkv = rows
+            .apply(x, |x| self.wqkv.forward(x))
+            .reshape([b, s, nkv, g + 2, d]);
         let q = qkv.clone().slice([0..b, 0..s, 0..nkv, 0..g, 0..d]);
         let k = qkv.clone().slice([0..b, 0..s, 0..nkv, g..g + 1, 0..d]);
         let v = qkv.slice([0..b, 0..s, 0..nkv, g + 1..g + 2, 0..d]);
@@ -76,13 +83,8 @@ impl<B: Kernels> Attention<B> {
         let k = B::rope(k, rope.cos.clone(), rope.sin.clone());
 
         // With a cache, attend over everything cached so far plus these tokens.
-        let (k, v) = match cache {
-            Some(cache) => cache.append(k, v, mask.past_len),
-            None => (k, v),
-        };
-
-        let out = B::causal_attention(q, k, v, mask); // [b, heads, s, d]
+        let out = cache.attend(q, k, v, mask); // [b, heads, s, d]
         let out = out.swap_dims(1, 2).reshape([b, s, nh * d]);
-        self.wo.forward(out)
+        rows.apply(out, |x| self.wo.forward(x))
     }
 }

@@ -5,6 +5,7 @@
 
 use burn::module::Module;
 use burn::tensor::{DType, Tensor, TensorData};
+use internlm2_backends::kernels::PagedLayout;
 use internlm2_backends::{AttentionMask, Kernels};
 
 use super::INIT_STD;
@@ -15,7 +16,7 @@ use super::feed_forward::FeedForward;
 use super::input::ForwardInput;
 use super::norm::RmsNorm;
 use super::rope::Rope;
-use crate::cache::KvCache;
+use crate::cache::{KvCache, LayerKv, PagedKvCache};
 use crate::config::InternLM2Config;
 
 /// `model`: embeddings, layers, final norm.
@@ -98,15 +99,17 @@ impl<B: Kernels> InternLM2Model<B> {
         }
         let positions = input
             .positions
+            .clone()
             .unwrap_or_else(|| (0..b).flat_map(|_| past..past + s).collect());
-        let padding = input.padding.as_deref();
+        let padding = input.padding.clone();
+        let padding = padding.as_deref();
         let key_padding = match &cache {
             Some(cache) => cache.key_padding(padding, s, &device),
             None => padding
                 .filter(|p| p.iter().any(|&x| x))
                 .map(|p| Tensor::from_data(TensorData::new(p.to_vec(), [b, s]), &device)),
         };
-        let segments = input.segments.map(|segments| {
+        let segments = input.segments.clone().map(|segments| {
             assert!(
                 cache.is_none(),
                 "segments are not supported with a KV cache"
@@ -119,22 +122,117 @@ impl<B: Kernels> InternLM2Model<B> {
             key_padding,
             segments,
         };
-        let rope =
-            Rope::from_config(&self.config).tables::<B>(&positions, b, s, self.dtype(), &device);
-
-        let mut h = self.tok_embeddings.forward(input.ids);
         match cache.as_deref_mut() {
             Some(cache) => {
-                for (layer, layer_cache) in self.layers.iter().zip(cache.layers_mut()) {
-                    h = layer.forward(h, &rope, &mask, Some(layer_cache));
-                }
+                let layers = cache.layers_mut().iter_mut().map(LayerKv::Contiguous);
+                let h = self.run(input, &positions, &mask, layers);
                 cache.advance(s, padding);
+                h
             }
-            None => {
-                for layer in &self.layers {
-                    h = layer.forward(h, &rope, &mask, None);
-                }
-            }
+            None => self.run(
+                input,
+                &positions,
+                &mask,
+                std::iter::repeat_with(|| LayerKv::None),
+            ),
+        }
+    }
+
+    /// The final hidden states of packed sequences over a paged KV cache: `input` is one row
+    /// of the `layout.tokens()` tokens of every sequence back to back; each sequence attends
+    /// to its own cached tokens and its own tokens of this call, and its new keys and values
+    /// go into the pool where the layout says. Positions default to each sequence's slots
+    /// (`past..past + len`); pass per-token RoPE lengths
+    /// ([`ForwardInput::with_rope_lengths`]) for dynamic NTK, and row groups
+    /// ([`ForwardInput::with_row_groups`]) for batch-independent numerics.
+    /// `last_logits_only` keeps the last token of every sequence.
+    ///
+    /// # Shapes
+    /// `input`: `[1, tokens]` -> `[1, tokens, hidden]` (or `[1, sequences, hidden]`)
+    ///
+    /// # Panics
+    /// If the input is not one row, has padding or segments, or the layout does not fit the
+    /// cache and the input (see [`PagedLayout::check`]).
+    pub fn forward_paged(
+        &self,
+        input: ForwardInput<B>,
+        cache: &mut PagedKvCache<B>,
+        layout: &PagedLayout,
+    ) -> Tensor<B, 3> {
+        let [b, s] = input.dims();
+        assert_eq!(b, 1, "a paged batch is packed into one row");
+        assert!(
+            input.padding.is_none() && input.segments.is_none(),
+            "a paged batch has no padding or segments"
+        );
+        if let Err(e) = layout.check(cache.blocks(), s) {
+            panic!("paged layout: {e}");
+        }
+        assert_eq!(
+            layout.block_size,
+            cache.block_size(),
+            "layout block size != cache block size"
+        );
+        let positions = input.positions.clone().unwrap_or_else(|| {
+            layout
+                .sequences
+                .iter()
+                .flat_map(|seq| seq.past..seq.past + seq.len)
+                .collect()
+        });
+        let last_only = input.last_logits_only;
+        let mask = AttentionMask::causal(0); // the layout places every sequence
+        let layers = cache
+            .layers_mut()
+            .iter_mut()
+            .map(|layer| LayerKv::Paged(layer, layout));
+        let h = self.run(
+            input.with_last_logits_only(false),
+            &positions,
+            &mask,
+            layers,
+        );
+        if !last_only {
+            return h;
+        }
+        let device = h.device();
+        let mut end = 0;
+        let last: Vec<i64> = layout
+            .sequences
+            .iter()
+            .map(|seq| {
+                end += seq.len;
+                end as i64 - 1
+            })
+            .collect();
+        let n = last.len();
+        h.select(1, Tensor::from_data(TensorData::new(last, [n]), &device))
+    }
+
+    /// Embeddings, every layer with its cache, the last-position slice and the final norm.
+    fn run<'c>(
+        &self,
+        input: ForwardInput<B>,
+        positions: &[usize],
+        mask: &AttentionMask<B>,
+        caches: impl Iterator<Item = LayerKv<'c, B>>,
+    ) -> Tensor<B, 3>
+    where
+        B: 'c,
+    {
+        let [b, s] = input.dims();
+        let device = input.ids.device();
+        let rope = Rope::from_config(&self.config).tables::<B>(
+            positions,
+            input.rope_lengths.as_deref(),
+            b,
+            s,
+            self.dtype(),
+            &device,
+        );
+        let mut h = self.tok_embeddings.forward(input.ids);
+        for (layer, cache) in self.layers.iter().zip(caches) {
+            h = layer.forward(h, &rope, mask, cache, &input.row_groups);
         }
         if input.last_logits_only {
             let hidden = h.dims()[2];

@@ -9,7 +9,8 @@ use super::attention::Attention;
 use super::feed_forward::FeedForward;
 use super::norm::RmsNorm;
 use super::rope::RopeTables;
-use crate::cache::LayerCache;
+use super::rows::RowGroups;
+use crate::cache::LayerKv;
 
 /// `model.layers.{i}`.
 #[derive(Module, Debug)]
@@ -32,11 +33,12 @@ impl<B: Kernels> DecoderLayer<B> {
         h: Tensor<B, 3>,
         rope: &RopeTables<B>,
         mask: &AttentionMask<B>,
-        cache: Option<&mut LayerCache<B>>,
+        cache: LayerKv<'_, B>,
+        rows: &RowGroups,
     ) -> Tensor<B, 3> {
         let x = self.attention_norm.forward(h.clone());
-        let attn = self.attention.forward(x, rope, mask, cache);
+        let attn = self.attention.forward(x, rope, mask, cache, rows);
         let (h, x) = self.ffn_norm.forward_add(attn, h);
-        h + self.feed_forward.forward(x)
+        h + self.feed_forward.forward_rows(x, rows)
     }
 }

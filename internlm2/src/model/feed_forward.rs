@@ -5,6 +5,7 @@ use burn::tensor::{DType, Tensor};
 use internlm2_backends::Kernels;
 
 use super::linear::Linear;
+use super::rows::RowGroups;
 
 /// `feed_forward` of one decoder layer.
 #[derive(Module, Debug)]
@@ -36,7 +37,17 @@ impl<B: Kernels> FeedForward<B> {
     /// # Shapes
     /// `x`: `[batch, seq, hidden]` -> `[batch, seq, hidden]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let hidden = B::swiglu(self.w1.forward(x.clone()), self.w3.forward(x));
-        self.w2.forward(hidden)
+        self.forward_rows(x, &RowGroups::single())
+    }
+
+    /// [`forward`](Self::forward) with the dense layers run in the calls `rows` gives.
+    ///
+    /// # Shapes
+    /// `x`: `[batch, seq, hidden]` -> `[batch, seq, hidden]`
+    pub fn forward_rows(&self, x: Tensor<B, 3>, rows: &RowGroups) -> Tensor<B, 3> {
+        let gate = rows.apply(x.clone(), |x| self.w1.forward(x));
+        let up = rows.apply(x, |x| self.w3.forward(x));
+        let hidden = B::swiglu(gate, up);
+        rows.apply(hidden, |x| self.w2.forward(x))
     }
 }

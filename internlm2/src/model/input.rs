@@ -2,6 +2,8 @@
 
 use burn::tensor::{Int, Tensor, backend::Backend};
 
+use super::rows::RowGroups;
+
 /// One forward call: token ids plus, optionally, per-token positions and padding.
 ///
 /// ```
@@ -29,6 +31,13 @@ pub struct ForwardInput<B: Backend> {
     pub segments: Option<Vec<u32>>,
     /// Compute logits for the last position of each row only (`[batch, 1, vocab]`).
     pub last_logits_only: bool,
+    /// `batch * seq` RoPE lengths, row-major: token `i` is rotated with the dynamic-NTK base of
+    /// a sequence of `rope_lengths[i]` tokens. Default: the largest position of the call + 1
+    /// for every token (the official implementation's `seq_len`).
+    pub rope_lengths: Option<Vec<usize>>,
+    /// How the rows of a packed `[1, tokens]` input are split into dense calls (default: one
+    /// call); see [`RowGroups`].
+    pub row_groups: RowGroups,
 }
 
 impl<B: Backend> ForwardInput<B> {
@@ -40,6 +49,8 @@ impl<B: Backend> ForwardInput<B> {
             padding: None,
             segments: None,
             last_logits_only: false,
+            rope_lengths: None,
+            row_groups: RowGroups::single(),
         }
     }
 
@@ -64,6 +75,33 @@ impl<B: Backend> ForwardInput<B> {
     /// Only the last position's logits are computed.
     pub fn with_last_logits_only(mut self, last_only: bool) -> Self {
         self.last_logits_only = last_only;
+        self
+    }
+
+    /// Sets per-token RoPE lengths (`batch * seq`, row-major): each token uses the dynamic-NTK
+    /// base of a sequence of that many tokens, e.g. the whole prompt's length for every
+    /// token of a prompt prefilled in chunks, or each sequence's own length in a packed batch.
+    /// Without dynamic NTK scaling the base never changes and the lengths change nothing.
+    ///
+    /// ```
+    /// use burn::tensor::{Int, Tensor};
+    /// use internlm2::ForwardInput;
+    /// use internlm2_backends::Cpu;
+    /// let ids = Tensor::<Cpu, 2, Int>::from_ints([[7, 8, 9]], &Default::default());
+    /// // The last 3 tokens of a 100-token prompt, rotated as in one pass over all 100.
+    /// let input = ForwardInput::new(ids)
+    ///     .with_positions(vec![97, 98, 99])
+    ///     .with_rope_lengths(vec![100; 3]);
+    /// assert_eq!(input.rope_lengths.as_deref(), Some(&[100, 100, 100][..]));
+    /// ```
+    pub fn with_rope_lengths(mut self, lengths: Vec<usize>) -> Self {
+        self.rope_lengths = Some(lengths);
+        self
+    }
+
+    /// Splits the dense layers' rows into these calls (see [`RowGroups`]).
+    pub fn with_row_groups(mut self, groups: RowGroups) -> Self {
+        self.row_groups = groups;
         self
     }
 

@@ -20,12 +20,14 @@ pub mod linear;
 pub mod lora;
 pub mod norm;
 pub mod rope;
+pub mod rows;
 
 use burn::module::Module;
 use burn::tensor::{DType, Int, Tensor};
 use internlm2_backends::Kernels;
 
-use crate::cache::KvCache;
+use crate::cache::{KvCache, PagedKvCache};
+use internlm2_backends::kernels::PagedLayout;
 use crate::config::InternLM2Config;
 pub use backbone::InternLM2Model;
 pub use input::ForwardInput;
@@ -123,6 +125,24 @@ impl<B: Kernels> InternLM2<B> {
     /// If the cache's batch differs from the input's, or if the input has segments.
     pub fn forward_cache(&self, input: ForwardInput<B>, cache: &mut KvCache<B>) -> Tensor<B, 3> {
         self.logits(self.model.forward(input, Some(cache)))
+    }
+
+    /// Forward pass over packed sequences and a paged KV cache (the serving engine's step):
+    /// see [`InternLM2Model::forward_paged`]. With `input.last_logits_only`, the logits of
+    /// the last token of every sequence.
+    ///
+    /// # Shapes
+    /// `input`: `[1, tokens]` -> logits `[1, tokens, vocab]` (or `[1, sequences, vocab]`) in f32
+    ///
+    /// # Panics
+    /// As [`InternLM2Model::forward_paged`].
+    pub fn forward_paged(
+        &self,
+        input: ForwardInput<B>,
+        cache: &mut PagedKvCache<B>,
+        layout: &PagedLayout,
+    ) -> Tensor<B, 3> {
+        self.logits(self.model.forward_paged(input, cache, layout))
     }
 
     /// The LM head in f32.

@@ -68,19 +68,42 @@ impl Rope {
 
     /// cos/sin tables for the given positions.
     ///
-    /// `positions` holds `batch * seq` positions, row-major. The dynamic-NTK length is the
-    /// largest position + 1 (the official implementation's `seq_len`).
+    /// `positions` holds `batch * seq` positions, row-major. The dynamic-NTK length of a token
+    /// is `lengths[token]` when given, otherwise the largest position + 1 (the official
+    /// implementation's `seq_len`, one for the whole call).
+    ///
+    /// # Panics
+    /// If `positions` (or `lengths`) does not hold one entry per token.
     pub fn tables<B: Kernels>(
         &self,
         positions: &[usize],
+        lengths: Option<&[usize]>,
         batch: usize,
         seq: usize,
         dtype: DType,
         device: &B::Device,
     ) -> RopeTables<B> {
         assert_eq!(positions.len(), batch * seq, "one position per token");
+        if let Some(lengths) = lengths {
+            assert_eq!(lengths.len(), batch * seq, "one RoPE length per token");
+        }
         let seq_len = positions.iter().max().map_or(0, |p| p + 1);
-        let inv_freq = self.inv_freq(self.base(seq_len));
+        // inv_freq per distinct base, in order of first use (a handful at most per call).
+        let mut bases: Vec<(u64, Vec<f32>)> = Vec::new();
+        let mut inv_freq_of = |len: usize| -> usize {
+            let base = self.base(len);
+            match bases.iter().position(|(bits, _)| *bits == base.to_bits()) {
+                Some(i) => i,
+                None => {
+                    bases.push((base.to_bits(), self.inv_freq(base)));
+                    bases.len() - 1
+                }
+            }
+        };
+        let which: Vec<usize> = match lengths {
+            Some(lengths) => lengths.iter().map(|&l| inv_freq_of(l)).collect(),
+            None => vec![inv_freq_of(seq_len); positions.len()],
+        };
         let divisor = match self.scaling {
             Some(RopeScaling::Linear { factor }) => factor as f32,
             _ => 1.0,
@@ -92,7 +115,7 @@ impl Rope {
         for (token, &pos) in positions.iter().enumerate() {
             let t = pos as f32 / divisor;
             let row = token * d;
-            for (j, f) in inv_freq.iter().enumerate() {
+            for (j, f) in bases[which[token]].1.iter().enumerate() {
                 let angle = t * f;
                 let (s, c) = angle.sin_cos();
                 cos[row + j] = c;
@@ -139,5 +162,23 @@ mod tests {
         let expected = 10_000.0 * (2.0f64 * 100.0 / 64.0 - 1.0).powf(16.0 / 14.0);
         assert!((r.base(100) - expected).abs() < 1e-9);
         assert_eq!(rope(None).base(100), 10_000.0);
+    }
+
+    #[test]
+    fn per_token_lengths_pick_each_tokens_base() {
+        use internlm2_backends::Cpu;
+        let r = rope(Some(RopeScaling::Dynamic { factor: 2.0 }));
+        let device = Default::default();
+        let host = |t: RopeTables<Cpu>| t.cos.into_data().into_vec::<f32>().unwrap();
+        // Two tokens at position 5: one of a 10-token sequence, one of a 100-token one.
+        let mixed = host(r.tables::<Cpu>(&[5, 5], Some(&[10, 100]), 1, 2, DType::F32, &device));
+        let short = host(r.tables::<Cpu>(&[5], Some(&[10]), 1, 1, DType::F32, &device));
+        let long = host(r.tables::<Cpu>(&[5], Some(&[100]), 1, 1, DType::F32, &device));
+        assert_eq!(mixed[..16], short[..]);
+        assert_eq!(mixed[16..], long[..]);
+        assert_ne!(short, long);
+        // Without lengths, every token takes the largest position + 1 (here 100).
+        let default = host(r.tables::<Cpu>(&[5, 99], None, 1, 2, DType::F32, &device));
+        assert_eq!(default[..16], long[..]);
     }
 }
