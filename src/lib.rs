@@ -4,6 +4,7 @@
 //! tests (`tests/`); it re-exports the SDK's crates for them.
 
 pub use internlm2;
+pub use internlm2_agent;
 pub use internlm2::backends;
 pub use internlm2_align;
 pub use internlm2_datasets;
@@ -26,4 +27,6 @@ mod guide {
     struct Training;
     #[doc = include_str!("../docs/alignment.md")]
     struct Alignment;
+    #[doc = include_str!("../docs/agents.md")]
+    struct Agents;
 }
