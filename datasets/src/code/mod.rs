@@ -36,6 +36,7 @@
 //! # Ok::<(), internlm2_datasets::DataError>(())
 //! ```
 
+pub mod file;
 pub mod imports;
 pub mod language;
 pub mod markdown;
@@ -50,9 +51,10 @@ pub use markdown::{MarkdownStage, file_block, repository_markdown};
 pub use quality::{
     Assessment, CodeQualityConfig, CodeQualityStage, CodeSignals, Tier, TierWeights,
 };
+pub use file::{CodeFile, normalize_path};
 pub use repo::{
-    CodeFile, DirConfig, Grouping, RepoConfig, Repository, dependency_order, group_repositories,
-    normalize_path, repository_document,
+    DirConfig, Grouping, RepoConfig, Repository, dependency_order, group_repositories,
+    repository_document,
 };
 pub use resolve::Resolver;
 pub use sort::sort_files;

@@ -28,7 +28,7 @@ use regex::Regex;
 
 use super::imports::{Import, detect_imports, is_umbrella};
 use super::language::{Language, file_name, parent_dir};
-use super::repo::CodeFile;
+use super::file::CodeFile;
 
 /// Lookup tables over the paths of one repository.
 struct FileIndex<'a> {

@@ -15,6 +15,7 @@ use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfc_quick, is
 use whatlang::Lang;
 use xxhash_rust::xxh3::Xxh3Default;
 
+pub use super::text::is_unspaced;
 use crate::{Document, Stage, Verdict};
 
 /// Metadata field the format stage writes the language-identification confidence to.
@@ -323,36 +324,6 @@ pub fn document_id(source: Option<&str>, text: &str, prefix: &str) -> String {
     hasher.update(source.as_bytes());
     hasher.update(text.as_bytes());
     format!("{prefix}{:032x}", hasher.digest128())
-}
-
-/// Whether `c` belongs to a script written without spaces between words, where one character
-/// is counted as one word by the filters: Han (CJK ideographs), Hiragana, Katakana, Hangul,
-/// Thai, Lao, Khmer and Myanmar.
-///
-/// Hangul is written with spaces, but its words carry attached particles, so it is treated the
-/// same way (word blocklist entries match anywhere, counting is per syllable).
-///
-/// ```
-/// use internlm2_datasets::stages::format::is_unspaced;
-/// assert!(is_unspaced('中') && is_unspaced('の') && is_unspaced('한'));
-/// assert!(!is_unspaced('a') && !is_unspaced('。'));
-/// ```
-pub fn is_unspaced(c: char) -> bool {
-    matches!(c as u32,
-        0x0E00..=0x0EFF            // Thai, Lao
-        | 0x1000..=0x109F          // Myanmar
-        | 0x1780..=0x17FF          // Khmer
-        | 0x1100..=0x11FF          // Hangul Jamo
-        | 0x3040..=0x30FF          // Hiragana, Katakana
-        | 0x3130..=0x318F          // Hangul compatibility Jamo
-        | 0x31F0..=0x31FF          // Katakana phonetic extensions
-        | 0x3400..=0x4DBF          // CJK extension A
-        | 0x4E00..=0x9FFF          // CJK unified ideographs
-        | 0xAC00..=0xD7AF          // Hangul syllables
-        | 0xF900..=0xFAFF          // CJK compatibility ideographs
-        | 0xFF66..=0xFF9F          // half-width Katakana
-        | 0x20000..=0x3134F // CJK extensions B..G
-    )
 }
 
 /// whatlang languages and their ISO 639-1 codes.

@@ -4,8 +4,10 @@
 pub mod classifier;
 pub mod format;
 pub mod long_context;
+pub mod ngram;
 pub mod quality;
 pub mod rules;
 pub mod safety;
+pub mod text;
 
-pub use classifier::Classifier;
+pub use classifier::{Classifier, ScoredChecks, Threshold};

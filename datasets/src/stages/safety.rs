@@ -16,7 +16,6 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{BufRead, BufReader};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -25,32 +24,11 @@ use aho_corasick::AhoCorasick;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::format::is_unspaced;
-use super::quality::NgramClassifier;
-use super::rules::words;
+use super::classifier::{ScoredChecks, Threshold};
+use super::ngram::NgramClassifier;
+use super::text::{Prehashed, is_unspaced, words};
 use crate::error::IoContext;
 use crate::{Classifier, DataError, Document, Result, Stage, Verdict};
-
-/// A hasher for keys that already are well-mixed 64-bit hashes.
-#[derive(Default)]
-pub(crate) struct Passthrough(u64);
-
-/// Hash-map state for keys that already are well-mixed 64-bit hashes.
-pub(crate) type Prehashed = BuildHasherDefault<Passthrough>;
-
-impl Hasher for Passthrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8) | u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
 
 /// Blocked domains; a domain blocks itself and all its subdomains.
 ///
@@ -356,7 +334,7 @@ pub struct SafetyConfig {
     /// Drop documents with more word-blocklist hits than this (reason `blocked_words`;
     /// default `Some(0)`: any hit drops).
     pub max_word_hits: Option<usize>,
-    /// Drop documents whose hits per word ([`words`]) are above
+    /// Drop documents whose hits per word ([`words`](super::text::words)) are above
     /// this (reason `blocked_words`; default `None`). Use with `max_word_hits: None` to
     /// tolerate a few hits in long documents.
     pub max_word_hit_ratio: Option<f64>,
@@ -439,14 +417,6 @@ impl SafetyConfig {
     }
 }
 
-/// A classifier with the maximum score a kept document may have.
-struct Check {
-    classifier: Box<dyn Classifier>,
-    max_score: f32,
-    reason: String,
-    field: String,
-}
-
 /// The safety stage: domain blocklist, word blocklist, classifier thresholds, checked in
 /// this order.
 ///
@@ -484,24 +454,17 @@ pub struct SafetyStage {
     max_word_hits: Option<usize>,
     max_word_hit_ratio: Option<f64>,
     url_field: String,
-    checks: Vec<Check>,
-    write_scores: bool,
-    score_prefix: String,
+    checks: ScoredChecks,
 }
 
 impl std::fmt::Debug for SafetyStage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let classifiers: Vec<(&str, f32)> = self
-            .checks
-            .iter()
-            .map(|c| (c.classifier.name(), c.max_score))
-            .collect();
         f.debug_struct("SafetyStage")
             .field("domains", &self.domains.len())
             .field("words", &self.words.len())
             .field("max_word_hits", &self.max_word_hits)
             .field("max_word_hit_ratio", &self.max_word_hit_ratio)
-            .field("classifiers", &classifiers)
+            .field("classifiers", &self.checks)
             .finish()
     }
 }
@@ -523,9 +486,7 @@ impl SafetyStage {
             max_word_hits: config.max_word_hits,
             max_word_hit_ratio: config.max_word_hit_ratio,
             url_field: config.url_field,
-            checks: Vec::new(),
-            write_scores: config.write_scores,
-            score_prefix: config.score_prefix,
+            checks: ScoredChecks::new(config.score_prefix, config.write_scores),
         }
     }
 
@@ -548,8 +509,7 @@ impl SafetyStage {
         stage.max_word_hits = config.max_word_hits;
         stage.max_word_hit_ratio = config.max_word_hit_ratio;
         stage.url_field = config.url_field.clone();
-        stage.write_scores = config.write_scores;
-        stage.score_prefix = config.score_prefix.clone();
+        stage.checks = ScoredChecks::new(config.score_prefix.clone(), config.write_scores);
         for model in &config.models {
             let classifier = NgramClassifier::load_json(&model.path)?;
             stage.push_classifier(Box::new(classifier), model.max_score);
@@ -589,13 +549,7 @@ impl SafetyStage {
 
     /// Add a boxed classifier; documents scoring above `max_score` are dropped.
     pub fn push_classifier(&mut self, classifier: Box<dyn Classifier>, max_score: f32) {
-        let name = classifier.name().to_string();
-        self.checks.push(Check {
-            reason: format!("{name}_score"),
-            field: format!("{}{name}", self.score_prefix),
-            classifier,
-            max_score,
-        });
+        self.checks.push(classifier, Threshold::Max(max_score));
     }
 
     /// The domain blocklist.
@@ -633,17 +587,12 @@ impl SafetyStage {
     }
 }
 
-/// A score rounded to 6 decimals for metadata (f32 -> f64 without spurious digits).
-pub(crate) fn score_value(score: f32) -> serde_json::Value {
-    ((f64::from(score) * 1e6).round() / 1e6).into()
-}
-
 impl Stage for SafetyStage {
     fn name(&self) -> &str {
         "safety"
     }
 
-    fn apply(&self, mut doc: Document) -> Verdict {
+    fn apply(&self, doc: Document) -> Verdict {
         if let Some(host) = self.host(&doc)
             && self.domains.is_blocked(host)
         {
@@ -652,16 +601,7 @@ impl Stage for SafetyStage {
         if self.too_many_words(&doc.text) {
             return Verdict::drop(doc, "blocked_words");
         }
-        for check in &self.checks {
-            let score = check.classifier.score(&doc);
-            if self.write_scores {
-                doc.metadata.insert(check.field.clone(), score_value(score));
-            }
-            if score.is_nan() || score > check.max_score {
-                return Verdict::drop(doc, check.reason.clone());
-            }
-        }
-        Verdict::Keep(doc)
+        self.checks.apply(doc)
     }
 }
 

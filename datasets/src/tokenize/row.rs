@@ -117,16 +117,7 @@ impl PackedRow {
             return Err(DataError::Config("to_token_batch: no rows".into()));
         };
         let l = first.seq_len();
-        let n = rows.len() * l;
-        let mut out = TokenBatch {
-            batch: rows.len(),
-            seq_len: l,
-            inputs: Vec::with_capacity(n),
-            targets: Vec::with_capacity(n),
-            loss_mask: Vec::with_capacity(n),
-            positions: Vec::with_capacity(n),
-            segments: (!cross_document_attention).then(|| Vec::with_capacity(n)),
-        };
+        let mut out = TokenBatch::empty(l, !cross_document_attention);
         for row in rows {
             row.check()?;
             if row.seq_len() != l {
@@ -135,27 +126,25 @@ impl PackedRow {
                     row.seq_len()
                 )));
             }
-            out.inputs.extend_from_slice(row.inputs());
-            out.targets.extend_from_slice(row.targets());
-            let ids = row.segment_ids();
-            let mut position = 0;
-            for i in 0..l {
-                let target_real = i + 1 < row.valid_len;
-                if cross_document_attention {
-                    out.positions.push(i);
-                    out.loss_mask.push(target_real);
-                    continue;
-                }
-                if i > 0 && ids[i] != ids[i - 1] {
-                    position = 0;
-                }
-                out.positions.push(position);
-                position += 1;
-                out.loss_mask.push(target_real && ids[i] == ids[i + 1]);
-                if let Some(segments) = out.segments.as_mut() {
-                    segments.push(ids[i]);
+            let (tokens, valid) = (&row.tokens, row.valid_len);
+            let mut writer = out.push_row();
+            if cross_document_attention {
+                let counts = (0..l).map(|i| i + 1 < valid);
+                writer.push_piece(row.inputs(), row.targets(), counts);
+            } else {
+                // One piece per run of a segment id; a target counts when it is real and in
+                // the same piece as its input.
+                let ids = row.segment_ids();
+                let mut start = 0;
+                for end in 1..=l {
+                    if end == l || ids[end] != ids[start] {
+                        let counts = (start..end).map(|i| i + 1 < valid && ids[i] == ids[i + 1]);
+                        writer.push_piece(&tokens[start..end], &tokens[start + 1..=end], counts);
+                        start = end;
+                    }
                 }
             }
+            writer.finish(0);
         }
         Ok(out)
     }
