@@ -266,7 +266,7 @@ pub fn cache_write(
 }
 
 /// Rows of `x` up to which [`dense`] uses the skinny kernel instead of a GEMM.
-pub(crate) pub const SKINNY_MAX_ROWS: usize = 16;
+pub(crate) const SKINNY_MAX_ROWS: usize = 16;
 
 /// Output features per skinny-kernel task.
 const SKINNY_CHUNK: usize = 64;
