@@ -165,26 +165,6 @@ macro_rules! kernel_method {
             )
         }
     };
-}
-
-/// `dense_packed` takes its weight by reference, so it has its own arm.
-#[allow(unused_macros)]
-macro_rules! kernel_method_packed {
-    ($module:ident) => {
-        fn dense_packed(
-            x: Tensor<Self, 3>,
-            weight: &packed::PackedWeight,
-            bias: Option<Tensor<Self, 1>>,
-        ) -> Tensor<Self, 3> {
-            fused_or_composite!(
-                kernels::$module::dense_packed,
-                kernels::composite::dense_packed,
-                x,
-                weight,
-                bias
-            )
-        }
-    };
     ($module:ident, paged_attention) => {
         fn paged_attention(
             q: Tensor<Self, 4>,
@@ -208,6 +188,26 @@ macro_rules! kernel_method_packed {
     };
 }
 
+/// `dense_packed` takes its weight by reference, so it has its own arm.
+#[allow(unused_macros)]
+macro_rules! kernel_method_packed {
+    ($module:ident) => {
+        fn dense_packed(
+            x: Tensor<Self, 3>,
+            weight: &packed::PackedWeight,
+            bias: Option<Tensor<Self, 1>>,
+        ) -> Tensor<Self, 3> {
+            fused_or_composite!(
+                kernels::$module::dense_packed,
+                kernels::composite::dense_packed,
+                x,
+                weight,
+                bias
+            )
+        }
+    };
+}
+
 /// The `Kernels` methods a backend overrides with the kernels of `kernels::$module`.
 #[allow(unused_macros)]
 macro_rules! kernel_methods {
@@ -220,6 +220,7 @@ macro_rules! kernel_methods {
 #[cfg(feature = "flex")]
 impl Kernels for burn::backend::Flex {
     kernel_methods!(cpu: rms_norm, add_rms_norm, rope, causal_attention, swiglu, cache_write, dense);
+    kernel_method_packed!(cpu_quant);
     kernel_method!(cpu_paged, paged_attention);
 
     fn dense_skinny_rows() -> usize {
@@ -228,7 +229,6 @@ impl Kernels for burn::backend::Flex {
             kernels::KernelMode::Composite => 0,
         }
     }
-    kernel_method_packed!(cpu_quant);
 }
 
 #[cfg(feature = "ndarray")]
