@@ -19,6 +19,8 @@
 #![deny(missing_docs)]
 
 mod agent;
+#[cfg(feature = "engine")]
+mod engine;
 mod error;
 mod generator;
 pub mod interpreter;
@@ -29,6 +31,8 @@ pub mod sandbox;
 mod stream;
 
 pub use agent::{Agent, AgentConfig, AgentEvent, AgentOutcome, Finish, neutralize_special_tokens};
+#[cfg(feature = "engine")]
+pub use engine::{EngineGenerator, EngineGeneratorError};
 pub use error::{AgentError, InterpreterError, PluginSpecError, SandboxError, ScriptExhausted};
 pub use generator::{Completion, ScriptedGenerator, StopReason, TextGenerator};
 pub use interpreter::{
