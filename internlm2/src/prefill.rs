@@ -24,7 +24,6 @@ use burn::tensor::Tensor;
 use internlm2_backends::Kernels;
 
 use crate::cache::KvCache;
-use crate::config::RopeScaling;
 use crate::model::{ForwardInput, InternLM2};
 
 /// Prompt tokens per chunk when a caller asks for chunking without a size.
@@ -34,7 +33,7 @@ pub const DEFAULT_PREFILL_CHUNK: usize = 512;
 /// appending to `cache`, and returns the logits of the last position `[batch, vocab]` (f32).
 ///
 /// `input` is what a single [`InternLM2::forward_cache`] call would take (ids, optional
-/// positions and padding; segments are not supported with a cache). The result equals that
+/// positions, padding and RoPE lengths; segments are not supported with a cache). The result equals that
 /// single call's last-position logits up to floating-point summation order. A `chunk` of 0 is
 /// taken as 1.
 ///
@@ -69,9 +68,17 @@ pub fn prefill<B: Kernels>(
         .positions
         .clone()
         .unwrap_or_else(|| (0..batch).flat_map(|_| past..past + seq).collect());
-    if seq <= chunk || !can_chunk_exactly(model, &positions) {
+    // What one call would rotate with: the caller's lengths, else the largest position + 1.
+    let lengths = input.rope_lengths.clone().unwrap_or_else(|| {
+        let length = positions.iter().max().map_or(0, |p| p + 1);
+        vec![length; batch * seq]
+    });
+    if seq <= chunk {
         let logits = model.forward_cache(
-            input.with_positions(positions).with_last_logits_only(true),
+            input
+                .with_positions(positions)
+                .with_rope_lengths(lengths)
+                .with_last_logits_only(true),
             cache,
         );
         return logits.reshape([batch, vocab]);
@@ -87,6 +94,7 @@ pub fn prefill<B: Kernels>(
         let ids = input.ids.clone().slice([0..batch, start..end]);
         let mut part = ForwardInput::new(ids)
             .with_positions(rows(&positions))
+            .with_rope_lengths(rows(&lengths))
             .with_last_logits_only(true);
         if let Some(padding) = &input.padding {
             part = part.with_padding(
@@ -105,14 +113,4 @@ pub fn prefill<B: Kernels>(
     logits
         .expect("the last chunk computes logits")
         .reshape([batch, vocab])
-}
-
-/// Whether chunking gives the same RoPE tables as one pass: unless dynamic NTK grows the base
-/// for this prompt (every chunk must then carry the prompt's length; until the model takes
-/// per-token RoPE lengths such a prompt is prefilled in one pass).
-fn can_chunk_exactly<B: Kernels>(model: &InternLM2<B>, positions: &[usize]) -> bool {
-    let config = model.config();
-    let length = positions.iter().max().map_or(0, |p| p + 1);
-    !matches!(config.rope_scaling, Some(RopeScaling::Dynamic { .. }))
-        || length <= config.max_position_embeddings
 }
