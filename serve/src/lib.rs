@@ -32,3 +32,7 @@
 
 pub mod engine;
 
+#[cfg(feature = "server")]
+pub mod constraint;
+#[cfg(feature = "server")]
+pub mod server;

@@ -131,7 +131,7 @@ impl TokenConstraint for GrammarConstraint {
     fn mask(&mut self, logits: &mut [f32]) -> Result<(), ConstraintError> {
         let allowed = self
             .matcher
-            .compute_mask()
+            .compute_mask_or_eos()
             .map_err(|e| ConstraintError(e.to_string()))?;
         let known = allowed.len();
         let mut any = false;

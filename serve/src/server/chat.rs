@@ -65,10 +65,9 @@ async fn run(state: AppState, body: Bytes) -> Result<Response, ApiError> {
     let chat_plan = plan_chat(&request)?;
     let tokenizer = state.tokenizer();
     let stop_ids = GenerationConfig::chat(tokenizer).stop_token_ids;
-    let max_tokens =
-        params::max_tokens(request.sampling.max_tokens, request.max_completion_tokens)?;
+    let max_tokens = params::max_tokens(request.max_tokens, request.max_completion_tokens)?;
     let plan = params::plan(
-        &request.sampling,
+        &request.sampling(),
         max_tokens,
         &state.config().default_sampling,
         state.engine().context_limit(),
@@ -100,12 +99,14 @@ async fn run(state: AppState, body: Bytes) -> Result<Response, ApiError> {
             let ban: Box<dyn TokenConstraint> = Box::new(BanTokens::new(vec![tokens.action_start]));
             engine_request = engine_request.with_constraint(ban);
         }
+        if let Some(tools) = &chat_plan.tools {
+            engine_request = engine_request.with_tool_parsing(tools.clone());
+        }
         // Dropping the handles already submitted (on an error below) cancels them.
         let handle = state.engine().submit(engine_request)?;
         choices.push(ChoiceStream::new(
             index,
             handle,
-            chat_plan.tools.clone(),
             stop_ids.clone(),
             format!("call_{}_{index}", &id[id.len() - 12..]),
         ));

@@ -1,10 +1,12 @@
-//! One choice in flight: engine events -> content deltas, tool calls and the finish, through
-//! the one tool-call parser ([`ToolCallParser`]).
+//! One choice in flight: engine events -> content deltas, tool calls and the finish. Tool
+//! calls are parsed by the engine (`Request::with_tool_parsing`, the one
+//! [`ToolCallParser`](internlm2::chat::ToolCallParser) of the SDK): text inside a call never
+//! reaches the deltas, each complete call arrives as its own event.
 //!
 //! Streaming responses send each [`Piece`] as it comes; non-streaming responses fold the same
 //! pieces into one message ([`ChoiceResult`]), so both paths give the same text and calls.
 
-use internlm2::chat::{Parsed, ToolCall, ToolCallParser, ToolSet};
+use internlm2::chat::ToolCall;
 
 use crate::engine::{Event, FinishReason, RequestHandle, TokenLogprob, Usage};
 
@@ -47,7 +49,6 @@ pub struct ChoiceStream {
     /// Position among the choices of the response.
     pub index: usize,
     handle: RequestHandle,
-    parser: Option<ToolCallParser>,
     stop_ids: Vec<u32>,
     logprobs: Vec<TokenLogprob>,
     calls: usize,
@@ -56,18 +57,12 @@ pub struct ChoiceStream {
 }
 
 impl ChoiceStream {
-    /// Follows `handle`; with `tools`, calls to them are parsed out of the text.
-    pub fn new(
-        index: usize,
-        handle: RequestHandle,
-        tools: Option<ToolSet>,
-        stop_ids: Vec<u32>,
-        id_prefix: String,
-    ) -> Self {
+    /// Follows `handle`; `stop_ids` are left out of the logprobs, calls get ids
+    /// `{id_prefix}_{k}`.
+    pub fn new(index: usize, handle: RequestHandle, stop_ids: Vec<u32>, id_prefix: String) -> Self {
         Self {
             index,
             handle,
-            parser: tools.map(ToolCallParser::new),
             stop_ids,
             logprobs: Vec::new(),
             calls: 0,
@@ -106,23 +101,6 @@ impl ChoiceStream {
         }
     }
 
-    fn push_parsed(&mut self, items: Vec<Parsed>, out: &mut Vec<Piece>) {
-        for item in items {
-            match item {
-                Parsed::Call(call) => self.push_call(call, out),
-                other => {
-                    let text = other.text().unwrap_or_default();
-                    if !text.is_empty() {
-                        out.push(Piece::Content {
-                            text: text.to_string(),
-                            logprobs: std::mem::take(&mut self.logprobs),
-                        });
-                    }
-                }
-            }
-        }
-    }
-
     fn push_call(&mut self, call: ToolCall, out: &mut Vec<Piece>) {
         out.push(Piece::Call {
             index: self.calls,
@@ -145,17 +123,15 @@ impl ChoiceStream {
                 {
                     self.logprobs.push(logprob);
                 }
-                let items = match &mut self.parser {
-                    Some(parser) => parser.push(&delta),
-                    None => vec![Parsed::Text(delta)],
-                };
-                self.push_parsed(items, &mut out);
+                if !delta.is_empty() {
+                    out.push(Piece::Content {
+                        text: delta,
+                        logprobs: std::mem::take(&mut self.logprobs),
+                    });
+                }
             }
             Event::ToolCall(call) => self.push_call(call, &mut out),
             Event::Finished { reason, usage } => {
-                if let Some(items) = self.parser.as_mut().map(ToolCallParser::finish) {
-                    self.push_parsed(items, &mut out);
-                }
                 let (name, error) = match &reason {
                     FinishReason::Stop(_) if self.calls > 0 => ("tool_calls".to_string(), None),
                     FinishReason::Error(message) => ("error".to_string(), Some(message.clone())),

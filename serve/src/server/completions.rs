@@ -68,8 +68,8 @@ async fn run(state: AppState, body: Bytes) -> Result<Response, ApiError> {
         return Err(ApiError::invalid("prompt", "`prompt` must not be empty"));
     }
     let plan = params::plan(
-        &request.sampling,
-        Some(request.sampling.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS)),
+        &request.sampling(),
+        Some(request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS)),
         &state.config().default_sampling,
         state.engine().context_limit(),
         tokenizer.eos_id().into_iter().collect(),
@@ -109,7 +109,6 @@ async fn run(state: AppState, body: Bytes) -> Result<Response, ApiError> {
             choices.push(ChoiceStream::new(
                 index,
                 handle,
-                None,
                 tokenizer.eos_id().into_iter().collect(),
                 String::new(),
             ));

@@ -37,8 +37,8 @@ pub struct StreamOptions {
     pub include_usage: bool,
 }
 
-/// The sampling parameters both endpoints share.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+/// The sampling parameters both endpoints share, as one value.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct SamplingParams {
     /// `[0, 2]`; 0 = greedy.
     pub temperature: Option<f32>,
@@ -72,6 +72,72 @@ pub struct SamplingParams {
     pub logit_bias: Option<Map<String, Value>>,
 }
 
+/// Declares a request struct with the shared sampling fields appended (kept as plain fields,
+/// not `#[serde(flatten)]`, so that a type error still names its field) and a `sampling()`
+/// accessor.
+macro_rules! request_with_sampling {
+    ($(#[$meta:meta])* pub struct $name:ident { $($body:tt)* }) => {
+        $(#[$meta])*
+        pub struct $name {
+            $($body)*
+            /// `[0, 2]`; 0 = greedy.
+            pub temperature: Option<f32>,
+            /// `(0, 1]`.
+            pub top_p: Option<f32>,
+            /// `>= 0` (0 or -1 = off); an extension of vLLM and LMDeploy.
+            pub top_k: Option<i64>,
+            /// `[0, 1]`; an extension.
+            pub min_p: Option<f32>,
+            /// `> 0` (1 = off); an extension.
+            pub repetition_penalty: Option<f32>,
+            /// Most new tokens.
+            pub max_tokens: Option<u64>,
+            /// Stop strings.
+            pub stop: Option<StopField>,
+            /// Seed of the request's sampler.
+            pub seed: Option<i64>,
+            /// Choices per prompt.
+            pub n: Option<u64>,
+            /// End-user id (logged, for abuse tracing).
+            pub user: Option<String>,
+            /// Answer as Server-Sent Events.
+            pub stream: Option<bool>,
+            /// Streaming options.
+            pub stream_options: Option<StreamOptions>,
+            /// Only 0 is supported (we have no presence penalty).
+            pub presence_penalty: Option<f32>,
+            /// Only 0 is supported (we have no frequency penalty).
+            pub frequency_penalty: Option<f32>,
+            /// Only an empty map is supported.
+            pub logit_bias: Option<Map<String, Value>>,
+        }
+
+        impl $name {
+            /// The shared sampling fields.
+            pub fn sampling(&self) -> SamplingParams {
+                SamplingParams {
+                    temperature: self.temperature.clone(),
+                    top_p: self.top_p.clone(),
+                    top_k: self.top_k.clone(),
+                    min_p: self.min_p.clone(),
+                    repetition_penalty: self.repetition_penalty.clone(),
+                    max_tokens: self.max_tokens.clone(),
+                    stop: self.stop.clone(),
+                    seed: self.seed.clone(),
+                    n: self.n.clone(),
+                    user: self.user.clone(),
+                    stream: self.stream.clone(),
+                    stream_options: self.stream_options.clone(),
+                    presence_penalty: self.presence_penalty.clone(),
+                    frequency_penalty: self.frequency_penalty.clone(),
+                    logit_bias: self.logit_bias.clone(),
+                }
+            }
+        }
+    };
+}
+
+request_with_sampling! {
 /// `POST /v1/chat/completions`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct ChatCompletionRequest {
@@ -79,9 +145,6 @@ pub struct ChatCompletionRequest {
     pub model: String,
     /// The conversation.
     pub messages: Vec<ChatMessage>,
-    /// Parameters shared with completions.
-    #[serde(flatten)]
-    pub sampling: SamplingParams,
     /// Newer name of `max_tokens`.
     pub max_completion_tokens: Option<u64>,
     /// Return log-probabilities of the chosen tokens.
@@ -99,6 +162,7 @@ pub struct ChatCompletionRequest {
     /// Fields we do not know (refused).
     #[serde(flatten)]
     pub unknown: Map<String, Value>,
+}
 }
 
 /// One message of the conversation.
@@ -257,6 +321,7 @@ pub struct JsonSchemaFormat {
     pub strict: Option<bool>,
 }
 
+request_with_sampling! {
 /// `POST /v1/completions`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct CompletionRequest {
@@ -264,9 +329,6 @@ pub struct CompletionRequest {
     pub model: String,
     /// Text, texts, token ids, or lists of token ids.
     pub prompt: PromptInput,
-    /// Parameters shared with chat.
-    #[serde(flatten)]
-    pub sampling: SamplingParams,
     /// Alternatives per token, `0..=5` (log-probabilities of the chosen tokens too).
     pub logprobs: Option<u64>,
     /// Prepend the prompt to the text.
@@ -276,6 +338,7 @@ pub struct CompletionRequest {
     /// Fields we do not know (refused).
     #[serde(flatten)]
     pub unknown: Map<String, Value>,
+}
 }
 
 /// A completions `prompt`.

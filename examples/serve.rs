@@ -1,0 +1,167 @@
+//! An OpenAI-compatible server for an InternLM2 checkpoint: the continuous-batching engine
+//! behind the `internlm2_serve::server` router, plus the chat page at `/`.
+//!
+//! ```text
+//! cargo run --release --features server --example serve -- --model-dir internlm2-chat-1_8b \
+//!     [--host 127.0.0.1 --port 8000 --device cpu --dtype auto --kv-memory 2GiB \
+//!      --max-running 32 --max-waiting 1024 --api-key KEY --model-name NAME]
+//! ```
+//!
+//! Then, e.g. `curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type:
+//! application/json' -d '{"model": "internlm2-chat-1_8b", "messages": [{"role": "user",
+//! "content": "Hi"}]}'`, any OpenAI client with `base_url="http://127.0.0.1:8000/v1"`, or open
+//! `http://127.0.0.1:8000/` in a browser. Ctrl-C (or SIGTERM) stops accepting requests, lets
+//! running ones finish (30 s at most) and exits. With `--port 0` the system picks a free port;
+//! the first line printed says which (`listening on http://...`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Parser;
+use internlm2::backends::Kernels;
+use internlm2::backends::device::{BackendTask, DTypeChoice, DeviceSpec};
+use internlm2::{InternLM2, Tokenizer};
+use internlm2_serve::engine::{Engine, EngineConfig};
+use internlm2_serve::server::{self, ServerConfig};
+
+#[derive(Parser)]
+#[command(about = "Serve an InternLM2 checkpoint over the OpenAI API")]
+struct Args {
+    /// HuggingFace model directory (config.json, safetensors, tokenizer.model).
+    #[arg(long)]
+    model_dir: PathBuf,
+    /// Address to listen on (keep 127.0.0.1 unless a proxy in front handles TLS and access).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port (0 = any free port).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Device: cpu, cuda[:N], wgpu, vulkan, tch:cpu, tch:cuda[:N] (its feature compiled in).
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
+    /// Compute dtype: auto (bf16 on CUDA, f32 elsewhere), f32, bf16 or f16.
+    #[arg(long, default_value = "auto")]
+    dtype: DTypeChoice,
+    /// KV cache budget: bytes, or with a unit (512MiB, 2GiB, 1.5GB).
+    #[arg(long, default_value = "2GiB", value_parser = parse_bytes)]
+    kv_memory: usize,
+    /// Most sequences decoded together.
+    #[arg(long, default_value_t = 32)]
+    max_running: usize,
+    /// Most requests waiting; more are answered 429.
+    #[arg(long, default_value_t = 1024)]
+    max_waiting: usize,
+    /// Prompt tokens processed per step.
+    #[arg(long, default_value_t = 512)]
+    prefill_chunk: usize,
+    /// Require `Authorization: Bearer <key>` (also read from $INTERNLM2_API_KEY).
+    #[arg(long, env = "INTERNLM2_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// The model id clients send (default: the directory's name).
+    #[arg(long)]
+    model_name: Option<String>,
+}
+
+/// `2GiB`, `512MiB`, `1.5GB`, `1000000`.
+fn parse_bytes(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("not a size: {text:?}"))?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "kib" | "k" => 1024.0,
+        "mib" | "m" => 1024.0 * 1024.0,
+        "gib" | "g" => 1024.0 * 1024.0 * 1024.0,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} (B, KiB, MiB, GiB, KB, MB, GB)"
+            ));
+        }
+    };
+    let bytes = number * scale;
+    if bytes.is_finite() && bytes >= 1.0 && bytes < usize::MAX as f64 {
+        Ok(bytes as usize)
+    } else {
+        Err(format!("size out of range: {text:?}"))
+    }
+}
+
+struct Serve(Args);
+
+impl BackendTask for Serve {
+    type Output = Result<(), Box<dyn std::error::Error>>;
+    fn run<B: Kernels>(self, device: B::Device) -> Self::Output {
+        run::<B>(self.0, device)
+    }
+}
+
+fn main() {
+    // Library logs (engine, server) to stderr; RUST_LOG=debug for more.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .try_init();
+    let args = Args::parse();
+    let spec = args.device;
+    if let Err(e) = spec.run(Serve(args)).map_err(Into::into).and_then(|r| r) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run<B: Kernels>(args: Args, device: B::Device) -> Result<(), Box<dyn std::error::Error>> {
+    let dtype = args.dtype.resolve(&args.device);
+    let start = std::time::Instant::now();
+    let model = InternLM2::<B>::load(&args.model_dir, dtype, &device)?;
+    let tokenizer = Arc::new(Tokenizer::from_dir(&args.model_dir)?);
+    eprintln!(
+        "loaded {} ({} parameters) in {:.1}s",
+        args.model_dir.display(),
+        model.config().num_parameters(),
+        start.elapsed().as_secs_f64()
+    );
+    let engine = Engine::start(
+        model,
+        Some(tokenizer),
+        EngineConfig::new()
+            .with_kv_memory_bytes(args.kv_memory)
+            .with_max_running(args.max_running)
+            .with_max_waiting(args.max_waiting)
+            .with_prefill_chunk(args.prefill_chunk),
+    )?;
+    let name = args.model_name.clone().unwrap_or_else(|| {
+        args.model_dir
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "internlm2".into())
+    });
+    let mut config = ServerConfig::new(name.clone());
+    if let Some(key) = &args.api_key {
+        config = config.with_api_key(key.clone());
+    }
+    let app = server::router(engine.clone(), config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
+        let address = listener.local_addr()?;
+        println!("listening on http://{address} (model {name:?})");
+        eprintln!("chat page: http://{address}/   OpenAI base URL: http://{address}/v1");
+        server::serve(listener, app, engine, server::shutdown_signal()).await?;
+        eprintln!("stopped");
+        Ok::<(), Box<dyn std::error::Error>>(())
+    })
+}
