@@ -16,7 +16,7 @@ use crate::config::RopeScaling;
 use crate::error::GenerateError;
 use crate::model::{ForwardInput, InternLM2};
 use crate::sampling::{Sampler, SamplingConfig};
-use crate::tokenizer::{IncrementalDecoder, Tokenizer};
+use crate::tokenizer::Tokenizer;
 
 mod stream;
 pub use stream::TextStream;
@@ -213,10 +213,8 @@ struct Row<'t> {
     /// Prompt plus generated ids (for the repetition penalty).
     history: Vec<u32>,
     generated: Vec<u32>,
-    decoder: Option<IncrementalDecoder<'t>>,
-    text: String,
-    /// Bytes of `text` already streamed.
-    emitted: usize,
+    /// Streamed text, stop strings held back and cut.
+    text: TextStream<'t>,
     finished: Option<FinishReason>,
     next_position: usize,
     sampler: Sampler,
@@ -365,9 +363,7 @@ impl<'a, B: Kernels> Generation<'a, B> {
                     next_position: prompt.len(),
                     history: prompt,
                     generated: Vec::new(),
-                    decoder: tokenizer.map(Tokenizer::incremental_decoder),
-                    text: String::new(),
-                    emitted: 0,
+                    text: TextStream::new(tokenizer),
                     finished: None,
                     sampler: Sampler::new(sampling.with_seed(seed))?,
                 })
@@ -435,17 +431,15 @@ impl<'a, B: Kernels> Generation<'a, B> {
             row.next_position += 1;
             let delta = if self.config.stop_token_ids.contains(&token) {
                 row.finished = Some(FinishReason::StopToken(token));
-                flush(row, &self.config.stop_strings)
+                row.text.finish(&self.config.stop_strings)
             } else {
-                let piece = match row.decoder.as_mut() {
-                    Some(decoder) => decoder.push(token)?,
-                    None => String::new(),
-                };
-                row.text.push_str(&piece);
-                let mut delta = release(row, &self.config.stop_strings);
+                let (mut delta, stop) = row.text.push(token, &self.config.stop_strings)?;
+                if let Some(stop) = stop {
+                    row.finished = Some(FinishReason::StopString(stop));
+                }
                 if row.finished.is_none() && self.steps >= self.max_new_tokens {
                     row.finished = Some(FinishReason::Length);
-                    delta.push_str(&flush(row, &self.config.stop_strings));
+                    delta.push_str(&row.text.finish(&self.config.stop_strings));
                 }
                 delta
             };
@@ -520,7 +514,7 @@ impl<'a, B: Kernels> Generation<'a, B> {
         self.rows
             .into_iter()
             .map(|row| GenerationOutput {
-                text: row.decoder.as_ref().map(|_| row.text.clone()),
+                text: row.text.decodes().then(|| row.text.text().to_string()),
                 tokens: row.generated,
                 finish_reason: row.finished.unwrap_or(FinishReason::Cancelled),
             })
@@ -538,87 +532,6 @@ impl<B: Kernels> Iterator for Generation<'_, B> {
             Some(self.step())
         }
     }
-}
-
-/// Length of the longest suffix of `text` that is a proper prefix of a stop string.
-fn held_back(text: &str, stops: &[String]) -> usize {
-    stops
-        .iter()
-        .map(|stop| partial_stop(text.as_bytes(), stop))
-        .max()
-        .unwrap_or(0)
-}
-
-/// The longest proper prefix of `stop` (ending on a character boundary) that `text` ends
-/// with, by Knuth-Morris-Pratt over the last `stop.len() - 1` bytes: O(|stop|) per call.
-fn partial_stop(text: &[u8], stop: &str) -> usize {
-    let s = stop.as_bytes();
-    if s.len() < 2 {
-        return 0;
-    }
-    // fail[i]: the longest proper prefix of s[..=i] that is also a suffix of it.
-    let mut fail = vec![0usize; s.len()];
-    let mut k = 0;
-    for i in 1..s.len() {
-        while k > 0 && s[i] != s[k] {
-            k = fail[k - 1];
-        }
-        if s[i] == s[k] {
-            k += 1;
-        }
-        fail[i] = k;
-    }
-    // The tail is shorter than `stop`, so `k` stays a proper prefix.
-    let mut k = 0;
-    for &b in &text[text.len().saturating_sub(s.len() - 1)..] {
-        while k > 0 && b != s[k] {
-            k = fail[k - 1];
-        }
-        if b == s[k] {
-            k += 1;
-        }
-    }
-    while k > 0 && !stop.is_char_boundary(k) {
-        k = fail[k - 1];
-    }
-    k
-}
-
-/// Checks stop strings and returns the text that is safe to stream.
-fn release(row: &mut Row<'_>, stops: &[String]) -> String {
-    // Text before `emitted` holds no stop string and ends in no part of one (it was released),
-    // so a new match starts at or after it: each token searches only the unreleased tail.
-    let from = row.emitted;
-    if let Some((at, stop)) = stops
-        .iter()
-        .filter_map(|s| row.text[from..].find(s.as_str()).map(|at| (from + at, s)))
-        .min_by_key(|(at, _)| *at)
-    {
-        row.finished = Some(FinishReason::StopString(stop.clone()));
-        row.text.truncate(at);
-        let delta = row.text[row.emitted.min(at)..].to_string();
-        row.emitted = row.text.len();
-        return delta;
-    }
-    let safe = row.text.len() - held_back(&row.text, stops);
-    let delta = row.text[row.emitted..safe].to_string();
-    row.emitted = safe;
-    delta
-}
-
-/// Emits everything not yet streamed when a row finishes for a reason other than a stop string.
-fn flush(row: &mut Row<'_>, stops: &[String]) -> String {
-    if let Some(decoder) = row.decoder.as_mut() {
-        let tail = decoder.finish();
-        row.text.push_str(&tail);
-    }
-    if let Some(at) = stops.iter().filter_map(|s| row.text.find(s.as_str())).min() {
-        row.text.truncate(at);
-    }
-    let start = row.emitted.min(row.text.len());
-    let delta = row.text[start..].to_string();
-    row.emitted = row.text.len();
-    delta
 }
 
 /// The context limit of a model: `max_position_embeddings`, times the RoPE scaling factor.

@@ -12,8 +12,8 @@ use internlm2::chat::ToolSet;
 use internlm2::generate::{GenerationConfig, OverflowPolicy, generate};
 use internlm2::sampling::SamplingConfig;
 use internlm2_serve::engine::{
-    ConstraintError, Engine, EngineConfig, EngineError, Event, FinishReason, Request, StopKind,
-    TokenConstraint,
+    ConstraintError, Engine, EngineConfig, EngineError, Event, FinishReason, Request,
+    RequestHandle, StopKind, TokenConstraint,
 };
 use support::{Rng, collect};
 
@@ -167,19 +167,19 @@ fn a_full_queue_refuses_and_recovers() {
     let model = support::model("tiny-internlm2");
     let engine =
         Engine::start(model, None, small().with_max_waiting(2).with_max_running(1)).unwrap();
-    let mut handles = Vec::new();
-    let mut refused = 0;
-    for _ in 0..10 {
-        match engine.submit(Request::new(vec![5; 8], greedy(30))) {
-            Ok(h) => handles.push(h),
-            Err(EngineError::QueueFull { waiting }) => {
-                assert!(waiting >= 2);
-                refused += 1;
-            }
-            Err(e) => panic!("{e}"),
-        }
+    // The first request holds the worker, so the next ones wait.
+    let gate = Gate::default();
+    let request = Request::new(vec![5; 8], greedy(30)).with_constraint(Box::new(gate.clone()));
+    let mut handles = vec![engine.submit(request).unwrap()];
+    gate.wait_entered();
+    for _ in 0..2 {
+        handles.push(engine.submit(Request::new(vec![5; 8], greedy(30))).unwrap());
     }
-    assert!(refused > 0, "ten submits never filled a queue of two");
+    match engine.submit(Request::new(vec![5; 8], greedy(30))) {
+        Err(EngineError::QueueFull { waiting }) => assert_eq!(waiting, 2),
+        other => panic!("{other:?}"),
+    }
+    gate.open();
     for h in handles {
         assert_eq!(collect(h).reason(), &FinishReason::Length);
     }
@@ -336,68 +336,129 @@ fn a_panicking_step_fails_its_requests_and_the_engine_keeps_serving() {
     assert_eq!(metrics.kv_blocks_used, 0);
 }
 
-#[test]
-fn dropping_a_handle_cancels_and_frees_its_blocks() {
-    let model = support::model("tiny-internlm2");
-    let engine = Engine::start(model, None, small()).unwrap();
-    let mut handle = engine
-        .submit(Request::new(vec![3; 40], greedy(80)))
-        .unwrap();
-    // Wait for the first token, then walk away.
-    loop {
-        match handle.next_blocking() {
-            Some(Event::Token { .. }) => break,
-            other => panic!("{other:?}"),
+/// Holds the worker inside its next sampling step until opened, so that a test can act while
+/// a request is certainly running (its blocks held).
+#[derive(Clone, Default)]
+struct Gate(std::sync::Arc<(std::sync::Mutex<(bool, bool)>, std::sync::Condvar)>);
+
+impl Gate {
+    /// Waits until the worker is held at the gate.
+    fn wait_entered(&self) {
+        let (lock, cv) = &*self.0;
+        let mut state = lock.lock().unwrap();
+        while !state.0 {
+            state = cv.wait(state).unwrap();
         }
     }
-    drop(handle);
+
+    fn open(&self) {
+        let (lock, cv) = &*self.0;
+        lock.lock().unwrap().1 = true;
+        cv.notify_all();
+    }
+}
+
+impl TokenConstraint for Gate {
+    fn mask(&mut self, _: &mut [f32]) -> Result<(), ConstraintError> {
+        let (lock, cv) = &*self.0;
+        let mut state = lock.lock().unwrap();
+        state.0 = true;
+        cv.notify_all();
+        while !state.1 {
+            state = cv.wait(state).unwrap();
+        }
+        Ok(())
+    }
+    fn commit(&mut self, _: u32) -> Result<(), ConstraintError> {
+        Ok(())
+    }
+    fn is_complete(&self) -> bool {
+        false
+    }
+}
+
+/// Submits a long request held at the gate, runs `walk_away` on its handle while the worker
+/// is inside its first sampling step, opens the gate and waits for the engine to settle.
+fn cancel_midway(walk_away: impl FnOnce(RequestHandle) -> Option<RequestHandle>) {
+    let model = support::model("tiny-internlm2");
+    let engine = Engine::start(model, None, small()).unwrap();
+    let gate = Gate::default();
+    let request = Request::new(vec![3; 40], greedy(80)).with_constraint(Box::new(gate.clone()));
+    let handle = engine.submit(request).unwrap();
+    gate.wait_entered();
+    let kept = walk_away(handle);
+    gate.open();
+    if let Some(handle) = kept {
+        let got = collect(handle);
+        assert_eq!(got.reason(), &FinishReason::Cancelled);
+        assert!(got.tokens.len() < 80);
+    }
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let m = engine.metrics();
         if m.requests_finished.cancelled == 1 && m.kv_blocks_used == 0 && m.running == 0 {
+            assert!(m.generation_tokens_total < 80, "{m:?}");
             break;
         }
         assert!(std::time::Instant::now() < deadline, "{m:?}");
         std::thread::sleep(Duration::from_millis(5));
     }
-    // A cancel token from another thread does the same.
-    let handle = engine
-        .submit(Request::new(vec![3; 40], greedy(80)))
-        .unwrap();
-    let token = handle.cancel_token();
-    std::thread::spawn(move || token.cancel()).join().unwrap();
-    assert_eq!(collect(handle).reason(), &FinishReason::Cancelled);
+}
+
+#[test]
+fn dropping_a_handle_cancels_and_frees_its_blocks() {
+    cancel_midway(|handle| {
+        drop(handle);
+        None
+    });
+}
+
+#[test]
+fn a_cancel_token_from_another_thread_cancels() {
+    cancel_midway(|handle| {
+        let token = handle.cancel_token();
+        std::thread::spawn(move || token.cancel()).join().unwrap();
+        Some(handle)
+    });
 }
 
 #[test]
 fn shutdown_finishes_running_requests_and_cancels_waiting_ones() {
     let model = support::model("tiny-internlm2");
     let engine = Engine::start(model, None, small().with_max_running(1)).unwrap();
-    let vocab = 512;
     let mut rng = Rng(1);
-    let first = engine
-        .submit(Request::new(rng.prompt(10, vocab), greedy(40)))
-        .unwrap();
-    // Make sure the first one runs before shutting down.
-    let mut first = first;
-    let mut got = support::Collected::default();
-    got.push(first.next_blocking().unwrap());
+    // The first request runs (held at the gate); three more wait behind it.
+    let gate = Gate::default();
+    let first =
+        Request::new(rng.prompt(10, 512), greedy(40)).with_constraint(Box::new(gate.clone()));
+    let first = engine.submit(first).unwrap();
+    gate.wait_entered();
     let queued: Vec<_> = (0..3)
         .map(|_| {
             engine
-                .submit(Request::new(rng.prompt(10, vocab), greedy(40)))
+                .submit(Request::new(rng.prompt(10, 512), greedy(40)))
                 .unwrap()
         })
         .collect();
-    engine.shutdown();
-    while let Some(e) = first.next_blocking() {
-        got.push(e);
-    }
+    // Shut down (which waits for the worker) while the worker is still held; open the gate
+    // once the shutdown command is surely queued behind the three submits.
+    let stopper = {
+        let engine = engine.clone();
+        std::thread::spawn(move || engine.shutdown())
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    gate.open();
+    stopper.join().unwrap();
+    let got = collect(first);
     assert_eq!(got.reason(), &FinishReason::Length);
     assert_eq!(got.tokens.len(), 40);
     for h in queued {
         assert_eq!(collect(h).reason(), &FinishReason::Cancelled);
     }
+    assert!(matches!(
+        engine.submit(Request::new(vec![5], greedy(1))),
+        Err(EngineError::ShutDown)
+    ));
 }
 
 #[test]

@@ -123,12 +123,10 @@ impl<'t> Sequence<'t> {
         }
     }
 
-    /// Sends the last event (a client that went away is not an error).
-    pub fn send_finished(&self, reason: FinishReason) {
-        let _ = self.events.send(Event::Finished {
-            reason,
-            usage: self.usage(),
-        });
+    /// The last event and where it goes.
+    pub fn into_finished(self, reason: FinishReason) -> (UnboundedSender<Event>, Event) {
+        let usage = self.usage();
+        (self.events, Event::Finished { reason, usage })
     }
 
     /// Masks `logits` with the constraint (if any) and samples the next token.

@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use tokio::sync::mpsc::UnboundedSender;
+
 use internlm2::backends::Kernels;
 use internlm2::cache::PagedKvCache;
 use internlm2::generate::TextStream;
@@ -126,6 +128,8 @@ struct Worker<'a, B: Kernels> {
     recorder: Recorder,
     metrics: Arc<Mutex<EngineMetrics>>,
     queued: Arc<AtomicUsize>,
+    /// Finish events held back until the metrics that count them are published.
+    outbox: Vec<(UnboundedSender<Event>, Event)>,
     /// A shutdown was asked for: accept nothing, finish what runs.
     stopping: bool,
     /// Stop at once.
@@ -151,6 +155,7 @@ impl<'a, B: Kernels> Worker<'a, B> {
             recorder: Recorder::default(),
             metrics,
             queued,
+            outbox: Vec::new(),
             stopping: false,
             abort: false,
         }
@@ -185,7 +190,7 @@ impl<'a, B: Kernels> Worker<'a, B> {
                 if self.stopping {
                     break;
                 }
-                self.publish();
+                self.settle();
                 match commands.recv() {
                     Ok(command) => self.command(command),
                     Err(_) => break, // every handle is gone
@@ -206,7 +211,7 @@ impl<'a, B: Kernels> Worker<'a, B> {
             if let Err(panic) = stepped {
                 self.recover(&panic_message(&*panic));
             }
-            self.publish();
+            self.settle();
         }
         // Requests that raced with the stop.
         while let Ok(command) = commands.try_recv() {
@@ -214,7 +219,7 @@ impl<'a, B: Kernels> Worker<'a, B> {
                 self.refuse(*submission, FinishReason::Cancelled);
             }
         }
-        self.publish();
+        self.settle();
     }
 
     fn command(&mut self, command: Command) {
@@ -253,13 +258,12 @@ impl<'a, B: Kernels> Worker<'a, B> {
     fn refuse(&mut self, submission: Submission, reason: FinishReason) {
         self.queued.fetch_sub(1, Ordering::AcqRel);
         self.recorder.finish(&reason);
-        let _ = submission.events.send(Event::Finished {
-            reason,
-            usage: Usage {
-                prompt_tokens: submission.request.prompt.len(),
-                ..Usage::default()
-            },
-        });
+        let usage = Usage {
+            prompt_tokens: submission.request.prompt.len(),
+            ..Usage::default()
+        };
+        self.outbox
+            .push((submission.events, Event::Finished { reason, usage }));
     }
 
     /// Ends a sequence that holds no blocks.
@@ -268,7 +272,7 @@ impl<'a, B: Kernels> Worker<'a, B> {
             self.queued.fetch_sub(1, Ordering::AcqRel);
         }
         self.recorder.finish(&reason);
-        seq.send_finished(reason);
+        self.outbox.push(seq.into_finished(reason));
     }
 
     fn cancel_all(&mut self) {
@@ -379,6 +383,14 @@ impl<'a, B: Kernels> Worker<'a, B> {
         self.cache = Self::allocate(self.model, self.plan);
         if self.cache.is_none() {
             self.abort = true;
+        }
+    }
+
+    /// Publishes the metrics, then sends the finish events they count.
+    fn settle(&mut self) {
+        self.publish();
+        for (events, event) in self.outbox.drain(..) {
+            let _ = events.send(event);
         }
     }
 
