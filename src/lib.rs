@@ -27,6 +27,8 @@ mod guide {
     struct Training;
     #[doc = include_str!("../docs/alignment.md")]
     struct Alignment;
+    #[doc = include_str!("../docs/quantization.md")]
+    struct Quantization;
     #[doc = include_str!("../docs/agents.md")]
     struct Agents;
 }

@@ -200,9 +200,7 @@ pub fn swiglu(gate: Tensor<Flex, 3>, up: Tensor<Flex, 3>) -> Tensor<Flex, 3> {
             &g[i * width..(i + 1) * width],
             &u[i * width..(i + 1) * width],
         );
-        for ((o, &a), &b) in row.iter_mut().zip(g).zip(u) {
-            *o = a / (1.0 + (-a).exp()) * b;
-        }
+        super::cpu_simd::silu_mul(g, u, row);
     });
     wrap(out, dims)
 }
@@ -576,24 +574,41 @@ pub fn causal_attention(
         let pad_row = padding.as_ref().map(|p| &p[bi * t..bi * t + t_end]);
         for (r, row) in scores.chunks_mut(t_end).enumerate() {
             let slot = past + q0 + r % rows; // key slot of this query
+            let limit = (slot + 1).min(t_end); // keys 0..limit are causally visible
+            let (visible, later) = row.split_at_mut(limit);
+            later.fill(0.0);
             let mut max = f32::MIN;
-            for (j, x) in row.iter_mut().enumerate() {
-                if j > slot || pad_row.is_some_and(|p| p[j] != 0) {
+            let mut any = false;
+            for (j, x) in visible.iter_mut().enumerate() {
+                if pad_row.is_some_and(|p| p[j] != 0) {
                     *x = f32::MIN;
+                } else {
+                    max = max.max(*x);
+                    any = true;
                 }
-                max = max.max(*x);
             }
-            let mut sum = 0f32;
-            for x in row.iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x;
+            if !any {
+                // Every key is masked (a left-padding row): the average over the row's keys.
+                row.fill(1.0 / t_end as f32);
+                continue;
+            }
+            let mut sum = super::cpu_simd::exp_sub_sum(visible, max);
+            if let Some(p) = pad_row {
+                for (j, x) in visible.iter_mut().enumerate() {
+                    if p[j] != 0 {
+                        sum -= *x;
+                        *x = 0.0;
+                    }
+                }
             }
             let inv = 1.0 / sum;
-            row.iter_mut().for_each(|x| *x *= inv);
+            visible.iter_mut().for_each(|x| *x *= inv);
         }
         for gi in 0..g {
             let head = kvh * g + gi;
-            let dst = (((bi * nh + head) * s) + q0) * d;
+            // The output is laid out [b, s, heads, d], so that the model's swap back to
+            // [b, s, heads * d] needs no copy.
+            let dst = ((bi * s + q0) * nh + head) * d;
             // SAFETY: this task alone writes rows [q0, q1) of `head` in batch `bi`; values
             // [0, t_end) are inside v's buffer.
             unsafe {
@@ -602,7 +617,7 @@ pub fn causal_attention(
                     d,
                     t_end,
                     out_ptr.0.add(dst),
-                    d as isize,
+                    (nh * d) as isize,
                     scores[gi * rows * t_end..].as_ptr(),
                     t_end as isize,
                     1,
@@ -620,5 +635,5 @@ pub fn causal_attention(
     } else {
         (0..tasks).for_each(task);
     }
-    wrap(out, [b, nh, s, d])
+    wrap(out, [b, s, nh, d]).swap_dims(1, 2)
 }

@@ -6,8 +6,8 @@
 //! a method is tested against it.
 
 pub mod composite;
-mod paged;
 mod composite_packed;
+mod paged;
 #[cfg(feature = "flex")]
 pub mod cpu;
 #[cfg(feature = "flex")]
@@ -18,6 +18,8 @@ mod cpu_gemm;
 pub mod cpu_quant;
 #[cfg(all(feature = "flex", target_arch = "x86_64"))]
 mod cpu_quant_avx2;
+#[cfg(feature = "flex")]
+mod cpu_simd;
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 pub mod cube;
 #[cfg(feature = "tch")]
@@ -27,9 +29,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use burn::tensor::{Bool, Int, Tensor, backend::Backend};
 
-pub use paged::{PagedAttentionOutput, PagedLayout, PagedSequence};
-
 use crate::packed::PackedWeight;
+
+pub use paged::{PagedAttentionOutput, PagedLayout, PagedSequence};
 
 /// Which implementation of the kernel layer runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
