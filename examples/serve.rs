@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --features server --example serve -- --model-dir internlm2-chat-1_8b \
-//!     [--host 127.0.0.1 --port 8000 --device cpu --dtype auto --kv-memory 2GiB \
+//!     [--host 127.0.0.1 --port 8000 --device cpu --dtype auto --quant f32 --kv-memory 2GiB \
 //!      --max-running 32 --max-waiting 1024 --api-key KEY --model-name NAME]
 //! ```
 //!
@@ -15,11 +15,15 @@
 //! the first line printed says which (`listening on http://...`).
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
 use internlm2::backends::Kernels;
-use internlm2::backends::device::{BackendTask, DTypeChoice, DeviceSpec};
+use internlm2::backends::device::{DTypeChoice, DeviceSpec};
+use internlm2::backends::program::{Program, ProgramResult, run_program};
+use internlm2::checkpoint::gguf::tokenizer_from_gguf;
+use internlm2::quant::{LoadOptions, QuantConfig};
 use internlm2::{InternLM2, Tokenizer};
 use internlm2_serve::engine::{Engine, EngineConfig};
 use internlm2_serve::server::{self, ServerConfig};
@@ -27,9 +31,12 @@ use internlm2_serve::server::{self, ServerConfig};
 #[derive(Parser)]
 #[command(about = "Serve an InternLM2 checkpoint over the OpenAI API")]
 struct Args {
-    /// HuggingFace model directory (config.json, safetensors, tokenizer.model).
+    /// HuggingFace model directory (config.json, safetensors, tokenizer.model), or a .gguf file.
     #[arg(long)]
     model_dir: PathBuf,
+    /// Tokenizer file (default: the model directory's, or a GGUF file's metadata).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
     /// Address to listen on (keep 127.0.0.1 unless a proxy in front handles TLS and access).
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -42,6 +49,10 @@ struct Args {
     /// Compute dtype: auto (bf16 on CUDA, f32 elsewhere), f32, bf16 or f16.
     #[arg(long, default_value = "auto")]
     dtype: DTypeChoice,
+    /// Weight storage when loading a HuggingFace checkpoint: f32 (dense in --dtype), f16, bf16,
+    /// q8_0, q4_0 or q4_k. GGUF files and quantized checkpoints load as stored.
+    #[arg(long, default_value = "f32")]
+    quant: QuantConfig,
     /// KV cache budget: bytes, or with a unit (512MiB, 2GiB, 1.5GB).
     #[arg(long, default_value = "2GiB", value_parser = parse_bytes)]
     kv_memory: usize,
@@ -55,7 +66,7 @@ struct Args {
     #[arg(long, default_value_t = 512)]
     prefill_chunk: usize,
     /// Require `Authorization: Bearer <key>` (also read from $INTERNLM2_API_KEY).
-    #[arg(long, env = "INTERNLM2_API_KEY", hide_env_values = true)]
+    #[arg(long)]
     api_key: Option<String>,
     /// The model id clients send (default: the directory's name).
     #[arg(long)]
@@ -94,37 +105,43 @@ fn parse_bytes(text: &str) -> Result<usize, String> {
     }
 }
 
-struct Serve(Args);
-
-impl BackendTask for Serve {
-    type Output = Result<(), Box<dyn std::error::Error>>;
-    fn run<B: Kernels>(self, device: B::Device) -> Self::Output {
-        run::<B>(self.0, device)
-    }
-}
-
-fn main() {
+fn main() -> ExitCode {
     // Library logs (engine, server) to stderr; RUST_LOG=debug for more.
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .try_init();
-    let args = Args::parse();
-    let spec = args.device;
-    if let Err(e) = spec.run(Serve(args)).map_err(Into::into).and_then(|r| r) {
-        eprintln!("error: {e}");
-        std::process::exit(1);
+    run_program(Args::parse())
+}
+
+impl Program for Args {
+    fn device(&self) -> DeviceSpec {
+        self.device
+    }
+
+    fn run<B: Kernels>(self, device: B::Device) -> ProgramResult {
+        serve::<B>(self, device)
     }
 }
 
-fn run<B: Kernels>(args: Args, device: B::Device) -> Result<(), Box<dyn std::error::Error>> {
+fn serve<B: Kernels>(args: Args, device: B::Device) -> ProgramResult {
     let dtype = args.dtype.resolve(&args.device);
     let start = std::time::Instant::now();
-    let model = InternLM2::<B>::load(&args.model_dir, dtype, &device)?;
-    let tokenizer = Arc::new(Tokenizer::from_dir(&args.model_dir)?);
+    let options = LoadOptions::new(dtype).with_quant(args.quant);
+    let model = InternLM2::<B>::load_with(&args.model_dir, &options, &device)?;
+    let is_gguf = args
+        .model_dir
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    let tokenizer = Arc::new(match &args.tokenizer {
+        Some(path) => Tokenizer::from_file(path)?,
+        None if is_gguf => tokenizer_from_gguf(&args.model_dir)?,
+        None => Tokenizer::from_dir(&args.model_dir)?,
+    });
     eprintln!(
         "loaded {} ({} parameters) in {:.1}s",
         args.model_dir.display(),
@@ -144,12 +161,18 @@ fn run<B: Kernels>(args: Args, device: B::Device) -> Result<(), Box<dyn std::err
         args.model_dir
             .canonicalize()
             .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .and_then(|p| p.file_stem().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(|| "internlm2".into())
     });
     let mut config = ServerConfig::new(name.clone());
-    if let Some(key) = &args.api_key {
-        config = config.with_api_key(key.clone());
+    // A key on the command line shows in `ps`; the environment does not.
+    let key = args.api_key.clone().or_else(|| {
+        std::env::var("INTERNLM2_API_KEY")
+            .ok()
+            .filter(|k| !k.is_empty())
+    });
+    if let Some(key) = key {
+        config = config.with_api_key(key);
     }
     let app = server::router(engine.clone(), config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
