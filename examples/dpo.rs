@@ -22,6 +22,10 @@ use internlm2_align::dpo::{DpoConfig, prepare, train_dpo};
 use internlm2_align::read_jsonl;
 use internlm2_align::reward::PreferencePair;
 
+fn main() -> ExitCode {
+    run_program(Args::parse())
+}
+
 #[derive(Parser)]
 #[command(about = "DPO of an InternLM2 checkpoint on preference pairs")]
 struct Args {
@@ -51,27 +55,22 @@ struct Args {
     epochs: usize,
 }
 
-fn main() -> ExitCode {
-    run_program(Args::parse())
-}
-
 impl Program for Args {
     fn device(&self) -> DeviceSpec {
         self.device
     }
 
     fn run<B: Kernels>(self, device: B::Device) -> ProgramResult {
-        let args = self;
-        let tokenizer = Tokenizer::from_dir(&args.model_dir)?;
-        let pairs: Vec<PreferencePair> = read_jsonl(&args.data)?;
-        let reference = InternLM2::<B>::load(&args.model_dir, DType::F32, &device)?;
-        let examples = prepare(&reference, &tokenizer, &pairs, args.batch_pairs)?;
-        let policy = InternLM2::<Autodiff<B>>::load(&args.model_dir, DType::F32, &device)?;
+        let tokenizer = Tokenizer::from_dir(&self.model_dir)?;
+        let pairs: Vec<PreferencePair> = read_jsonl(&self.data)?;
+        let reference = InternLM2::<B>::load(&self.model_dir, DType::F32, &device)?;
+        let examples = prepare(&reference, &tokenizer, &pairs, self.batch_pairs)?;
+        let policy = InternLM2::<Autodiff<B>>::load(&self.model_dir, DType::F32, &device)?;
         let config = DpoConfig {
-            beta: args.beta,
-            lr: args.lr,
-            batch_pairs: args.batch_pairs,
-            epochs: args.epochs,
+            beta: self.beta,
+            lr: self.lr,
+            batch_pairs: self.batch_pairs,
+            epochs: self.epochs,
             ..DpoConfig::default()
         };
         let pad = tokenizer.eos_id().unwrap_or(2);
@@ -82,11 +81,11 @@ impl Program for Args {
             )
         })?;
         policy.valid().save(
-            &args.out,
+            &self.out,
             &SaveOptions::default().with_dtype(SaveDtype::F32),
         )?;
-        tokenizer.save_json(args.out.join("tokenizer.json"))?;
-        eprintln!("saved to {}", args.out.display());
+        tokenizer.save_json(self.out.join("tokenizer.json"))?;
+        eprintln!("saved to {}", self.out.display());
         Ok(())
     }
 }

@@ -23,6 +23,10 @@ use internlm2::sampling::SamplingConfig;
 use internlm2::{ForwardInput, InternLM2};
 use serde_json::Value;
 
+fn main() -> ExitCode {
+    run_program(Args::parse())
+}
+
 #[derive(Parser)]
 #[command(about = "Recompute the cases of a reference.json with the SDK")]
 struct Args {
@@ -53,19 +57,14 @@ fn ints(value: &Value) -> Result<Vec<Vec<i64>>, String> {
         .collect()
 }
 
-fn main() -> ExitCode {
-    run_program(Args::parse())
-}
-
 impl Program for Args {
     fn device(&self) -> DeviceSpec {
         self.device
     }
 
     fn run<B: Kernels>(self, device: B::Device) -> ProgramResult {
-        let args = self;
-        let model = InternLM2::<B>::load(&args.model_dir, DType::F32, &device)?;
-        let mut doc: Value = serde_json::from_str(&std::fs::read_to_string(&args.reference)?)?;
+        let model = InternLM2::<B>::load(&self.model_dir, DType::F32, &device)?;
+        let mut doc: Value = serde_json::from_str(&std::fs::read_to_string(&self.reference)?)?;
         let cases = doc["cases"]
             .as_array_mut()
             .ok_or("reference has no \"cases\" list")?;
@@ -155,8 +154,8 @@ impl Program for Args {
                 .collect();
             case["logits"] = serde_json::to_value(nested)?;
         }
-        std::fs::write(&args.output, serde_json::to_string(&doc)?)?;
-        println!("wrote {}", args.output.display());
+        std::fs::write(&self.output, serde_json::to_string(&doc)?)?;
+        println!("wrote {}", self.output.display());
         Ok(())
     }
 }

@@ -24,13 +24,16 @@ use indicatif::{ProgressBar, ProgressStyle};
 use internlm2::backends::Kernels;
 use internlm2::backends::device::DeviceSpec;
 use internlm2::backends::program::{Program, ProgramResult, run_program};
-use internlm2::chat::Message;
 use internlm2::checkpoint::{SaveDtype, SaveOptions};
 use internlm2::{InternLM2, Tokenizer};
 use internlm2_align::ppo::{ConditionalReward, CriticModel, Ppo, PpoConfig, Prompt};
-use internlm2_align::read_jsonl;
 use internlm2_align::reward::{RewardEncoder, RewardModel, RewardScorer};
+use internlm2_align::{DomainConversation, read_jsonl};
 use internlm2_train::{InMemoryDocuments, Packer, PackingConfig};
+
+fn main() -> ExitCode {
+    run_program(Args::parse())
+}
 
 #[derive(Parser)]
 #[command(about = "PPO of an InternLM2 policy against a conditional reward model")]
@@ -90,26 +93,14 @@ struct TextLine {
     text: String,
 }
 
-#[derive(serde::Deserialize)]
-struct PromptLine {
-    messages: Vec<Message>,
-    #[serde(default)]
-    domain: Option<String>,
-}
-
-fn main() -> ExitCode {
-    run_program(Args::parse())
-}
-
 impl Program for Args {
     fn device(&self) -> DeviceSpec {
         self.device
     }
 
     fn run<B: Kernels>(self, device: B::Device) -> ProgramResult {
-        let args = self;
-        let tokenizer = Tokenizer::from_dir(&args.policy)?;
-        let lines: Vec<PromptLine> = read_jsonl(&args.prompts)?;
+        let tokenizer = Tokenizer::from_dir(&self.policy)?;
+        let lines: Vec<DomainConversation> = read_jsonl(&self.prompts)?;
         if lines.is_empty() {
             return Err("no prompts".into());
         }
@@ -117,23 +108,23 @@ impl Program for Args {
             .into_iter()
             .map(|l| Prompt::chat(&tokenizer, l.messages, l.domain.as_deref()))
             .collect::<Result<Vec<_>, _>>()?;
-        let actor = InternLM2::<Autodiff<B>>::load(&args.policy, DType::F32, &device)?;
-        let reference = InternLM2::<B>::load(&args.policy, DType::F32, &device)?;
-        let reward_model = RewardModel::<Autodiff<B>>::load(&args.reward, DType::F32, &device)?;
+        let actor = InternLM2::<Autodiff<B>>::load(&self.policy, DType::F32, &device)?;
+        let reference = InternLM2::<B>::load(&self.policy, DType::F32, &device)?;
+        let reward_model = RewardModel::<Autodiff<B>>::load(&self.reward, DType::F32, &device)?;
         let critic = CriticModel::from_reward_model(reward_model.clone());
         let reward = ConditionalReward {
             scorer: RewardScorer {
                 model: reward_model.valid(),
                 encoder: RewardEncoder::new(
-                    Tokenizer::from_dir(&args.reward)
-                        .or_else(|_| Tokenizer::from_dir(&args.policy))?,
+                    Tokenizer::from_dir(&self.reward)
+                        .or_else(|_| Tokenizer::from_dir(&self.policy))?,
                 )?,
             },
         };
         let mut stop = vec![];
         stop.extend(tokenizer.eos_id());
         stop.extend(tokenizer.chat_tokens().map(|c| c.im_end));
-        let mut ptx = match &args.ptx {
+        let mut ptx = match &self.ptx {
             Some(path) => {
                 let lines: Vec<TextLine> = read_jsonl(path)?;
                 let docs = lines
@@ -143,7 +134,7 @@ impl Program for Args {
                 Some(Packer::new(
                     InMemoryDocuments::new(docs).shuffled(0),
                     PackingConfig {
-                        seq_len: args.ptx_seq_len,
+                        seq_len: self.ptx_seq_len,
                         eos_id: tokenizer.eos_id().unwrap_or(2),
                         cross_document_attention: false,
                     },
@@ -152,30 +143,30 @@ impl Program for Args {
             None => None,
         };
         let config = PpoConfig {
-            ptx_coef: args.ptx_coef,
-            kl_coef: args.kl,
-            actor_lr: args.actor_lr,
-            critic_lr: args.critic_lr,
-            critic_warmup_iterations: args.critic_warmup,
-            max_new_tokens: args.max_new_tokens,
+            ptx_coef: self.ptx_coef,
+            kl_coef: self.kl,
+            actor_lr: self.actor_lr,
+            critic_lr: self.critic_lr,
+            critic_warmup_iterations: self.critic_warmup,
+            max_new_tokens: self.max_new_tokens,
             stop_token_ids: stop,
             ..PpoConfig::default()
         };
         let mut ppo = Ppo::new(actor, reference, critic, config);
-        let mut log = match &args.log {
+        let mut log = match &self.log {
             Some(path) => Some(std::fs::File::create(path)?),
             None => None,
         };
-        let bar = ProgressBar::new(args.iterations as u64);
+        let bar = ProgressBar::new(self.iterations as u64);
         bar.set_style(
             ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")?
                 .progress_chars("=> "),
         );
-        for i in 0..args.iterations {
-            let batch: Vec<Prompt> = (0..args.batch)
-                .map(|k| prompts[(i * args.batch + k) % prompts.len()].clone())
+        for i in 0..self.iterations {
+            let batch: Vec<Prompt> = (0..self.batch)
+                .map(|k| prompts[(i * self.batch + k) % prompts.len()].clone())
                 .collect();
-            let ptx_batch = ptx.as_mut().map(|p| p.next_batch(args.batch));
+            let ptx_batch = ptx.as_mut().map(|p| p.next_batch(self.batch));
             let (stats, _) = ppo.iterate(&batch, Some(&tokenizer), &reward, ptx_batch.as_ref())?;
             bar.set_position((i + 1) as u64);
             bar.set_message(format!(
@@ -193,11 +184,11 @@ impl Program for Args {
         }
         bar.finish();
         ppo.actor()?.valid().save(
-            &args.out,
+            &self.out,
             &SaveOptions::default().with_dtype(SaveDtype::F32),
         )?;
-        tokenizer.save_json(args.out.join("tokenizer.json"))?;
-        eprintln!("saved the actor to {}", args.out.display());
+        tokenizer.save_json(self.out.join("tokenizer.json"))?;
+        eprintln!("saved the actor to {}", self.out.display());
         Ok(())
     }
 }

@@ -23,14 +23,17 @@ use clap::{Parser, Subcommand};
 use internlm2::backends::Kernels;
 use internlm2::backends::device::DeviceSpec;
 use internlm2::backends::program::{Program, ProgramResult, run_program};
-use internlm2::chat::Message;
 use internlm2::checkpoint::SaveOptions;
 use internlm2::{InternLM2, Tokenizer};
-use internlm2_align::read_jsonl;
 use internlm2_align::reward::{
     PreferencePair, RewardEncoder, RewardModel, RewardScorer, RewardTrainConfig, pair_accuracy,
     train_reward_model,
 };
+use internlm2_align::{DomainConversation, read_jsonl};
+
+fn main() -> ExitCode {
+    run_program(Args::parse())
+}
 
 #[derive(Parser)]
 #[command(about = "Train or apply an InternLM2 conditional reward model")]
@@ -82,25 +85,13 @@ enum Command {
     },
 }
 
-#[derive(serde::Deserialize)]
-struct Scored {
-    messages: Vec<Message>,
-    #[serde(default)]
-    domain: Option<String>,
-}
-
-fn main() -> ExitCode {
-    run_program(Args::parse())
-}
-
 impl Program for Args {
     fn device(&self) -> DeviceSpec {
         self.device
     }
 
     fn run<B: Kernels>(self, device: B::Device) -> ProgramResult {
-        let args = self;
-        match args.command {
+        match self.command {
             Command::Train {
                 model_dir,
                 data,
@@ -164,7 +155,7 @@ impl Program for Args {
                     model: RewardModel::<B>::load(&reward_dir, DType::F32, &device)?,
                     encoder: RewardEncoder::new(Tokenizer::from_dir(&reward_dir)?)?,
                 };
-                let items: Vec<Scored> = read_jsonl(&data)?;
+                let items: Vec<DomainConversation> = read_jsonl(&data)?;
                 for (i, item) in items.iter().enumerate() {
                     let score = scorer.score(&item.messages, item.domain.as_deref())?;
                     println!(

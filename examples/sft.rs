@@ -31,6 +31,10 @@ use internlm2_align::sft::{
 };
 use internlm2_train::{OptimizerConfig, Trainer};
 
+fn main() -> ExitCode {
+    run_program(Args::parse())
+}
+
 #[derive(Parser)]
 #[command(about = "Supervised fine-tuning on ChatML conversations")]
 struct Args {
@@ -70,19 +74,14 @@ struct Args {
     lora_alpha: f64,
 }
 
-fn main() -> ExitCode {
-    run_program(Args::parse())
-}
-
 impl Program for Args {
     fn device(&self) -> DeviceSpec {
         self.device
     }
 
     fn run<B: Kernels>(self, device: B::Device) -> ProgramResult {
-        let args = self;
-        let tokenizer = Tokenizer::from_dir(&args.model_dir)?;
-        let conversations = read_conversations(&args.data)?;
+        let tokenizer = Tokenizer::from_dir(&self.model_dir)?;
+        let conversations = read_conversations(&self.data)?;
         let examples = conversations
             .iter()
             .map(|c| tokenize_conversation(&tokenizer, &c.messages))
@@ -91,7 +90,7 @@ impl Program for Args {
         let packed = PackedSft::new(
             &examples,
             SftPacking {
-                seq_len: args.seq_len,
+                seq_len: self.seq_len,
                 pad_id: pad,
             },
         );
@@ -99,13 +98,13 @@ impl Program for Args {
             "{} conversations -> {} rows of {} tokens ({} cut to fit)",
             examples.len(),
             packed.len(),
-            args.seq_len,
+            self.seq_len,
             packed.truncated
         );
-        let mut model = InternLM2::<Autodiff<B>>::load(&args.model_dir, DType::F32, &device)?;
-        let lora = args
+        let mut model = InternLM2::<Autodiff<B>>::load(&self.model_dir, DType::F32, &device)?;
+        let lora = self
             .lora_rank
-            .map(|rank| LoraConfig::new(rank, args.lora_alpha));
+            .map(|rank| LoraConfig::new(rank, self.lora_alpha));
         if let Some(lora) = &lora {
             model = lora.attach(model, &device);
             let (adapter, base) = lora.parameter_counts(&model);
@@ -116,10 +115,10 @@ impl Program for Args {
         }
         let mut trainer = Trainer::new(model, OptimizerConfig::new());
         let config = SftConfig {
-            epochs: args.epochs,
-            lr: args.lr,
-            batch_size: args.batch,
-            seed: args.seed,
+            epochs: self.epochs,
+            lr: self.lr,
+            batch_size: self.batch,
+            seed: self.seed,
             ..SftConfig::default()
         };
         let losses = train_sft(&mut trainer, &packed, &config, |r| {
@@ -130,20 +129,20 @@ impl Program for Args {
         })?;
         let mut trained = trainer.model.valid();
         if let Some(lora) = &lora {
-            lora.save_adapters(&trained, &args.out.join("adapter"), SaveDtype::F32)?;
+            lora.save_adapters(&trained, &self.out.join("adapter"), SaveDtype::F32)?;
             trained = lora.merge(trained);
         }
         trained.save(
-            &args.out,
+            &self.out,
             &SaveOptions::default().with_dtype(SaveDtype::F32),
         )?;
-        tokenizer.save_json(args.out.join("tokenizer.json"))?;
+        tokenizer.save_json(self.out.join("tokenizer.json"))?;
         eprintln!(
             "{} steps, loss {:.4} -> {:.4}; saved to {}",
             losses.len(),
             losses.first().copied().unwrap_or(f64::NAN),
             losses.last().copied().unwrap_or(f64::NAN),
-            args.out.display()
+            self.out.display()
         );
         Ok(())
     }

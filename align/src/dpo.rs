@@ -10,13 +10,14 @@ use internlm2::backends::Kernels;
 use internlm2::model::ForwardInput;
 use internlm2::{InternLM2, Tokenizer};
 use internlm2_train::{
-    Batch, LrSchedule, Metrics, Objective, OptimizerConfig, Phase, RunOptions, StepList, StepStats,
-    TrainBackend, TrainError, TrainState, Trainer, run,
+    Batch, LrSchedule, Objective, OptimizerConfig, Phase, StepList, StepStats, TrainBackend,
+    TrainError,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::AlignError;
 use crate::logprobs::{ResponseBatch, ResponseRows, response_logprobs};
+use crate::pairs::{PairMetrics, epoch_orders, train_on_one};
 use crate::reward::PreferencePair;
 use crate::sft::{SftExample, tokenize_conversation};
 
@@ -119,13 +120,11 @@ pub fn prepare<B: Kernels>(
 
 impl DpoStepStats {
     /// The statistics of an engine step.
-    pub fn from_step(stats: &StepStats<DpoMetrics>) -> Self {
-        let m = &stats.metrics;
-        let pairs = m.pairs.max(1) as f64;
+    pub fn from_step(stats: &StepStats<PairMetrics>) -> Self {
         Self {
             loss: stats.loss,
-            margin: m.margin_sum / pairs,
-            accuracy: m.positive as f64 / pairs,
+            margin: stats.metrics.mean_margin(),
+            accuracy: stats.metrics.accuracy(),
         }
     }
 }
@@ -165,25 +164,6 @@ impl Batch for DpoBatch {
     }
 }
 
-/// Counts of a DPO step.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct DpoMetrics {
-    /// Pairs.
-    pub pairs: usize,
-    /// Pairs whose implicit reward margin is positive.
-    pub positive: usize,
-    /// Sum of the margins.
-    pub margin_sum: f64,
-}
-
-impl Metrics for DpoMetrics {
-    fn merge(&mut self, other: Self) {
-        self.pairs += other.pairs;
-        self.positive += other.positive;
-        self.margin_sum += other.margin_sum;
-    }
-}
-
 /// The DPO objective: `-log sigmoid(margin)` averaged over the step's pairs, rows right-padded
 /// with `pad`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -198,7 +178,7 @@ impl<B: TrainBackend> Objective<B> for DpoObjective {
     type Model = InternLM2<B>;
     type Batch = DpoBatch;
     type Totals = usize;
-    type Metrics = DpoMetrics;
+    type Metrics = PairMetrics;
 
     fn totals(&self, batch: &DpoBatch) -> usize {
         batch.examples.len()
@@ -209,7 +189,7 @@ impl<B: TrainBackend> Objective<B> for DpoObjective {
         policy: &InternLM2<B>,
         batch: &DpoBatch,
         totals: &usize,
-    ) -> Result<(Tensor<B, 1>, DpoMetrics), TrainError> {
+    ) -> Result<(Tensor<B, 1>, PairMetrics), TrainError> {
         let n = batch.examples.len();
         let device = policy.device();
         let rows: Vec<&SftExample> = batch
@@ -231,11 +211,7 @@ impl<B: TrainBackend> Objective<B> for DpoObjective {
         let ratio = lp - reference; // log pi - log ref
         let margin = (ratio.clone().slice([0..n]) - ratio.slice([n..2 * n])).mul_scalar(self.beta);
         let margins = margin.clone().into_data().into_vec::<f32>().expect("f32");
-        let metrics = DpoMetrics {
-            pairs: n,
-            positive: margins.iter().filter(|&&m| m > 0.0).count(),
-            margin_sum: margins.iter().map(|&m| m as f64).sum(),
-        };
+        let metrics = PairMetrics::of(margins.iter().map(|&m| f64::from(m)));
         let loss = activation::log_sigmoid(margin)
             .neg()
             .sum()
@@ -252,14 +228,8 @@ impl DpoConfig {
         if examples.is_empty() {
             return Err(AlignError::empty("no DPO pairs"));
         }
-        let mut order: Vec<usize> = (0..examples.len()).collect();
         let mut steps = Vec::new();
-        for epoch in 0..self.epochs.max(1) {
-            use rand::SeedableRng;
-            use rand::seq::SliceRandom;
-            order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(
-                self.seed.wrapping_add(epoch as u64),
-            ));
+        for order in epoch_orders(examples.len(), self.epochs, self.seed) {
             for chunk in order.chunks(self.batch_pairs.max(1)) {
                 steps.push(DpoBatch {
                     examples: chunk.iter().map(|&i| examples[i].clone()).collect(),
@@ -286,7 +256,7 @@ impl DpoConfig {
     }
 }
 
-/// Trains `policy` with DPO on one [`Trainer`]; returns it and per-step statistics. For
+/// Trains `policy` with DPO on one [`Trainer`](internlm2_train::Trainer); returns it and per-step statistics. For
 /// checkpoints, resume, mixed precision or data parallelism, run [`DpoConfig::plan`] with
 /// [`internlm2_train::run`].
 pub fn train_dpo<B: TrainBackend>(
@@ -296,26 +266,18 @@ pub fn train_dpo<B: TrainBackend>(
     config: &DpoConfig,
     mut on_step: impl FnMut(usize, &DpoStepStats),
 ) -> Result<(InternLM2<B>, Vec<DpoStepStats>), AlignError> {
-    let (mut steps, phase) = config.plan(examples)?;
-    let mut trainer = Trainer::with_objective(policy, config.objective(pad), config.optimizer());
-    let options = RunOptions {
-        phases: vec![phase],
-        ..RunOptions::default()
-    };
-    let mut stats = Vec::with_capacity(steps.len());
-    let mut state = TrainState::new(config.seed);
-    run(
-        &mut trainer,
-        &mut steps,
-        &mut state,
-        &options,
-        |record, step| {
-            let s = DpoStepStats::from_step(step);
-            on_step(record.step, &s);
-            stats.push(s);
+    train_on_one(
+        policy,
+        config.objective(pad),
+        config.optimizer(),
+        config.plan(examples)?,
+        config.seed,
+        |step, stats| {
+            let s = DpoStepStats::from_step(stats);
+            on_step(step, &s);
+            s
         },
-    )?;
-    Ok((trainer.model, stats))
+    )
 }
 
 /// Mean implicit reward margin of `policy` over `examples` (positive: chosen preferred).

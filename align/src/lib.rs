@@ -8,6 +8,7 @@
 pub mod dpo;
 pub mod logprobs;
 pub mod online;
+pub mod pairs;
 pub mod ppo;
 pub mod reward;
 pub mod sft;
@@ -80,6 +81,17 @@ impl AlignError {
             reason: reason.into(),
         }
     }
+}
+
+/// One JSONL line of conversations with a preference domain: the prompts PPO rolls out, the
+/// conversations the reward model scores (`{"messages": [...], "domain": "helpful"}`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DomainConversation {
+    /// The turns.
+    pub messages: Vec<internlm2::chat::Message>,
+    /// The preference domain (selects the reward model's system prompt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
 }
 
 /// Reads a JSONL file of `T` records (blank lines skipped).

@@ -229,10 +229,7 @@ pub fn train_sft<B: TrainBackend, E: StepEngine<B, LanguageModel>>(
     mut on_step: impl FnMut(&StepRecord),
 ) -> Result<Vec<f64>, AlignError> {
     let (mut steps, phase) = config.plan(data)?;
-    let options = RunOptions {
-        phases: vec![phase],
-        ..RunOptions::default()
-    };
+    let options = RunOptions::phase(phase);
     let mut state = TrainState::new(config.seed);
     run(engine, &mut steps, &mut state, &options, |record, _| {
         on_step(record)

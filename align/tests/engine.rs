@@ -3,29 +3,26 @@
 //! to the numbers of a straight run, accumulate two micro-batches to the same step as one
 //! batch, and run on two data-parallel CPU replicas as one replica does over all the rows.
 
+mod common;
+
 use std::path::Path;
 
 use burn::module::AutodiffModule;
+use common::{CountSevens, WORDS, preference_pairs, seeded};
 use internlm2::backends::CpuAutodiff;
-use internlm2::chat::Message;
 use internlm2::{InternLM2, InternLM2Config, Tokenizer};
-use internlm2_align::AlignError;
 use internlm2_align::dpo::{DpoConfig, prepare};
-use internlm2_align::ppo::{
-    ActorCritic, CriticModel, Ppo, PpoConfig, PpoStats, Prompt, RewardFn, Rollout,
-};
+use internlm2_align::ppo::{ActorCritic, CriticModel, Ppo, PpoConfig, PpoStats, Prompt};
 use internlm2_align::reward::{PreferencePair, RewardEncoder, RewardModel, RewardTrainConfig};
 use internlm2_train::{
     Batch, DataParallel, Objective, OptimizerConfig, Phase, RunOptions, StepEngine, StepList,
     TrainModel, TrainState, Trainer, latest_checkpoint, run,
 };
+use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
-use rand::{Rng, SeedableRng};
 
 type B = CpuAutodiff;
-
-const WORDS: [&str; 8] = ["red", "blue", "cat", "dog", "sun", "moon", "tree", "rock"];
 
 fn tokenizer() -> Tokenizer {
     let mut rng = StdRng::seed_from_u64(0);
@@ -46,32 +43,6 @@ fn config(vocab: usize) -> InternLM2Config {
     InternLM2Config::new(vocab, 32, 64, 2, 4, 2)
         .with_max_position_embeddings(128)
         .with_pad_token_id(2)
-}
-
-/// A seeded random value: the backend RNG is global and tests run in parallel threads.
-fn seeded<T>(seed: u64, build: impl FnOnce() -> T) -> T {
-    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = RNG.lock().unwrap();
-    <B as burn::tensor::backend::Backend>::seed(&Default::default(), seed);
-    build()
-}
-
-fn pairs(n: usize, seed: u64) -> Vec<PreferencePair> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    (0..n)
-        .map(|_| {
-            let words: Vec<&str> = (0..rng.random_range(2..5))
-                .map(|_| *WORDS.choose(&mut rng).unwrap())
-                .collect();
-            let body = words.join(" ");
-            PreferencePair::new(
-                vec![Message::user(format!("Describe {}", words[0]))],
-                format!("{body} good"),
-                format!("{body} bad"),
-                None,
-            )
-        })
-        .collect()
 }
 
 fn close(a: f64, b: f64) -> bool {
@@ -231,7 +202,7 @@ fn reward_setup() -> (
         model,
         training,
         RewardEncoder::new(tok).unwrap(),
-        pairs(24, 3),
+        preference_pairs(24, 3, None),
     )
 }
 
@@ -264,7 +235,7 @@ fn dpo_resumes_accumulates_and_runs_data_parallel() {
     let policy = seeded(2, || {
         InternLM2::<B>::init(&config(tok.vocab_size()), &Default::default())
     });
-    let examples = prepare(&policy.valid(), &tok, &pairs(24, 4), 8).unwrap();
+    let examples = prepare(&policy.valid(), &tok, &preference_pairs(24, 4, None), 8).unwrap();
     let dpo = DpoConfig {
         lr: 1e-3,
         batch_pairs: 4,
@@ -287,21 +258,6 @@ fn dpo_resumes_accumulates_and_runs_data_parallel() {
 }
 
 // ---------------------------------------------------------------- PPO
-
-/// Reward = share of the answer's tokens equal to 7.
-struct CountSevens;
-
-impl RewardFn for CountSevens {
-    fn rewards(&self, rollouts: &[Rollout]) -> Result<Vec<f32>, AlignError> {
-        Ok(rollouts
-            .iter()
-            .map(|r| {
-                r.response.iter().filter(|&&t| t == 7).count() as f32
-                    / r.response.len().max(1) as f32
-            })
-            .collect())
-    }
-}
 
 fn ppo_prompts() -> Vec<Prompt> {
     (0..8)
@@ -333,6 +289,17 @@ fn ppo_models() -> (InternLM2<B>, CriticModel<B>) {
     )
 }
 
+/// PPO on fresh (seeded, so always the same) actor and critic trainers.
+fn fresh_ppo(micro_batches: usize) -> Ppo<B> {
+    let (actor, critic) = ppo_models();
+    Ppo::new(
+        actor.clone(),
+        actor.valid(),
+        critic,
+        ppo_config(micro_batches),
+    )
+}
+
 fn assert_same(a: &PpoStats, b: &PpoStats) {
     assert_eq!(a.iteration, b.iteration);
     assert_eq!(a.actor_updated, b.actor_updated);
@@ -355,63 +322,35 @@ fn assert_same(a: &PpoStats, b: &PpoStats) {
 
 #[test]
 fn ppo_resumes_from_a_checkpoint_to_the_straight_run() {
-    let (actor, critic) = ppo_models();
-    let reference = actor.valid();
     let prompts = ppo_prompts();
-    let mut straight = Ppo::new(
-        actor.clone(),
-        reference.clone(),
-        critic.clone(),
-        ppo_config(1),
-    );
-    let expected: Vec<PpoStats> = (0..3)
-        .map(|_| {
-            straight
-                .iterate(&prompts, None, &CountSevens, None)
-                .unwrap()
-                .0
-        })
-        .collect();
+    let iterate = |ppo: &mut Ppo<B>| ppo.iterate(&prompts, None, &CountSevens, None).unwrap().0;
+    let mut straight = fresh_ppo(1);
+    let expected: Vec<PpoStats> = (0..3).map(|_| iterate(&mut straight)).collect();
     assert!(expected[1].actor_updated && !expected[0].actor_updated);
 
     let dir = tempfile::tempdir().unwrap();
     {
-        let mut ppo = Ppo::new(actor, reference.clone(), critic, ppo_config(1));
+        let mut ppo = fresh_ppo(1);
         for want in &expected[..2] {
-            assert_same(
-                want,
-                &ppo.iterate(&prompts, None, &CountSevens, None).unwrap().0,
-            );
+            assert_same(want, &iterate(&mut ppo));
         }
         let path = ppo.save_checkpoint(dir.path(), 1).unwrap();
         assert!(path.ends_with("step-00000002"));
     }
     let latest = latest_checkpoint(dir.path()).unwrap().unwrap();
+    let reference = ppo_models().0.valid();
     let mut resumed =
         Ppo::<B>::load_checkpoint(&latest, reference, ppo_config(1), &Default::default()).unwrap();
     assert_eq!(resumed.iterations(), 2);
-    let (stats, _) = resumed.iterate(&prompts, None, &CountSevens, None).unwrap();
-    assert_same(&expected[2], &stats);
+    assert_same(&expected[2], &iterate(&mut resumed));
 }
 
 #[test]
 fn ppo_accumulates_micro_batches_and_runs_data_parallel() {
-    let (actor, critic) = ppo_models();
-    let reference = actor.valid();
     let prompts = ppo_prompts();
-    let mut one = Ppo::new(
-        actor.clone(),
-        reference.clone(),
-        critic.clone(),
-        ppo_config(1),
-    );
-    let mut two = Ppo::new(
-        actor.clone(),
-        reference.clone(),
-        critic.clone(),
-        ppo_config(2),
-    );
-    let config = actor.config().clone();
+    let (mut one, mut two) = (fresh_ppo(1), fresh_ppo(2));
+    let (actor, critic) = ppo_models();
+    let (reference, config) = (actor.valid(), actor.config().clone());
     let pair = ActorCritic::new(
         actor,
         critic,

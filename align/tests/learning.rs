@@ -3,26 +3,25 @@
 //! chosen-over-rejected margin, PPO raises the mean reward of a task whose optimum is known
 //! while the KL to the reference stays bounded.
 
+mod common;
+
 use burn::module::AutodiffModule;
+use common::{CountSevens, WORDS, preference_pairs, seeded};
 use internlm2::backends::{Cpu, CpuAutodiff};
 use internlm2::chat::Message;
-use internlm2_train::{OptimizerConfig, Trainer};
 use internlm2::{InternLM2, InternLM2Config, Tokenizer};
 use internlm2_align::AlignError;
 use internlm2_align::dpo::{DpoConfig, mean_margin, prepare, train_dpo};
-use internlm2_align::ppo::{CriticModel, Ppo, PpoConfig, Prompt, RewardFn, Rollout};
+use internlm2_align::ppo::{CriticModel, Ppo, PpoConfig, Prompt};
 use internlm2_align::reward::{
-    PreferencePair, RankingLoss, RewardEncoder, RewardModel, RewardScorer, RewardTrainConfig,
-    pair_accuracy, train_reward_model,
+    RankingLoss, RewardEncoder, RewardModel, RewardScorer, RewardTrainConfig, pair_accuracy,
+    train_reward_model,
 };
 use internlm2_align::sft::{PackedSft, SftConfig, SftPacking, tokenize_conversation, train_sft};
+use internlm2_train::{OptimizerConfig, Trainer};
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
-
-const WORDS: [&str; 12] = [
-    "red", "blue", "cat", "dog", "sun", "moon", "tree", "rock", "fish", "bird", "lake", "hill",
-];
 
 /// A tokenizer trained on the kind of text the tests use.
 fn tokenizer() -> Tokenizer {
@@ -46,32 +45,6 @@ fn config(vocab: usize) -> InternLM2Config {
         .with_max_position_embeddings(128)
         .with_rope_theta(10_000.0)
         .with_pad_token_id(2)
-}
-
-fn seeded<T>(seed: u64, build: impl FnOnce() -> T) -> T {
-    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = RNG.lock().unwrap();
-    <CpuAutodiff as burn::tensor::backend::Backend>::seed(&Default::default(), seed);
-    build()
-}
-
-/// Preferences: answers ending in "good" beat the same filler ending in "bad".
-fn preference_pairs(n: usize, seed: u64) -> Vec<PreferencePair> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    (0..n)
-        .map(|_| {
-            let filler: Vec<&str> = (0..rng.random_range(2..6))
-                .map(|_| *WORDS.choose(&mut rng).unwrap())
-                .collect();
-            let body = filler.join(" ");
-            PreferencePair::new(
-                vec![Message::user(format!("Describe {}", filler[0]))],
-                format!("{body} good"),
-                format!("{body} bad"),
-                Some("helpful"),
-            )
-        })
-        .collect()
 }
 
 #[test]
@@ -145,7 +118,10 @@ fn sft_masks_only_the_assistant_turn_and_learns_it() {
 fn reward_model_pair_accuracy_rises_well_above_chance() {
     let tok = tokenizer();
     let encoder = RewardEncoder::new(tok.clone()).unwrap();
-    let (train, held_out) = (preference_pairs(160, 1), preference_pairs(60, 2));
+    let (train, held_out) = (
+        preference_pairs(160, 1, Some("helpful")),
+        preference_pairs(60, 2, Some("helpful")),
+    );
     let model = seeded(2, || {
         RewardModel::<CpuAutodiff>::init(&config(tok.vocab_size()), &Default::default())
     });
@@ -237,7 +213,10 @@ fn dpo_raises_the_chosen_over_rejected_margin() {
         InternLM2::<CpuAutodiff>::init(&config(tok.vocab_size()), &Default::default())
     });
     let reference = policy.valid();
-    let (train, held_out) = (preference_pairs(64, 3), preference_pairs(32, 4));
+    let (train, held_out) = (
+        preference_pairs(64, 3, Some("helpful")),
+        preference_pairs(32, 4, Some("helpful")),
+    );
     let config = DpoConfig {
         beta: 0.1,
         lr: 2e-3,
@@ -256,21 +235,6 @@ fn dpo_raises_the_chosen_over_rejected_margin() {
     let after = mean_margin(&policy.valid(), &held_examples, pad, config.beta);
     assert!(after > 0.5, "held-out margin {before} -> {after}");
     assert!(stats.last().unwrap().accuracy > 0.9);
-}
-
-/// Reward = share of the answer's tokens equal to 7: the optimum (all 7s) is known.
-struct CountSevens;
-
-impl RewardFn for CountSevens {
-    fn rewards(&self, rollouts: &[Rollout]) -> Result<Vec<f32>, AlignError> {
-        Ok(rollouts
-            .iter()
-            .map(|r| {
-                r.response.iter().filter(|&&t| t == 7).count() as f32
-                    / r.response.len().max(1) as f32
-            })
-            .collect())
-    }
 }
 
 #[test]
@@ -362,7 +326,7 @@ fn online_rlhf_round_patches_and_retrains_the_reward_model() {
     )
     .unwrap();
     let slow = tempfile::NamedTempFile::new().unwrap();
-    internlm2_align::write_jsonl(slow.path(), &preference_pairs(3, 9)).unwrap();
+    internlm2_align::write_jsonl(slow.path(), &preference_pairs(3, 9, Some("helpful"))).unwrap();
     let config = OnlineConfig {
         rounds: 1,
         iterations_per_round: 2,
@@ -557,7 +521,7 @@ fn scoring_api_ranks_and_picks_the_best_of_n() {
     let (model, _) = train_reward_model(
         model,
         &encoder,
-        &preference_pairs(120, 5),
+        &preference_pairs(120, 5, Some("helpful")),
         &training,
         |_, _| {},
     )

@@ -110,6 +110,14 @@ pub struct RunOptions {
 }
 
 impl RunOptions {
+    /// A run of one phase, without checkpoints, log or progress bar.
+    pub fn phase(phase: Phase) -> Self {
+        Self {
+            phases: vec![phase],
+            ..Self::default()
+        }
+    }
+
     /// Steps of all phases.
     pub fn total_steps(&self) -> usize {
         self.phases.iter().map(|p| p.steps).sum()

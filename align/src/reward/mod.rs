@@ -15,6 +15,6 @@ pub use encode::{DomainPrompts, PreferencePair, RewardEncoder};
 pub use model::{RELEASED_REWARD_TOKEN, RewardModel};
 pub use scorer::{RewardScorer, pair_accuracy};
 pub use train::{
-    PairBatch, RankingLoss, RankingObjective, RewardMetrics, RewardStepStats, RewardTrainConfig,
-    budget_batches, inference_copy, train_reward_model,
+    PairBatch, RankingLoss, RankingObjective, RewardStepStats, RewardTrainConfig, budget_batches,
+    inference_copy, train_reward_model,
 };

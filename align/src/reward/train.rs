@@ -6,13 +6,13 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, activation};
 use internlm2_train::{
-    Batch, LrSchedule, Metrics, Objective, OptimizerConfig, Phase, RunOptions, StepList, StepStats,
-    TrainBackend, TrainState, Trainer, run,
+    Batch, LrSchedule, Objective, OptimizerConfig, Phase, StepList, StepStats, TrainBackend,
 };
 use serde::{Deserialize, Serialize};
 
 use super::{PreferencePair, RewardEncoder, RewardModel};
 use crate::AlignError;
+use crate::pairs::{PairMetrics, epoch_orders, train_on_one};
 
 /// The loss of SPEC 6.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -157,14 +157,12 @@ pub struct RewardStepStats {
 
 impl RewardStepStats {
     /// The statistics of an engine step.
-    pub fn from_step(stats: &StepStats<RewardMetrics>) -> Self {
-        let m = &stats.metrics;
-        let pairs = m.pairs.max(1) as f64;
+    pub fn from_step(stats: &StepStats<PairMetrics>) -> Self {
         Self {
             loss: stats.loss,
-            accuracy: m.correct as f64 / pairs,
-            margin: m.margin_sum / pairs,
-            pairs: m.pairs,
+            accuracy: stats.metrics.accuracy(),
+            margin: stats.metrics.mean_margin(),
+            pairs: stats.metrics.pairs,
         }
     }
 }
@@ -218,25 +216,6 @@ impl Batch for PairBatch {
     }
 }
 
-/// Counts of a reward-model step.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct RewardMetrics {
-    /// Pairs.
-    pub pairs: usize,
-    /// Pairs whose chosen answer scored above the rejected one.
-    pub correct: usize,
-    /// Sum of `chosen - rejected` over the pairs.
-    pub margin_sum: f64,
-}
-
-impl Metrics for RewardMetrics {
-    fn merge(&mut self, other: Self) {
-        self.pairs += other.pairs;
-        self.correct += other.correct;
-        self.margin_sum += other.margin_sum;
-    }
-}
-
 /// The reward model's objective: the [`RankingLoss`] averaged over the step's pairs. The pairs
 /// are right-padded with `pad_id`; the score is read at each row's last (reward) token.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -251,7 +230,7 @@ impl<B: TrainBackend> Objective<B> for RankingObjective {
     type Model = RewardModel<B>;
     type Batch = PairBatch;
     type Totals = usize;
-    type Metrics = RewardMetrics;
+    type Metrics = PairMetrics;
 
     fn totals(&self, batch: &PairBatch) -> usize {
         batch.pairs.len()
@@ -262,7 +241,7 @@ impl<B: TrainBackend> Objective<B> for RankingObjective {
         model: &RewardModel<B>,
         batch: &PairBatch,
         totals: &usize,
-    ) -> Result<(Tensor<B, 1>, RewardMetrics), internlm2_train::TrainError> {
+    ) -> Result<(Tensor<B, 1>, PairMetrics), internlm2_train::TrainError> {
         let n = batch.pairs.len();
         let rows: Vec<Vec<u32>> = batch
             .pairs
@@ -278,11 +257,7 @@ impl<B: TrainBackend> Objective<B> for RankingObjective {
             chosen.clone().into_data().into_vec::<f32>().expect("f32"),
             rejected.clone().into_data().into_vec::<f32>().expect("f32"),
         );
-        let metrics = RewardMetrics {
-            pairs: n,
-            correct: c.iter().zip(&r).filter(|(a, b)| a > b).count(),
-            margin_sum: c.iter().zip(&r).map(|(a, b)| (a - b) as f64).sum(),
-        };
+        let metrics = PairMetrics::of(c.iter().zip(&r).map(|(a, b)| f64::from(a - b)));
         let loss = self
             .loss
             .forward_sum(chosen, rejected)
@@ -316,14 +291,8 @@ impl RewardTrainConfig {
         if encoded.is_empty() {
             return Err(AlignError::empty("no preference pairs"));
         }
-        let mut order: Vec<usize> = (0..encoded.len()).collect();
         let mut steps = Vec::new();
-        for epoch in 0..self.epochs.max(1) {
-            use rand::SeedableRng;
-            use rand::seq::SliceRandom;
-            order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(
-                self.seed.wrapping_add(epoch as u64),
-            ));
+        for order in epoch_orders(encoded.len(), self.epochs, self.seed) {
             let shuffled: Vec<(Vec<u32>, Vec<u32>)> =
                 order.iter().map(|&i| encoded[i].clone()).collect();
             for batch in budget_batches(&shuffled, self.token_budget) {
@@ -352,7 +321,8 @@ impl RewardTrainConfig {
     }
 }
 
-/// Trains a reward model on preference pairs with one [`Trainer`]; returns it and per-step
+/// Trains a reward model on preference pairs with one
+/// [`Trainer`](internlm2_train::Trainer); returns it and per-step
 /// statistics. For checkpoints, resume, mixed precision or data parallelism, run
 /// [`RewardTrainConfig::plan`] with [`internlm2_train::run`].
 pub fn train_reward_model<B: TrainBackend>(
@@ -362,26 +332,18 @@ pub fn train_reward_model<B: TrainBackend>(
     config: &RewardTrainConfig,
     mut on_step: impl FnMut(usize, &RewardStepStats),
 ) -> Result<(RewardModel<B>, Vec<RewardStepStats>), AlignError> {
-    let (mut steps, phase) = config.plan(encoder, pairs)?;
-    let mut trainer = Trainer::with_objective(model, config.objective(encoder), config.optimizer());
-    let options = RunOptions {
-        phases: vec![phase],
-        ..RunOptions::default()
-    };
-    let mut stats = Vec::with_capacity(steps.len());
-    let mut state = TrainState::new(config.seed);
-    run(
-        &mut trainer,
-        &mut steps,
-        &mut state,
-        &options,
-        |record, step| {
-            let s = RewardStepStats::from_step(step);
-            on_step(record.step, &s);
-            stats.push(s);
+    train_on_one(
+        model,
+        config.objective(encoder),
+        config.optimizer(),
+        config.plan(encoder, pairs)?,
+        config.seed,
+        |step, stats| {
+            let s = RewardStepStats::from_step(stats);
+            on_step(step, &s);
+            s
         },
-    )?;
-    Ok((trainer.model, stats))
+    )
 }
 
 /// The inference copy of a model being trained.

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::classifier::ScoredChecks;
+use super::classifier::{ScoredChecks, score_output_builders};
 pub use super::classifier::Threshold;
 pub use super::ngram::{NgramClassifier, NgramConfig};
 use crate::{Classifier, Document, Result, Stage, Verdict};
@@ -67,17 +67,7 @@ impl QualityConfig {
         self
     }
 
-    /// Builder: set [`Self::write_scores`].
-    pub fn with_write_scores(mut self, on: bool) -> Self {
-        self.write_scores = on;
-        self
-    }
-
-    /// Builder: set [`Self::score_prefix`].
-    pub fn with_score_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.score_prefix = prefix.into();
-        self
-    }
+    score_output_builders!();
 }
 
 /// The quality stage: classifiers with thresholds, run in the order they were added.

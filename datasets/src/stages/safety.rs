@@ -24,7 +24,7 @@ use aho_corasick::AhoCorasick;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::classifier::{ScoredChecks, Threshold};
+use super::classifier::{ScoredChecks, Threshold, score_output_builders};
 use super::ngram::NgramClassifier;
 use super::text::{Prehashed, is_unspaced, words};
 use crate::error::IoContext;
@@ -404,17 +404,7 @@ impl SafetyConfig {
         self
     }
 
-    /// Builder: set [`Self::write_scores`].
-    pub fn with_write_scores(mut self, on: bool) -> Self {
-        self.write_scores = on;
-        self
-    }
-
-    /// Builder: set [`Self::score_prefix`].
-    pub fn with_score_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.score_prefix = prefix.into();
-        self
-    }
+    score_output_builders!();
 }
 
 /// The safety stage: domain blocklist, word blocklist, classifier thresholds, checked in
