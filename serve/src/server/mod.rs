@@ -50,7 +50,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::Uri;
@@ -62,6 +61,8 @@ use internlm2::sampling::SamplingConfig;
 use crate::constraint::{ConstraintBuildError, ConstraintFactory};
 use crate::engine::{EngineHandle, TokenLogprob};
 
+/// axum's router type, re-exported so that a program can nest the API without naming axum.
+pub use axum::Router;
 pub use choice::{ChoiceResult, Piece};
 pub use error::{ApiError, RETRY_AFTER_SECONDS};
 pub use metrics::prometheus_text;

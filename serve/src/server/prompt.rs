@@ -281,7 +281,22 @@ fn render_messages(input: &[ChatMessage]) -> Result<Vec<Message>, ApiError> {
     let mut open_calls: Vec<String> = Vec::new();
     for (i, message) in input.iter().enumerate() {
         let at = |field: &str| format!("messages[{i}].{field}");
-        refuse_unknown(&message.unknown, &format!("messages[{i}]."))?;
+        // Fields of OpenAI's own assistant messages that clients send back as they got them:
+        // empty ones carry nothing and are accepted; anything else is refused by name.
+        let unknown: serde_json::Map<String, Value> = message
+            .unknown
+            .iter()
+            .filter(|(key, value)| {
+                let echoed =
+                    ["refusal", "annotations", "audio", "function_call"].contains(&key.as_str());
+                let empty = value.is_null()
+                    || value.as_array().is_some_and(Vec::is_empty)
+                    || value.as_str().is_some_and(str::is_empty);
+                !(echoed && empty)
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        refuse_unknown(&unknown, &format!("messages[{i}]."))?;
         if message.name.is_some() && message.role != "tool" {
             return Err(ApiError::unsupported(
                 at("name"),
@@ -416,6 +431,16 @@ mod tests {
             <|im_start|>environment name=<|plugin|>\n{\"temp\": 25}<|im_end|>\n\
             <|im_start|>assistant\n";
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn empty_fields_of_echoed_assistant_messages_are_accepted() {
+        let r = request(json!({"model": "m", "messages": [
+            {"role": "user", "content": "x"},
+            {"role": "assistant", "content": "y", "refusal": null, "annotations": [], "audio": null, "function_call": null},
+            {"role": "user", "content": "z"}
+        ]}));
+        assert_eq!(plan_chat(&r).unwrap().messages.len(), 3);
     }
 
     #[test]
