@@ -8,6 +8,7 @@ pub use internlm2_agent;
 pub use internlm2::backends;
 pub use internlm2_align;
 pub use internlm2_datasets;
+pub use internlm2_eval;
 pub use internlm2_train;
 
 /// The user guide's code blocks, compiled (and run unless marked `no_run`) as doctests.
@@ -31,4 +32,6 @@ mod guide {
     struct Quantization;
     #[doc = include_str!("../docs/agents.md")]
     struct Agents;
+    #[doc = include_str!("../docs/evaluation.md")]
+    struct Evaluation;
 }

@@ -172,7 +172,7 @@ impl SandboxedPython {
 
     /// What the sandbox could set up on this host, one line per layer.
     pub fn sandbox_report(&self) -> String {
-        format!("{:?}", self.interpreter.sandbox_report())
+        self.interpreter.sandbox_report().to_string()
     }
 }
 

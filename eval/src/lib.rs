@@ -11,10 +11,13 @@
 //!   user's JSONL files, with the extractors of [`extract`].
 //!
 //! Generation goes through the [`Generator`] trait: [`ModelGenerator`] wraps
-//! [`internlm2::generate::generate`]; tests script a model's answers.
+//! [`internlm2::generate::generate`], `EngineGenerator` (feature `engine`) the serving engine
+//! of `internlm2-serve`; tests script a model's answers.
 #![deny(missing_docs)]
 
 pub mod bench;
+#[cfg(feature = "engine")]
+pub mod engine;
 pub mod error;
 pub mod exec;
 pub mod extract;
@@ -25,6 +28,8 @@ pub mod prompt;
 pub mod records;
 pub mod text;
 
+#[cfg(feature = "engine")]
+pub use engine::EngineGenerator;
 pub use error::{EvalError, Result};
 pub use generator::{Completion, Generator, ModelGenerator};
 pub use prompt::PromptFormat;

@@ -19,12 +19,15 @@
 //! 7. fine-tunes it on a tiny synthetic instruction set (SFT, loss on assistant tokens);
 //! 8. trains a reward model on synthetic preferences (focal ranking loss + log barrier);
 //! 9. runs a few PPO iterations against it, printing the held-out reward before and after;
-//! 10. answers a chat turn with the aligned model.
+//! 10. answers a chat turn with the aligned model;
+//! 11. evaluates the pre-trained model with `internlm2-eval`: perplexity on held-out stories and
+//!     a small needle-in-a-haystack grid with its heatmap.
 //!
 //! No GPU, no downloads; a few minutes on two cores.
 
 mod align;
 mod corpus;
+mod eval;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -285,6 +288,7 @@ fn run_quickstart(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         out[0].text.as_deref().unwrap_or_default()
     );
     align::run(&export, &args.out, args.seed)?;
+    eval::run(&export, &args.out, args.seed)?;
     println!("== done in {:.0}s", started.elapsed().as_secs_f64());
     Ok(())
 }

@@ -260,8 +260,8 @@ pub fn plot_heatmap(heatmap: &Heatmap, path: &Path, title: &str) -> Result<()> {
         font(18, HPos::Center, VPos::Center).transform(FontTransform::Rotate270),
     ))
     .map_err(|e| err(e.to_string()))?;
-    // Legend, upper left inside the plot.
-    let (lx, ly) = (xr.start + 15, yr.start + 15);
+    // Legend, below the plot on the left (inside it, it would hide high means).
+    let (lx, ly) = (xr.start, yr.end + 36);
     root.draw(&Rectangle::new(
         [(lx, ly), (lx + 250, ly + 36)],
         RGBColor(0x33, 0x33, 0x33).mix(0.75).filled(),
