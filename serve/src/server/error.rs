@@ -7,6 +7,7 @@
 //! | 400 | malformed JSON, a bad or unsupported parameter (named in `param`), a prompt plus max tokens beyond the context (both numbers in the message) |
 //! | 401 | missing or wrong API key (every route but `/health`) |
 //! | 404 | unknown model, unknown route |
+//! | 405 | a known route with the wrong method |
 //! | 429 | the engine's queue is full (with `Retry-After`) |
 //! | 503 | the engine is shut down |
 

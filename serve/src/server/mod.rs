@@ -271,6 +271,7 @@ pub fn router_with_state(state: AppState) -> Router {
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions::completions))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_key,
@@ -299,6 +300,17 @@ async fn models(State(state): State<AppState>) -> Response {
 
 async fn not_found(uri: Uri) -> Response {
     ApiError::not_found(uri.path()).into_response()
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> Response {
+    ApiError {
+        status: axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        message: format!("{method} is not allowed on {}", uri.path()),
+        kind: "invalid_request_error",
+        param: None,
+        code: Some("method_not_allowed"),
+    }
+    .into_response()
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

@@ -60,7 +60,10 @@ pub fn model_dir() -> &'static Path {
         )
         .expect("copy tokenizer.model");
         // Another test process may have won the race; its model is as good as ours.
-        let _ = std::fs::rename(staging.keep(), &dir);
+        let staged = staging.keep();
+        if std::fs::rename(&staged, &dir).is_err() {
+            let _ = std::fs::remove_dir_all(&staged);
+        }
         assert!(
             dir.join("tokenizer.model").is_file(),
             "test model at {}",
