@@ -267,6 +267,8 @@ async fn every_error_has_its_status_and_openai_shape() {
         404,
     )
     .await;
+    let method = expect_error(client.get(server.url(chat)).send().await.unwrap(), 405).await;
+    assert_eq!(method["error"]["code"], "method_not_allowed");
 
     // Prompt plus max_tokens beyond the context: 400 stating both numbers.
     let long = "lorem ipsum dolor sit amet ".repeat(100);
