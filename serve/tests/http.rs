@@ -539,7 +539,7 @@ async fn completions_models_logprobs_and_metrics() {
     for choice in choices {
         let lp = &choice["logprobs"];
         let n = lp["tokens"].as_array().unwrap().len();
-        assert!(n >= 1 && n <= 5);
+        assert!((1..=5).contains(&n));
         assert_eq!(lp["token_logprobs"].as_array().unwrap().len(), n);
         assert_eq!(lp["text_offset"].as_array().unwrap().len(), n);
         for (top, chosen) in lp["top_logprobs"]

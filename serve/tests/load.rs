@@ -43,7 +43,7 @@ fn request(client: usize, k: usize) -> Value {
             {"role": "user", "content": format!("#{prompt}: {}", text.join(" "))}
         ],
     });
-    if variant % 3 == 0 {
+    if variant.is_multiple_of(3) {
         body["temperature"] = json!(0.8);
         body["seed"] = json!(variant);
     } else {

@@ -84,7 +84,7 @@ impl ConstraintFactory {
     /// Indexes the tokenizer's vocabulary (a SentencePiece `tokenizer.model` with the chat
     /// tokens).
     pub fn new(tokenizer: Arc<Tokenizer>) -> Result<Self, ConstraintBuildError> {
-        let env = vocab::Vocabulary::new(tokenizer)?;
+        let env = vocab::Vocabulary::env(tokenizer)?;
         let mut factory = ParserFactory::new_simple(&env)
             .map_err(|e| ConstraintBuildError::Vocabulary(e.to_string()))?;
         // Library code never prints: grammar warnings go to the error value, not stderr.

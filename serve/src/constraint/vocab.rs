@@ -23,7 +23,7 @@ pub(crate) struct Vocabulary {
 impl Vocabulary {
     /// Builds the trie from [`Tokenizer::token_bytes`]; needs the SentencePiece byte table and
     /// the six chat tokens.
-    pub(crate) fn new(tokenizer: Arc<Tokenizer>) -> Result<TokEnv, ConstraintBuildError> {
+    pub(crate) fn env(tokenizer: Arc<Tokenizer>) -> Result<TokEnv, ConstraintBuildError> {
         let chat = tokenizer
             .chat_tokens()
             .ok_or(ConstraintBuildError::NoChatTokens)?;
