@@ -23,21 +23,10 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    quiet_logs();
+    internlm2_rs::quiet_logs();
     eprintln!(
         "orchestrator listening on ws://0.0.0.0:{} (Ctrl-C to stop)",
         args.port
     );
     exit_code(internlm2_train::serve_orchestrator(args.port))
-}
-
-/// burn-communication installs an INFO-level log subscriber (several lines per step) unless the
-/// program has one: install a quieter one first (`RUST_LOG` when set, warnings otherwise).
-fn quiet_logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }

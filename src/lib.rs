@@ -35,3 +35,15 @@ mod guide {
     #[doc = include_str!("../docs/evaluation.md")]
     struct Evaluation;
 }
+
+/// For the examples that train across nodes: burn-communication installs an INFO-level log
+/// subscriber (several lines per step) unless the program has one, so they install a quieter
+/// one first (`RUST_LOG` when set, warnings otherwise). The SDK's libraries never install one.
+pub fn quiet_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -26,6 +26,7 @@ pub mod objective;
 pub mod optim;
 pub mod parallel;
 pub mod phase;
+pub mod recipe;
 pub mod run;
 pub mod schedule;
 pub mod trainer;
@@ -43,6 +44,7 @@ pub use objective::{Batch, Metrics, Objective, Totals, TrainBackend, TrainModel}
 pub use optim::{GroupedAdamW, OptimizerConfig};
 pub use parallel::{DataParallel, Replica};
 pub use phase::{Phase, RunOptions};
+pub use recipe::{ModelSource, PretrainConfig, Pretrained, pretrain};
 pub use run::{StepEngine, StepList, StepSource, run};
 pub use schedule::LrSchedule;
 pub use trainer::{Gradients, StepStats, Trainer};

@@ -50,6 +50,7 @@
 //!
 //! [`Dataset`]: burn::data::dataset::Dataset
 
+mod documents;
 mod format;
 mod pack;
 mod row;
@@ -58,6 +59,7 @@ mod writer;
 
 use serde::{Deserialize, Serialize};
 
+pub use documents::{OpenedDocuments, TrainingDocuments, read_texts};
 pub use format::{FORMAT_NAME, FORMAT_VERSION, PartIndex, ShardIndex};
 pub use pack::{pack_documents, try_pack_documents};
 pub use row::{PackedRow, Segment};
