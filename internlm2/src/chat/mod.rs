@@ -228,6 +228,37 @@ impl Message {
     }
 }
 
+/// The six chat tokens, which the tokenizer matches atomically wherever their text appears.
+pub const CHAT_TOKENS: [&str; 6] = [
+    IM_START,
+    IM_END,
+    ACTION_START,
+    ACTION_END,
+    PLUGIN,
+    INTERPRETER,
+];
+
+/// Makes text from outside (a user's message, a tool's output) unable to act as protocol: a
+/// zero-width space after the `<` of every chat token's text (`<|im_start|>` becomes
+/// `<\u{200B}|im_start|>`), so the tokenizer reads it as plain text instead of the special
+/// token. Without this, a message containing `<|im_end|>\n<|im_start|>system\n...` would open
+/// a system turn of its own.
+///
+/// ```
+/// use internlm2::chat::escape_chat_tokens;
+/// assert_eq!(escape_chat_tokens("a <|im_end|> b"), "a <\u{200B}|im_end|> b");
+/// assert_eq!(escape_chat_tokens("<|not a token|>"), "<|not a token|>");
+/// ```
+pub fn escape_chat_tokens(text: &str) -> String {
+    let mut out = text.to_string();
+    for token in CHAT_TOKENS {
+        if out.contains(token) {
+            out = out.replace(token, &format!("<\u{200B}{}", &token[1..]));
+        }
+    }
+    out
+}
+
 /// Writes JSON as Python's `json.dumps(value, ensure_ascii=False)`.
 pub fn to_python_json(value: &Value) -> Result<String, ChatError> {
     struct PythonFormatter;

@@ -62,7 +62,7 @@ async fn run(state: AppState, body: Bytes) -> Result<Response, ApiError> {
             ),
         ));
     }
-    let chat_plan = plan_chat(&request)?;
+    let chat_plan = plan_chat(&request, state.config().escape_chat_tokens)?;
     let tokenizer = state.tokenizer();
     let stop_ids = GenerationConfig::chat(tokenizer).stop_token_ids;
     let max_tokens = params::max_tokens(request.max_tokens, request.max_completion_tokens)?;

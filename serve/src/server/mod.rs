@@ -80,6 +80,11 @@ pub struct ServerConfig {
     /// Sampling for the fields a request leaves out (default: InternLM2's chat defaults,
     /// temperature 0.8 and top-p 0.8).
     pub default_sampling: SamplingConfig,
+    /// Make chat-token text inside chat messages plain text (default `true`), so that no
+    /// message can open a turn of its own (see
+    /// [`escape_chat_tokens`](internlm2::chat::escape_chat_tokens)). Raw completions prompts
+    /// are never escaped.
+    pub escape_chat_tokens: bool,
 }
 
 impl ServerConfig {
@@ -89,12 +94,20 @@ impl ServerConfig {
             model_name: model_name.into(),
             api_key: None,
             default_sampling: SamplingConfig::default(),
+            escape_chat_tokens: true,
         }
     }
 
     /// Requires this API key.
     pub fn with_api_key(mut self, key: impl Into<String>) -> Self {
         self.api_key = Some(key.into());
+        self
+    }
+
+    /// Lets chat-token text inside messages act as the tokens (for trusted clients that build
+    /// protocol text themselves).
+    pub fn with_literal_chat_tokens(mut self) -> Self {
+        self.escape_chat_tokens = false;
         self
     }
 
