@@ -303,7 +303,7 @@ pub fn dense(
         let out_ptr = out_ptr;
         let (o0, o1) = (chunk * SKINNY_CHUNK, ((chunk + 1) * SKINNY_CHUNK).min(n));
         // SAFETY: each task writes only the columns o0..o1 of every output row.
-        unsafe { skinny(&xs, m, k, &ws, o0, o1, out_ptr, n) };
+        unsafe { super::cpu_skinny::skinny(&xs, m, k, &ws, o0, o1, out_ptr.0, n) };
         if let Some(bias) = &bias {
             for r in 0..m {
                 for o in o0..o1 {
@@ -320,114 +320,6 @@ pub fn dense(
         (0..chunks).for_each(task);
     }
     wrap(out, [b, s, n])
-}
-
-/// `out[r, o] = dot(x[r, :], w[o, :])` for `o` in `o0..o1`.
-///
-/// # Safety
-/// `out` must point at an `m x n` row-major buffer; no other thread may write columns
-/// `o0..o1`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn skinny(
-    x: &[f32],
-    m: usize,
-    k: usize,
-    w: &[f32],
-    o0: usize,
-    o1: usize,
-    out: OutPtr,
-    n: usize,
-) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the features were detected above.
-        unsafe { skinny_avx(x, m, k, w, o0, o1, out, n) };
-        return;
-    }
-    for o in o0..o1 {
-        let row = &w[o * k..(o + 1) * k];
-        for r in 0..m {
-            let xr = &x[r * k..(r + 1) * k];
-            let mut acc = [0f32; 8];
-            for (wc, xc) in row.chunks_exact(8).zip(xr.chunks_exact(8)) {
-                for i in 0..8 {
-                    acc[i] += wc[i] * xc[i];
-                }
-            }
-            let tail = k - k % 8;
-            let mut sum: f32 = acc.iter().sum();
-            sum += (tail..k).map(|i| row[i] * xr[i]).sum::<f32>();
-            // SAFETY: the caller owns columns o0..o1.
-            unsafe { *out.0.add(r * n + o) = sum };
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn skinny_avx(
-    x: &[f32],
-    m: usize,
-    k: usize,
-    w: &[f32],
-    o0: usize,
-    o1: usize,
-    out: OutPtr,
-    n: usize,
-) {
-    use std::arch::x86_64::*;
-    /// Dots one weight row with `R` input rows starting at `r`.
-    #[target_feature(enable = "avx,fma")]
-    unsafe fn rows<const R: usize>(
-        x: &[f32],
-        r: usize,
-        k: usize,
-        wrow: &[f32],
-        out: OutPtr,
-        n: usize,
-        o: usize,
-    ) {
-        unsafe {
-            let mut acc = [_mm256_setzero_ps(); R];
-            let body = k - k % 8;
-            let mut i = 0;
-            while i < body {
-                let wv = _mm256_loadu_ps(wrow.as_ptr().add(i));
-                for (j, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x.as_ptr().add((r + j) * k + i)), *a);
-                }
-                i += 8;
-            }
-            for (j, a) in acc.iter().enumerate() {
-                let hi = _mm256_extractf128_ps(*a, 1);
-                let sum4 = _mm_add_ps(_mm256_castps256_ps128(*a), hi);
-                let sum2 = _mm_add_ps(sum4, _mm_movehl_ps(sum4, sum4));
-                let sum1 = _mm_add_ss(sum2, _mm_shuffle_ps(sum2, sum2, 1));
-                let mut s = _mm_cvtss_f32(sum1);
-                for t in body..k {
-                    s += wrow[t] * x[(r + j) * k + t];
-                }
-                *out.0.add((r + j) * n + o) = s;
-            }
-        }
-    }
-    for o in o0..o1 {
-        let wrow = &w[o * k..(o + 1) * k];
-        let mut r = 0;
-        while r < m {
-            // SAFETY: the features are enabled on this function; rows r.. exist in x.
-            unsafe {
-                match m - r {
-                    1 => rows::<1>(x, r, k, wrow, out, n, o),
-                    2 => rows::<2>(x, r, k, wrow, out, n, o),
-                    3 => rows::<3>(x, r, k, wrow, out, n, o),
-                    _ => rows::<4>(x, r, k, wrow, out, n, o),
-                }
-            }
-            r += 4;
-        }
-    }
 }
 
 /// A raw output pointer shared by tasks that write disjoint rows.

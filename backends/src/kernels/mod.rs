@@ -13,6 +13,8 @@ pub mod cpu;
 #[cfg(feature = "flex")]
 pub mod cpu_paged;
 #[cfg(feature = "flex")]
+mod cpu_skinny;
+#[cfg(feature = "flex")]
 mod cpu_gemm;
 #[cfg(feature = "flex")]
 pub mod cpu_quant;

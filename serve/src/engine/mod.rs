@@ -78,8 +78,9 @@ impl Engine {
     /// Moves `model` onto a new worker thread that schedules and runs every request, and
     /// returns the handle to it. `tokenizer` is needed for text deltas and stop strings.
     ///
-    /// Fails with [`EngineError::InvalidConfig`] when the configuration cannot work (a zero
-    /// size, or a KV budget below one block).
+    /// Returns once the worker has allocated the KV pool. Fails with
+    /// [`EngineError::InvalidConfig`] when the configuration cannot work (a zero size, a KV
+    /// budget below one block, a pool that cannot be allocated).
     pub fn start<B: Kernels>(
         model: InternLM2<B>,
         tokenizer: Option<Arc<Tokenizer>>,

@@ -76,4 +76,3 @@ impl Limits {
         Ok(max_new_tokens)
     }
 }
-

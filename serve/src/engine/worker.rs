@@ -94,7 +94,8 @@ impl Plan {
     }
 }
 
-/// Starts the worker thread.
+/// Starts the worker thread and waits until it has allocated the KV pool (a pool that cannot
+/// be allocated is an error here, not a failure of the first request).
 pub(crate) fn spawn<B: Kernels>(
     model: InternLM2<B>,
     tokenizer: Option<Arc<Tokenizer>>,
@@ -104,17 +105,34 @@ pub(crate) fn spawn<B: Kernels>(
     metrics: Arc<Mutex<EngineMetrics>>,
     queued: Arc<AtomicUsize>,
 ) -> Result<JoinHandle<()>, EngineError> {
-    std::thread::Builder::new()
+    let (ready, started) = std::sync::mpsc::channel();
+    let worker = std::thread::Builder::new()
         .name("internlm2-engine".into())
         .spawn(move || {
             let mut worker =
                 Worker::new(&model, tokenizer.as_deref(), &config, plan, metrics, queued);
-            worker.run(commands);
+            let allocated = worker.cache.is_some();
+            let _ = ready.send(allocated);
+            if allocated {
+                worker.run(commands);
+            }
         })
         .map_err(|e| EngineError::InvalidConfig {
             param: "worker",
             reason: format!("cannot start the worker thread: {e}"),
+        })?;
+    if started.recv() == Ok(true) {
+        Ok(worker)
+    } else {
+        let _ = worker.join();
+        Err(EngineError::InvalidConfig {
+            param: "kv_memory_bytes",
+            reason: format!(
+                "allocating a KV pool of {} blocks of {} tokens failed",
+                plan.blocks, plan.block_size
+            ),
         })
+    }
 }
 
 /// The worker's state; `'a` borrows the model and the tokenizer the thread owns.
@@ -182,9 +200,6 @@ impl<'a, B: Kernels> Worker<'a, B> {
     }
 
     fn run(&mut self, commands: Receiver<Command>) {
-        if self.cache.is_none() {
-            self.abort = true;
-        }
         loop {
             if self.scheduler.is_idle() && !self.abort {
                 if self.stopping {
