@@ -79,3 +79,44 @@ pub fn read_texts(path: impl AsRef<Path>) -> Result<Vec<String>> {
     }
     Ok(texts)
 }
+
+#[cfg(test)]
+mod tests {
+    use internlm2_datasets::{Document, DocumentWriter};
+
+    use super::*;
+
+    #[test]
+    fn every_format_of_the_data_crate_and_plain_text() {
+        let dir = tempfile::tempdir().unwrap();
+        for ext in ["parquet", "jsonl.zst", "jsonl.gz"] {
+            let mut w = DocumentWriter::create(dir.path().join(format!("d.{ext}"))).unwrap();
+            w.write(&Document::new(format!("from {ext}"))).unwrap();
+            w.write(&Document::new("  ")).unwrap(); // blank: skipped
+            w.finish().unwrap();
+        }
+        std::fs::write(dir.path().join("notes.md"), "plain 中文").unwrap();
+        std::fs::write(dir.path().join(".hidden"), "skipped").unwrap();
+        let texts = read_texts(dir.path()).unwrap();
+        assert_eq!(
+            texts,
+            [
+                "from jsonl.gz",
+                "from jsonl.zst",
+                "from parquet",
+                "plain 中文"
+            ]
+        );
+        // Not UTF-8, or nothing at all: typed errors.
+        std::fs::write(dir.path().join("bin.txt"), [0xff, 0xfe]).unwrap();
+        assert!(matches!(
+            read_texts(dir.path().join("bin.txt")),
+            Err(EvalError::BadRecord { .. })
+        ));
+        let empty = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            read_texts(empty.path()),
+            Err(EvalError::Empty { .. })
+        ));
+    }
+}
