@@ -2,9 +2,10 @@
 //! AWQ4) on burn's Flex CPU backend, with f32 activations.
 //!
 //! - **Decoding (up to 16 rows)**: a mat-vec that streams each packed weight row once and
-//!   dequantizes it in registers, block by block, against every input row: AVX2 + FMA + F16C
-//!   kernels ([`super::cpu_quant_avx2`]) where the CPU has them, chosen at run time, and a
-//!   portable kernel (decode one block to the stack, dot it) elsewhere. Output features are
+//!   dequantizes it in registers, block by block, against every input row: AVX-512 kernels
+//!   for f16, Q8_0, Q4_0 and Q4_K ([`super::cpu_quant_avx512`]) and AVX2 + FMA + F16C kernels
+//!   for every format ([`super::cpu_quant_avx2`]) where the CPU has them, chosen at run time,
+//!   and a portable kernel (decode one block to the stack, dot it) elsewhere. Output features are
 //!   split across cores. A row's result depends only on that row and the weight, never on how
 //!   many rows share the call (the serving engine relies on this for batch-invariant tokens).
 //! - **Prefill (more rows)**: the panel-parallel GEMM of [`super::cpu_gemm`], each panel of
@@ -130,15 +131,43 @@ pub(crate) fn matvec(
     };
     #[cfg(target_arch = "x86_64")]
     let avx2 = super::cpu_quant_avx2::available();
+    #[cfg(target_arch = "x86_64")]
+    let avx512 = super::cpu_quant_avx512::available();
     let dst = Dst(out.as_mut_ptr());
+    let chunks = k / 32;
     let task = |(o0, o1): (usize, usize)| {
         let dst = dst;
-        let mut dots = [0f32; ROW_GROUP];
-        weight.for_rows(o0, o1, |o, format, row| {
+        let mut outs = [[0f32; ROW_GROUP]; ROW_GROUP];
+        let mut o = o0;
+        while o < o1 {
+            // A group of consecutive weight rows of one format (decoded side by side by the
+            // AVX-512 kernels; one row at a time otherwise).
+            let (format, first) = weight.row(o);
+            #[cfg(target_arch = "x86_64")]
+            let grouped = avx512 && super::cpu_quant_avx512::handles(format);
+            #[cfg(not(target_arch = "x86_64"))]
+            let grouped = false;
+            #[cfg(target_arch = "x86_64")]
+            let group = if grouped {
+                super::cpu_quant_avx512::group_rows(format)
+            } else {
+                1
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let group = 1;
+            let mut wrows: [&[u8]; ROW_GROUP] = [first; ROW_GROUP];
+            let mut g = 1;
+            while g < group && o + g < o1 {
+                let (f, row) = weight.row(o + g);
+                if f != format {
+                    break;
+                }
+                wrows[g] = row;
+                g += 1;
+            }
             let mut r = 0;
             while r < m {
                 let rows = (m - r).min(ROW_GROUP);
-                let chunks = k / 32;
                 let inputs = Inputs {
                     x: &x[r * k..(r + rows) * k],
                     sums: if sums.is_empty() {
@@ -149,24 +178,44 @@ pub(crate) fn matvec(
                     k,
                 };
                 #[cfg(target_arch = "x86_64")]
-                if avx2 {
+                if grouped {
+                    // SAFETY: the features were detected; the rows are whole packed rows.
+                    unsafe {
+                        super::cpu_quant_avx512::dot_group(
+                            format,
+                            &wrows[..g],
+                            inputs,
+                            rows,
+                            &mut outs,
+                        )
+                    };
+                } else if avx2 {
                     // SAFETY: the features were detected.
                     unsafe {
-                        super::cpu_quant_avx2::dot_rows(format, row, inputs, rows, &mut dots)
+                        super::cpu_quant_avx2::dot_rows(
+                            format,
+                            wrows[0],
+                            inputs,
+                            rows,
+                            &mut outs[0],
+                        )
                     };
                 } else {
-                    dot_rows_portable(format, row, inputs, rows, &mut dots);
+                    dot_rows_portable(format, wrows[0], inputs, rows, &mut outs[0]);
                 }
                 #[cfg(not(target_arch = "x86_64"))]
-                dot_rows_portable(format, row, inputs, rows, &mut dots);
-                for (j, &d) in dots[..rows].iter().enumerate() {
-                    let v = d + bias.map_or(0.0, |b| b[o]);
-                    // SAFETY: this task alone writes column `o`; row r + j < m.
-                    unsafe { *dst.0.add((r + j) * n + o) = v };
+                dot_rows_portable(format, wrows[0], inputs, rows, &mut outs[0]);
+                for (w, dots) in outs[..g].iter().enumerate() {
+                    for (j, &d) in dots[..rows].iter().enumerate() {
+                        let v = d + bias.map_or(0.0, |b| b[o + w]);
+                        // SAFETY: this task alone writes columns o0..o1; row r + j < m.
+                        unsafe { *dst.0.add((r + j) * n + o + w) = v };
+                    }
                 }
                 r += rows;
             }
-        });
+            o += g;
+        }
     };
     let threads = rayon::current_num_threads().max(1);
     let per_task = (n / (8 * threads)).clamp(16, 256);
@@ -271,6 +320,68 @@ mod tests {
                         "{format} row {o} input {r}: {} vs {want}",
                         out[r]
                     );
+                }
+            }
+        }
+    }
+
+    /// Every kernel the CPU can run (portable, AVX2, AVX-512) gives each format's dot products
+    /// up to summation order, for 1 to 4 rows.
+    #[test]
+    fn every_instruction_set_agrees() {
+        for format in WeightFormat::ALL {
+            let (n, k) = (5, 512);
+            let w = rows(format, n, k);
+            let x: Vec<f32> = (0..4 * k)
+                .map(|i| ((i * 13 % 23) as f32 - 11.0) / 11.0)
+                .collect();
+            let sums = chunk_sums(&x, 4, k);
+            for m in 1..=4 {
+                for o in 0..n {
+                    let (f, row) = w.row(o);
+                    let inputs = Inputs {
+                        x: &x[..m * k],
+                        sums: &sums[..m * (k / 32)],
+                        k,
+                    };
+                    let mut want = [0f32; ROW_GROUP];
+                    dot_rows_portable(f, row, inputs, m, &mut want);
+                    let mut results = Vec::new();
+                    #[cfg(target_arch = "x86_64")]
+                    {
+                        if super::super::cpu_quant_avx2::available() {
+                            let mut got = [0f32; ROW_GROUP];
+                            // SAFETY: detected.
+                            unsafe {
+                                super::super::cpu_quant_avx2::dot_rows(f, row, inputs, m, &mut got)
+                            };
+                            results.push(("avx2", got));
+                        }
+                        if super::super::cpu_quant_avx512::available()
+                            && super::super::cpu_quant_avx512::handles(f)
+                        {
+                            let mut got = [0f32; ROW_GROUP];
+                            // SAFETY: detected.
+                            unsafe {
+                                super::super::cpu_quant_avx512::dot_rows(
+                                    f, row, inputs, m, &mut got,
+                                )
+                            };
+                            results.push(("avx512", got));
+                        }
+                    }
+                    for (isa, got) in results {
+                        for r in 0..m {
+                            let tol =
+                                1e-5 * (0..k).map(|i| x[r * k + i].abs()).sum::<f32>().max(1.0);
+                            assert!(
+                                (got[r] - want[r]).abs() <= tol,
+                                "{format} {isa} m={m} row {o}/{r}: {} vs {}",
+                                got[r],
+                                want[r]
+                            );
+                        }
+                    }
                 }
             }
         }

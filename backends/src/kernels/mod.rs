@@ -20,6 +20,8 @@ mod cpu_gemm;
 pub mod cpu_quant;
 #[cfg(all(feature = "flex", target_arch = "x86_64"))]
 mod cpu_quant_avx2;
+#[cfg(all(feature = "flex", target_arch = "x86_64"))]
+mod cpu_quant_avx512;
 #[cfg(feature = "flex")]
 mod cpu_simd;
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
