@@ -267,6 +267,14 @@ async fn every_error_has_its_status_and_openai_shape() {
         404,
     )
     .await;
+    let too_big = client
+        .post(server.url(chat))
+        .header("content-type", "application/json")
+        .body(vec![b' '; internlm2_serve::server::MAX_BODY_BYTES + 1])
+        .send()
+        .await
+        .unwrap();
+    expect_error(too_big, 413).await;
     let method = expect_error(client.get(server.url(chat)).send().await.unwrap(), 405).await;
     assert_eq!(method["error"]["code"], "method_not_allowed");
 

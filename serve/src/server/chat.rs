@@ -11,6 +11,7 @@
 
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
 use axum::response::{IntoResponse, Response};
 use internlm2::chat::{self, ToolCall};
 use internlm2::generate::GenerationConfig;
@@ -30,7 +31,14 @@ use crate::constraint::BanTokens;
 use crate::engine::{Request, TokenConstraint};
 
 /// The handler.
-pub async fn chat_completions(State(state): State<AppState>, body: Bytes) -> Response {
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return ApiError::unreadable_body(rejection).into_response(),
+    };
     match run(state, body).await {
         Ok(response) => response,
         Err(error) => error.into_response(),

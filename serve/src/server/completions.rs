@@ -6,6 +6,7 @@
 
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
@@ -28,7 +29,14 @@ pub const MAX_COMPLETION_LOGPROBS: u64 = 5;
 pub const MAX_SEQUENCES: usize = 64;
 
 /// The handler.
-pub async fn completions(State(state): State<AppState>, body: Bytes) -> Response {
+pub async fn completions(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return ApiError::unreadable_body(rejection).into_response(),
+    };
     match run(state, body).await {
         Ok(response) => response,
         Err(error) => error.into_response(),

@@ -8,6 +8,7 @@
 //! | 401 | missing or wrong API key (every route but `/health`) |
 //! | 404 | unknown model, unknown route |
 //! | 405 | a known route with the wrong method |
+//! | 413 | a body over [`MAX_BODY_BYTES`](super::MAX_BODY_BYTES) |
 //! | 429 | the engine's queue is full (with `Retry-After`) |
 //! | 503 | the engine is shut down |
 
@@ -66,6 +67,17 @@ impl ApiError {
             kind: "invalid_request_error",
             param,
             code: Some("invalid_json"),
+        }
+    }
+
+    /// A body that could not be read (too large: 413).
+    pub fn unreadable_body(rejection: axum::extract::rejection::BytesRejection) -> Self {
+        Self {
+            status: rejection.status(),
+            message: format!("request body: {}", rejection.body_text()),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("invalid_body"),
         }
     }
 

@@ -70,6 +70,9 @@ pub use params::{MAX_CHOICES, MAX_STOP_BYTES, MAX_STOP_STRINGS};
 pub use prompt::{ChatPlan, plan_chat};
 use protocol::TokenLogprobInfo;
 
+/// Largest request body accepted (413 above it): a prompt of about two million tokens.
+pub const MAX_BODY_BYTES: usize = 16 << 20;
+
 /// Server settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
@@ -285,6 +288,7 @@ pub fn router_with_state(state: AppState) -> Router {
         .route("/v1/completions", post(completions::completions))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_key,
