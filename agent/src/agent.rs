@@ -462,7 +462,7 @@ fn malformed_reason(error: &ChatError) -> String {
         ChatError::MalformedInterpreterCall { reason, .. } => format!(
             "the code could not be read: {reason}; send the code in one ```python fenced block"
         ),
-        ChatError::UnknownAction(_) => {
+        ChatError::UnknownAction { .. } => {
             "the call names no known tool; call the plugin or the interpreter".to_string()
         }
         ChatError::UnterminatedAction => {

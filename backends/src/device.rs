@@ -49,8 +49,11 @@ pub enum DeviceError {
         other: String,
     },
     /// A dtype name that is not `auto`, `f32`, `bf16` or `f16`.
-    #[error("unknown dtype {0:?}: expected auto, f32, bf16 or f16")]
-    UnknownDType(String),
+    #[error("unknown dtype {name:?}: expected auto, f32, bf16 or f16")]
+    UnknownDType {
+        /// What was given.
+        name: String,
+    },
 }
 
 /// Which adapter a wgpu device uses.
@@ -287,7 +290,11 @@ impl DTypeChoice {
             "f32" | "float32" => DTypeChoice::Fixed(DType::F32),
             "bf16" | "bfloat16" => DTypeChoice::Fixed(DType::BF16),
             "f16" | "float16" | "half" => DTypeChoice::Fixed(DType::F16),
-            _ => return Err(DeviceError::UnknownDType(s.to_string())),
+            _ => {
+                return Err(DeviceError::UnknownDType {
+                    name: s.to_string(),
+                });
+            }
         })
     }
 

@@ -39,8 +39,11 @@ pub enum DataError {
         path: PathBuf,
     },
     /// A configuration value is out of range or inconsistent.
-    #[error("invalid configuration: {0}")]
-    Config(String),
+    #[error("invalid configuration: {reason}")]
+    Config {
+        /// What is wrong.
+        reason: String,
+    },
     /// A signature, plan, index or shard file is corrupt or from another configuration.
     #[error("{path}: corrupt or incompatible file: {message}")]
     Corrupt {
@@ -53,8 +56,27 @@ pub enum DataError {
     #[error(transparent)]
     Tokenizer(#[from] internlm2::TokenizerError),
     /// A model used for scoring failed.
-    #[error("model: {0}")]
-    Model(String),
+    #[error("model: {reason}")]
+    Model {
+        /// What failed.
+        reason: String,
+    },
+}
+
+impl DataError {
+    /// A [`DataError::Config`].
+    pub fn config(reason: impl Into<String>) -> Self {
+        Self::Config {
+            reason: reason.into(),
+        }
+    }
+
+    /// A [`DataError::Model`].
+    pub fn model(reason: impl Into<String>) -> Self {
+        Self::Model {
+            reason: reason.into(),
+        }
+    }
 }
 
 /// Result alias of this crate.

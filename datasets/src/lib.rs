@@ -7,6 +7,7 @@
 //! conversion, quality tiers, repository dependency sorting); tokenisation and packing into
 //! memory-mapped token shards with a burn `Dataset` over them; and a shard-parallel, restartable
 //! executor.
+#![deny(missing_docs)]
 
 pub mod code;
 pub mod dedup;

@@ -70,7 +70,7 @@ impl ShardSelection {
     /// Task `index` of `count`; a typed error when `index >= count`.
     pub fn new(index: usize, count: usize) -> Result<Self> {
         if count == 0 || index >= count {
-            return Err(DataError::Config(format!(
+            return Err(DataError::config(format!(
                 "shard selection {index} of {count}: need index < count"
             )));
         }
@@ -369,7 +369,7 @@ fn run_shard(
             .collect();
         let mut totals = stats
             .lock()
-            .map_err(|_| DataError::Config("poisoned".into()))?;
+            .map_err(|_| DataError::config("poisoned"))?;
         for (verdict, local) in verdicts {
             for (t, l) in totals.iter_mut().zip(&local) {
                 t.merge(l);
@@ -392,7 +392,7 @@ fn run_shard(
     }
     let totals = stats
         .into_inner()
-        .map_err(|_| DataError::Config("poisoned".into()))?;
+        .map_err(|_| DataError::config("poisoned"))?;
     Ok(ShardStats {
         input: input.to_path_buf(),
         output,

@@ -376,16 +376,16 @@ fn dedup_bad_input_is_a_typed_error() {
     let bad_banding = DedupConfig::default().with_banding(16, 4);
     assert!(matches!(
         write_signatures(&bad_banding, &[], &path),
-        Err(DataError::Config(_))
+        Err(DataError::Config { .. })
     ));
     assert!(matches!(
         merge_signatures(&DedupConfig::default().with_threshold(1.5), &[]),
-        Err(DataError::Config(_))
+        Err(DataError::Config { .. })
     ));
     let no_id = [Document::new("text without an id")];
     assert!(matches!(
         write_signatures(&DedupConfig::default(), &no_id, &path),
-        Err(DataError::Config(_))
+        Err(DataError::Config { .. })
     ));
     // Empty corpus and documents without words are fine.
     let plan = merge_signatures(&DedupConfig::default(), &[]).unwrap();

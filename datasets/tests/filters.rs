@@ -468,7 +468,7 @@ fn filters_rules_stop_words_apply_by_language() {
 fn filters_rules_config_validates_and_round_trips() {
     assert!(matches!(
         RulesStage::new(RulesConfig::default().with_max_dup_lines(Some(1.5))),
-        Err(DataError::Config(_))
+        Err(DataError::Config { .. })
     ));
     assert!(
         RulesStage::new(RulesConfig::default().with_max_top_ngram_chars(vec![(0, 0.2)])).is_err()
@@ -761,7 +761,7 @@ fn filters_ngram_classifier_trains_from_jsonl() {
     }
     // One class only cannot be trained.
     let one_class = NgramClassifier::train([("a", true), ("b", true)], NgramConfig::new("ad"));
-    assert!(matches!(one_class, Err(DataError::Config(_))));
+    assert!(matches!(one_class, Err(DataError::Config { .. })));
 }
 
 #[test]

@@ -219,7 +219,7 @@ fn tokenize_fixture_tokenizer_bos_and_eos_between_documents() {
         "u16",
     )
     .unwrap_err();
-    assert!(matches!(err, DataError::Config(_)), "{err}");
+    assert!(matches!(err, DataError::Config { .. }), "{err}");
 }
 
 #[test]
@@ -300,10 +300,10 @@ fn tokenize_padding_never_counts_in_the_loss() {
     short.valid_len = 4;
     short.segments = vec![seg(0, 4, 0, true)];
     let mixed = PackedRow::to_token_batch(&[expected_rows()[0].clone(), short], false);
-    assert!(matches!(mixed, Err(DataError::Config(_))));
+    assert!(matches!(mixed, Err(DataError::Config { .. })));
     assert!(matches!(
         PackedRow::to_token_batch(&[], false),
-        Err(DataError::Config(_))
+        Err(DataError::Config { .. })
     ));
 }
 
@@ -512,14 +512,14 @@ fn tokenize_damaged_files_are_typed_errors() {
     let empty = tempfile::tempdir().unwrap();
     assert!(matches!(
         TokenShards::open(empty.path()),
-        Err(DataError::Config(_))
+        Err(DataError::Config { .. })
     ));
 
     // An id outside the vocabulary.
     let mut w = ShardWriter::create(empty.path(), "v", &PackConfig::default(), vocab100()).unwrap();
     assert!(matches!(
         w.push_document(&[5, 100]),
-        Err(DataError::Config(_))
+        Err(DataError::Config { .. })
     ));
 }
 
@@ -560,7 +560,7 @@ fn tokenize_restart_skips_a_finished_shard() {
     // Other settings for a finished shard: a configuration error, not a silent mix.
     let other = config.clone().with_seq_len(32);
     let err = pack_documents(&tok, docs(), &other, dir.path(), "shard").unwrap_err();
-    assert!(matches!(err, DataError::Config(_)), "{err}");
+    assert!(matches!(err, DataError::Config { .. }), "{err}");
 
     // A damaged shard is packed again.
     std::fs::write(&tokens, b"short").unwrap();
@@ -585,6 +585,6 @@ fn tokenize_restart_skips_a_finished_shard() {
     );
     assert!(matches!(
         TokenShards::open(crashed.path()),
-        Err(DataError::Config(_))
+        Err(DataError::Config { .. })
     ));
 }

@@ -92,7 +92,7 @@ impl Generator for EngineGenerator {
             .with_stop_token_ids(stop_tokens(&self.tokenizer))
             .with_overflow(OverflowPolicy::Error);
         if let Some(limit) = self.context_limit {
-            config = config.with_context_limit(limit);
+            config = config.with_context_limit(Some(limit));
         }
         let engine_error = |e: String| EvalError::Runner {
             program: "serving engine".into(),

@@ -136,7 +136,7 @@ impl<B: Kernels> Generator for ModelGenerator<'_, B> {
             .with_sampling(SamplingConfig::greedy())
             .with_max_new_tokens(max_new_tokens)
             .with_stop_token_ids(stop_tokens(self.tokenizer))
-            .with_context_limit(self.context_limit)
+            .with_context_limit(Some(self.context_limit))
             .with_overflow(OverflowPolicy::Error)
             .with_prefill_chunk(self.prefill_chunk);
         let outputs = generate(self.model, Some(self.tokenizer), prompts, &config, |_| true)?;

@@ -71,33 +71,42 @@ pub struct InternLM2Config {
     pub num_hidden_layers: usize,
     /// Number of query heads.
     pub num_attention_heads: usize,
-    /// Number of key/value heads (GQA); `config.json` may omit it, then it equals the heads.
+    /// Number of key/value heads (GQA). Releases: 8. Without the key in `config.json`: the
+    /// number of query heads (plain multi-head attention).
     pub num_key_value_heads: usize,
-    /// Context length the model was trained for; dynamic NTK starts past it.
+    /// Context length the model was trained for; dynamic NTK starts past it. Default (the
+    /// releases): 32,768. Without the key in `config.json`: 2,048 (HuggingFace's default).
     #[config(default = 32768)]
     pub max_position_embeddings: usize,
-    /// RMSNorm epsilon.
+    /// RMSNorm epsilon. Default (the releases): 1e-5. Without the key in `config.json`: 1e-6
+    /// (HuggingFace's default).
     #[config(default = 1e-5)]
     pub rms_norm_eps: f64,
-    /// RoPE base.
+    /// RoPE base. Default (the releases): 1,000,000. Without the key in `config.json`: 10,000
+    /// (HuggingFace's default).
     #[config(default = 1_000_000.0)]
     pub rope_theta: f64,
-    /// RoPE scaling (`None` = plain RoPE).
+    /// RoPE scaling (`None` = plain RoPE). Default and without the key: `None`; the chat
+    /// releases ship `dynamic` with factor 2 or 3.
     #[config(default = "None")]
     pub rope_scaling: Option<RopeScaling>,
-    /// Biases on `wqkv` and `wo`.
+    /// Biases on `wqkv` and `wo`. Default (the releases): `false`. Without the key in
+    /// `config.json`: `true` (HuggingFace's default).
     #[config(default = false)]
     pub bias: bool,
-    /// Share `output.weight` with `model.tok_embeddings.weight`.
+    /// Share `output.weight` with `model.tok_embeddings.weight`. Default and without the key:
+    /// `false`.
     #[config(default = false)]
     pub tie_word_embeddings: bool,
-    /// Begin-of-sequence id.
+    /// Begin-of-sequence id. Default and without the key: 1.
     #[config(default = 1)]
     pub bos_token_id: u32,
-    /// End-of-sequence id.
+    /// End-of-sequence id. Default and without the key: 2; a list in `config.json` gives its
+    /// first id.
     #[config(default = 2)]
     pub eos_token_id: u32,
-    /// Padding id.
+    /// Padding id. Default (the releases): 2. Without the key in `config.json`: 0
+    /// (HuggingFace's default).
     #[config(default = 2)]
     pub pad_token_id: u32,
 }
@@ -157,12 +166,14 @@ impl InternLM2Config {
         if let Some(model_type) = &hf.model_type
             && model_type != "internlm2"
         {
-            return Err(ConfigError::WrongModelType(model_type.clone()));
+            return Err(ConfigError::WrongModelType {
+                name: model_type.clone(),
+            });
         }
         if let Some(act) = &hf.hidden_act
             && act != "silu"
         {
-            return Err(ConfigError::UnsupportedActivation(act.clone()));
+            return Err(ConfigError::UnsupportedActivation { name: act.clone() });
         }
         let rope_scaling = match hf.rope_scaling {
             None | Some(serde_json::Value::Null) => None,
@@ -472,7 +483,9 @@ fn parse_rope_scaling(value: &serde_json::Value) -> Result<RopeScaling, ConfigEr
     match kind {
         "linear" => Ok(RopeScaling::Linear { factor }),
         "dynamic" => Ok(RopeScaling::Dynamic { factor }),
-        other => Err(ConfigError::UnknownRopeScaling(other.to_string())),
+        other => Err(ConfigError::UnknownRopeScaling {
+            name: other.to_string(),
+        }),
     }
 }
 
@@ -541,12 +554,12 @@ mod tests {
         let yarn = TINY.replace("dynamic", "yarn");
         assert!(matches!(
             InternLM2Config::from_hf_json(&yarn),
-            Err(ConfigError::UnknownRopeScaling(t)) if t == "yarn"
+            Err(ConfigError::UnknownRopeScaling { name }) if name == "yarn"
         ));
         let llama = TINY.replace(r#""model_type": "internlm2""#, r#""model_type": "llama""#);
         assert!(matches!(
             InternLM2Config::from_hf_json(&llama),
-            Err(ConfigError::WrongModelType(_))
+            Err(ConfigError::WrongModelType { .. })
         ));
         assert!(matches!(
             InternLM2Config::from_hf_json("{not json"),
@@ -555,7 +568,7 @@ mod tests {
         let gelu = TINY.replace(r#""bias": false"#, r#""bias": false, "hidden_act": "gelu""#);
         assert!(matches!(
             InternLM2Config::from_hf_json(&gelu),
-            Err(ConfigError::UnsupportedActivation(_))
+            Err(ConfigError::UnsupportedActivation { .. })
         ));
     }
 

@@ -63,14 +63,23 @@ pub enum ConfigError {
         heads: usize,
     },
     /// `rope_scaling.type` is neither `linear` nor `dynamic`.
-    #[error("unknown rope_scaling type `{0}` (supported: `linear`, `dynamic`)")]
-    UnknownRopeScaling(String),
+    #[error("unknown rope_scaling type `{name}` (supported: `linear`, `dynamic`)")]
+    UnknownRopeScaling {
+        /// The type the file names.
+        name: String,
+    },
     /// `hidden_act` other than `silu`.
-    #[error("unsupported hidden_act `{0}` (InternLM2 uses `silu`)")]
-    UnsupportedActivation(String),
+    #[error("unsupported hidden_act `{name}` (InternLM2 uses `silu`)")]
+    UnsupportedActivation {
+        /// The activation the file names.
+        name: String,
+    },
     /// `model_type` other than `internlm2`.
-    #[error("model_type is `{0}`, expected `internlm2`")]
-    WrongModelType(String),
+    #[error("model_type is `{name}`, expected `internlm2`")]
+    WrongModelType {
+        /// The model type the file names.
+        name: String,
+    },
 }
 
 /// A checkpoint that cannot be loaded or saved. Every variant names the file and, where there
@@ -194,8 +203,11 @@ pub enum TokenizerError {
         vocab_size: usize,
     },
     /// A special token the chat protocol needs is not in the vocabulary.
-    #[error("the vocabulary has no `{0}` token, which the chat protocol needs")]
-    MissingSpecialToken(String),
+    #[error("the vocabulary has no `{token}` token, which the chat protocol needs")]
+    MissingSpecialToken {
+        /// The token's text.
+        token: String,
+    },
 }
 
 /// A chat turn that cannot be rendered or parsed.
@@ -218,17 +230,26 @@ pub enum ChatError {
         body: String,
     },
     /// `<|action_start|>` followed by something other than a known tool name.
-    #[error("unknown action target {0:?} after <|action_start|>")]
-    UnknownAction(String),
+    #[error("unknown action target {target:?} after <|action_start|>")]
+    UnknownAction {
+        /// What followed `<|action_start|>` (its first 40 characters).
+        target: String,
+    },
     /// `<|action_start|>` without `<|action_end|>`.
     #[error("unterminated action: <|action_start|> without <|action_end|>")]
     UnterminatedAction,
     /// A well-formed call to a tool the conversation did not offer (see `chat::ToolSet`).
-    #[error("call to undeclared tool {0:?}")]
-    UndeclaredTool(String),
+    #[error("call to undeclared tool {name:?}")]
+    UndeclaredTool {
+        /// The tool's name (`<|interpreter|>` for the interpreter).
+        name: String,
+    },
     /// A message that the protocol cannot express.
-    #[error("invalid message: {0}")]
-    InvalidMessage(String),
+    #[error("invalid message: {reason}")]
+    InvalidMessage {
+        /// Why the protocol cannot express it.
+        reason: String,
+    },
     /// Tool schemas that cannot be serialised.
     #[error("tool schemas: {0}")]
     Json(#[from] serde_json::Error),

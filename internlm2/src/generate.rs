@@ -8,6 +8,7 @@
 //! limit defaults to `max_position_embeddings`, times the RoPE scaling factor when the config
 //! has one (dynamic NTK is what lets the releases read past their training length).
 
+use burn::config::Config;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use internlm2_backends::Kernels;
 
@@ -22,7 +23,7 @@ mod stream;
 pub use stream::TextStream;
 
 /// What to do when prompt plus `max_new_tokens` does not fit the context limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum OverflowPolicy {
     /// Refuse with [`GenerateError::ContextOverflow`].
     #[default]
@@ -89,19 +90,26 @@ const PREALLOCATED_NEW_TOKENS: usize = 4096;
 ///     .with_stop_strings(vec!["\nUser:".into()]);
 /// assert_eq!(config.max_new_tokens, 64);
 /// ```
-#[derive(Debug, Clone, PartialEq)]
+///
+/// The builders and the serde form come from burn's `#[derive(Config)]`.
+#[derive(Config, Debug, PartialEq)]
 pub struct GenerationConfig {
     /// Most tokens generated per row (stop tokens included).
+    #[config(default = 256)]
     pub max_new_tokens: usize,
     /// How tokens are chosen.
+    #[config(default = "SamplingConfig::new()")]
     pub sampling: SamplingConfig,
     /// A row stops after producing one of these (it is kept in the tokens, not in the text).
+    #[config(default = "Vec::new()")]
     pub stop_token_ids: Vec<u32>,
     /// A row stops when its text contains one of these (cut from the text; needs a tokenizer).
+    #[config(default = "Vec::new()")]
     pub stop_strings: Vec<String>,
     /// Context limit in tokens; `None` = the model's (see the module docs).
     pub context_limit: Option<usize>,
     /// What happens past the limit.
+    #[config(default = "OverflowPolicy::Error")]
     pub overflow: OverflowPolicy,
     /// Prefill the prompt in chunks of this many tokens (bounded memory for long prompts, see
     /// [`crate::prefill`]); `None` = the whole prompt in one forward pass.
@@ -110,15 +118,7 @@ pub struct GenerationConfig {
 
 impl Default for GenerationConfig {
     fn default() -> Self {
-        Self {
-            max_new_tokens: 256,
-            sampling: SamplingConfig::default(),
-            stop_token_ids: Vec::new(),
-            stop_strings: Vec::new(),
-            context_limit: None,
-            overflow: OverflowPolicy::Error,
-            prefill_chunk: None,
-        }
+        Self::new()
     }
 }
 
@@ -128,49 +128,7 @@ impl GenerationConfig {
         let mut stop = Vec::new();
         stop.extend(tokenizer.eos_id());
         stop.extend(tokenizer.chat_tokens().map(|c| c.im_end));
-        Self::default().with_stop_token_ids(stop)
-    }
-
-    /// Sets `max_new_tokens`.
-    pub fn with_max_new_tokens(mut self, n: usize) -> Self {
-        self.max_new_tokens = n;
-        self
-    }
-
-    /// Sets the sampling parameters.
-    pub fn with_sampling(mut self, sampling: SamplingConfig) -> Self {
-        self.sampling = sampling;
-        self
-    }
-
-    /// Sets the stop token ids.
-    pub fn with_stop_token_ids(mut self, ids: Vec<u32>) -> Self {
-        self.stop_token_ids = ids;
-        self
-    }
-
-    /// Sets the stop strings.
-    pub fn with_stop_strings(mut self, stops: Vec<String>) -> Self {
-        self.stop_strings = stops;
-        self
-    }
-
-    /// Sets the context limit.
-    pub fn with_context_limit(mut self, limit: usize) -> Self {
-        self.context_limit = Some(limit);
-        self
-    }
-
-    /// Sets the overflow policy.
-    pub fn with_overflow(mut self, overflow: OverflowPolicy) -> Self {
-        self.overflow = overflow;
-        self
-    }
-
-    /// Sets the prefill chunk (`None` = whole prompt at once).
-    pub fn with_prefill_chunk(mut self, chunk: Option<usize>) -> Self {
-        self.prefill_chunk = chunk;
-        self
+        Self::new().with_stop_token_ids(stop)
     }
 }
 

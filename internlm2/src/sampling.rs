@@ -4,6 +4,7 @@
 //! The order follows HuggingFace's logits processors: repetition penalty, temperature, top-k,
 //! top-p, min-p, then a draw from the renormalised distribution.
 
+use burn::config::Config;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -18,80 +19,43 @@ use crate::error::GenerateError;
 /// creative.validate().unwrap();
 /// assert!(greedy.is_greedy());
 /// ```
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+///
+/// The builders (`with_temperature`, ...) and the serde form come from burn's
+/// `#[derive(Config)]`; the defaults are InternLM2's chat settings (temperature 0.8, top-p 0.8,
+/// repetition penalty 1.0).
+#[derive(Config, Debug, PartialEq)]
 pub struct SamplingConfig {
     /// Softmax temperature; `0` means greedy.
+    #[config(default = 0.8)]
     pub temperature: f32,
     /// Keep the `k` most likely tokens (`0` = off).
+    #[config(default = 0)]
     pub top_k: usize,
     /// Keep the smallest set of tokens whose probability mass reaches `p` (`1` = off).
+    #[config(default = 0.8)]
     pub top_p: f32,
     /// Drop tokens less likely than `min_p` times the most likely one (`0` = off).
+    #[config(default = 0.0)]
     pub min_p: f32,
     /// Divide positive (multiply negative) logits of already-seen tokens by this (`1` = off).
+    #[config(default = 1.0)]
     pub repetition_penalty: f32,
     /// Seed of the random generator.
+    #[config(default = 0)]
     pub seed: u64,
 }
 
 impl Default for SamplingConfig {
     /// The InternLM2 chat defaults: temperature 0.8, top-p 0.8, repetition penalty 1.0.
     fn default() -> Self {
-        Self {
-            temperature: 0.8,
-            top_k: 0,
-            top_p: 0.8,
-            min_p: 0.0,
-            repetition_penalty: 1.0,
-            seed: 0,
-        }
+        Self::new()
     }
 }
 
 impl SamplingConfig {
     /// Always the most likely token.
     pub fn greedy() -> Self {
-        Self {
-            temperature: 0.0,
-            top_p: 1.0,
-            ..Self::default()
-        }
-    }
-
-    /// Sets the temperature (`0` = greedy).
-    pub fn with_temperature(mut self, t: f32) -> Self {
-        self.temperature = t;
-        self
-    }
-
-    /// Sets top-k (`0` = off).
-    pub fn with_top_k(mut self, k: usize) -> Self {
-        self.top_k = k;
-        self
-    }
-
-    /// Sets top-p (`1` = off).
-    pub fn with_top_p(mut self, p: f32) -> Self {
-        self.top_p = p;
-        self
-    }
-
-    /// Sets min-p (`0` = off).
-    pub fn with_min_p(mut self, p: f32) -> Self {
-        self.min_p = p;
-        self
-    }
-
-    /// Sets the repetition penalty (`1` = off).
-    pub fn with_repetition_penalty(mut self, penalty: f32) -> Self {
-        self.repetition_penalty = penalty;
-        self
-    }
-
-    /// Sets the seed.
-    pub fn with_seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
-        self
+        Self::new().with_temperature(0.0).with_top_p(1.0)
     }
 
     /// Whether sampling reduces to argmax.

@@ -133,7 +133,7 @@ fn a_huge_context_limit_allocates_nothing_up_front() {
     let out = within(CASE_LIMIT, move || {
         let config = GenerationConfig::default()
             .with_sampling(SamplingConfig::greedy())
-            .with_context_limit(usize::MAX)
+            .with_context_limit(Some(usize::MAX))
             .with_max_new_tokens(usize::MAX - 10);
         let mut seen = 0;
         generate(&model, None, vec![vec![1, 2, 3]], &config, |_| {

@@ -63,7 +63,7 @@ fn bad_requests_are_typed_errors() {
     assert_eq!(got.reason(), &FinishReason::Length);
     // A request's own context limit.
     assert!(matches!(
-        submit(vec![5; 10], greedy(10).with_context_limit(15)),
+        submit(vec![5; 10], greedy(10).with_context_limit(Some(15))),
         Err(EngineError::ContextOverflow { limit: 15, .. })
     ));
 

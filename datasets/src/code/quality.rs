@@ -223,7 +223,7 @@ impl CodeQualityConfig {
         let w = &self.weights;
         for (name, v) in [("high", w.high), ("moderate", w.moderate), ("low", w.low)] {
             if !v.is_finite() || v < 0.0 {
-                return Err(DataError::Config(format!(
+                return Err(DataError::config(format!(
                     "code quality: weight of tier {name} is {v}"
                 )));
             }
@@ -232,7 +232,7 @@ impl CodeQualityConfig {
             if (0.0..=1.0).contains(&v) {
                 Ok(())
             } else {
-                Err(DataError::Config(format!(
+                Err(DataError::config(format!(
                     "code quality: {name} = {v} is not in [0, 1]"
                 )))
             }
@@ -268,7 +268,7 @@ impl CodeQualityConfig {
             ),
         ];
         match ordered.iter().find(|(_, ok)| !ok) {
-            Some((name, _)) => Err(DataError::Config(format!(
+            Some((name, _)) => Err(DataError::config(format!(
                 "code quality: the low threshold of {name} must be at least as strict as the moderate one"
             ))),
             None => Ok(()),

@@ -149,7 +149,7 @@ impl Repository {
             .collect();
         files.sort_by(|a, b| a.path.cmp(&b.path));
         if let Some(w) = files.windows(2).find(|w| w[0].path == w[1].path) {
-            return Err(DataError::Config(format!(
+            return Err(DataError::config(format!(
                 "repository {name}: the path {} appears twice",
                 w[0].path
             )));

@@ -46,7 +46,7 @@ use crate::{DataError, Result};
 /// ```
 pub fn sort_files<S: AsRef<str>>(paths: &[S], deps: &[Vec<usize>]) -> Result<Vec<usize>> {
     if deps.len() != paths.len() {
-        return Err(DataError::Config(format!(
+        return Err(DataError::config(format!(
             "sort_files: {} dependency lists for {} paths",
             deps.len(),
             paths.len()
@@ -57,7 +57,7 @@ pub fn sort_files<S: AsRef<str>>(paths: &[S], deps: &[Vec<usize>]) -> Result<Vec
         .enumerate()
         .find_map(|(i, d)| d.iter().find(|&&j| j >= paths.len()).map(|j| (i, j)))
     {
-        return Err(DataError::Config(format!(
+        return Err(DataError::config(format!(
             "sort_files: file {i} depends on file {j}, but there are {} files",
             paths.len()
         )));

@@ -189,7 +189,7 @@ impl DedupConfig {
     /// Check the values: `1 <= num_perm <= 4096`, `ngram >= 1`, `bands * rows == num_perm`,
     /// `0 < threshold <= 1`, non-empty priority field.
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(DataError::Config(format!("dedup: {m}")));
+        let bad = |m: String| Err(DataError::config(format!("dedup: {m}")));
         if self.num_perm == 0 || self.num_perm > 4096 {
             return bad(format!("num_perm = {} must be in 1..=4096", self.num_perm));
         }

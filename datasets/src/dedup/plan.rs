@@ -169,7 +169,7 @@ impl DedupPlan {
         let mut body = Vec::new();
         for (id, &(kind, shard)) in entries {
             let id_len = u32::try_from(id.len())
-                .map_err(|_| DataError::Config(format!("dedup: id of {} bytes", id.len())))?;
+                .map_err(|_| DataError::config(format!("dedup: id of {} bytes", id.len())))?;
             body.push(kind.code());
             body.extend_from_slice(&shard.to_le_bytes());
             body.extend_from_slice(&id_len.to_le_bytes());
@@ -312,7 +312,7 @@ pub fn merge_signatures(cfg: &DedupConfig, files: &[PathBuf]) -> Result<DedupPla
         }
     }
     let shards = u32::try_from(opened.len())
-        .map_err(|_| DataError::Config("dedup: more than 2^32 signature files".into()))?;
+        .map_err(|_| DataError::config("dedup: more than 2^32 signature files"))?;
     let mut starts = Vec::with_capacity(opened.len() + 1);
     let mut total = 0usize;
     for f in &opened {
@@ -321,7 +321,7 @@ pub fn merge_signatures(cfg: &DedupConfig, files: &[PathBuf]) -> Result<DedupPla
     }
     starts.push(total);
     if total >= u32::MAX as usize {
-        return Err(DataError::Config(format!(
+        return Err(DataError::config(format!(
             "dedup: {total} documents in one merge; at most 2^32 - 1 are supported"
         )));
     }

@@ -114,8 +114,8 @@ impl SignatureWriter {
 
     fn compute(&self, doc: &Document) -> Result<Record> {
         if doc.id.is_empty() {
-            return Err(DataError::Config(
-                "dedup: a document has no id (the format stage assigns unique ids)".into(),
+            return Err(DataError::config(
+                "dedup: a document has no id (the format stage assigns unique ids)",
             ));
         }
         let mut sig = vec![0u32; self.hasher.num_perm()];
@@ -139,7 +139,7 @@ impl SignatureWriter {
 
     fn append(&mut self, id: &str, rec: &Record) -> Result<()> {
         let id_len = u32::try_from(id.len())
-            .map_err(|_| DataError::Config(format!("dedup: id of {} bytes", id.len())))?;
+            .map_err(|_| DataError::config(format!("dedup: id of {} bytes", id.len())))?;
         let buf = &mut self.buf;
         buf.clear();
         let flags = if rec.signature.is_some() {

@@ -93,7 +93,7 @@ pub fn dedup_merge(
         .map(|i| signature_path(opts, step, i))
         .collect();
     if let Some(missing) = files.iter().find(|f| !f.exists()) {
-        return Err(DataError::Config(format!(
+        return Err(DataError::config(format!(
             "dedup merge: signature file {} is missing (run the signature phase of every shard first)",
             missing.display()
         )));

@@ -186,7 +186,7 @@ fn code_pipeline(
     // The surviving files (metadata `repo`, `path`, `sample_weight`) regrouped into their repository.
     let grouping = group_repositories(kept, &RepoConfig::default());
     if let Some((doc, reason)) = grouping.rejected.first() {
-        return Err(DataError::Config(format!("code file {}: {reason}", doc.id)));
+        return Err(DataError::config(format!("code file {}: {reason}", doc.id)));
     }
     Ok(grouping
         .repositories

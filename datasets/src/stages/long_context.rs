@@ -315,8 +315,8 @@ impl<B: Kernels> ModelScorer<B> {
     /// first target token is predicted from the last context token).
     pub fn mean_nll_ids(&self, context: &[u32], target: &[u32]) -> Result<f64> {
         if context.is_empty() || target.is_empty() {
-            return Err(DataError::Model(
-                "perplexity needs at least one context and one target token".into(),
+            return Err(DataError::model(
+                "perplexity needs at least one context and one target token",
             ));
         }
         let ids: Vec<i64> = context.iter().chain(target).map(|&i| i as i64).collect();
@@ -325,10 +325,10 @@ impl<B: Kernels> ModelScorer<B> {
         let model = self
             .model
             .lock()
-            .map_err(|_| DataError::Model("a scoring thread panicked".into()))?;
+            .map_err(|_| DataError::model("a scoring thread panicked"))?;
         let vocab = model.config().vocab_size;
         if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
-            return Err(DataError::Model(format!(
+            return Err(DataError::model(format!(
                 "token id {bad} outside the model's vocabulary of {vocab}"
             )));
         }
@@ -359,7 +359,7 @@ where
         let bos = self
             .tokenizer
             .bos_id()
-            .ok_or_else(|| DataError::Model("the tokenizer has no BOS token".into()))?;
+            .ok_or_else(|| DataError::model("the tokenizer has no BOS token"))?;
         let mut ctx = vec![bos];
         if !context.is_empty() {
             let c = self.tokenizer.encode(context, false)?;

@@ -155,7 +155,7 @@ impl NgramConfig {
 
     /// Check the ranges of the feature and training settings.
     pub fn validate(&self) -> Result<()> {
-        let bad = |message: String| Err(DataError::Config(format!("ngram classifier: {message}")));
+        let bad = |message: String| Err(DataError::config(format!("ngram classifier: {message}")));
         if !(4..=28).contains(&self.hash_bits) {
             return bad(format!("hash_bits = {} is not in 4..=28", self.hash_bits));
         }
@@ -249,7 +249,7 @@ impl NgramClassifier {
             .collect();
         let positives = data.iter().filter(|(_, y)| *y == 1.0).count();
         if positives == 0 || positives == data.len() {
-            return Err(DataError::Config(format!(
+            return Err(DataError::config(format!(
                 "ngram classifier '{}': training needs positive and negative examples \
                  ({positives} positive of {})",
                 model.config.name,

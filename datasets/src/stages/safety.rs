@@ -243,7 +243,7 @@ impl WordBlocklist {
             None
         } else {
             let built = AhoCorasick::new(entries.iter().map(|e| e.word.as_str()))
-                .map_err(|e| DataError::Config(format!("word blocklist: {e}")))?;
+                .map_err(|e| DataError::config(format!("word blocklist: {e}")))?;
             Some(built)
         };
         Ok(Self { matcher, entries })
@@ -485,7 +485,7 @@ impl SafetyStage {
         if let Some(ratio) = config.max_word_hit_ratio
             && !(0.0..=1.0).contains(&ratio)
         {
-            return Err(DataError::Config(format!(
+            return Err(DataError::config(format!(
                 "safety: max_word_hit_ratio = {ratio} is not in [0, 1]"
             )));
         }

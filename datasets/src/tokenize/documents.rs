@@ -6,7 +6,7 @@
 //! [`pack_documents`]: super::pack_documents
 
 use std::borrow::Cow;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use internlm2::Tokenizer;
 use internlm2::data::{DocumentSource, InMemoryDocuments};
@@ -58,7 +58,7 @@ impl TrainingDocuments {
             });
         }
         let tokenizer = tokenizer.ok_or_else(|| {
-            DataError::Config(format!(
+            DataError::config(format!(
                 "{}: text needs a tokenizer (token shards do not)",
                 path.display()
             ))
@@ -73,6 +73,54 @@ impl TrainingDocuments {
             count: documents.len(),
             tokens: documents.iter().map(|d| d.len() as u64).sum(),
             documents: TrainingDocuments::Memory(InMemoryDocuments::new(documents).shuffled(seed)),
+        })
+    }
+}
+
+/// Where a training run's tokenizer comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenizerSource {
+    /// A `tokenizer.json` / `tokenizer.model` file, or a model directory holding one.
+    Path(PathBuf),
+    /// A byte-level BPE of this many ids, trained on the run's texts.
+    TrainBpe(usize),
+    /// None: the data is token shards, which carry their ids.
+    None,
+}
+
+impl TokenizerSource {
+    /// The first that is given: a tokenizer path, a BPE vocabulary to train, the directory of
+    /// the model the run continues from.
+    pub fn first_of(
+        path: Option<&Path>,
+        train_bpe: Option<usize>,
+        model_dir: Option<&Path>,
+    ) -> Self {
+        match (path, train_bpe, model_dir) {
+            (Some(path), _, _) => Self::Path(path.to_path_buf()),
+            (None, Some(vocab), _) => Self::TrainBpe(vocab),
+            (None, None, Some(dir)) => Self::Path(dir.to_path_buf()),
+            (None, None, None) => Self::None,
+        }
+    }
+
+    /// Loads (or trains on the texts of `data`, see [`read_texts`]) the tokenizer.
+    ///
+    /// ```
+    /// use internlm2_datasets::tokenize::TokenizerSource;
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let data = dir.path().join("corpus.txt");
+    /// std::fs::write(&data, "the cat sat\n\nthe dog ran").unwrap();
+    /// let trained = TokenizerSource::TrainBpe(300).load(&data).unwrap().unwrap();
+    /// assert!(trained.vocab_size() <= 300);
+    /// assert!(TokenizerSource::None.load(&data).unwrap().is_none());
+    /// ```
+    pub fn load(&self, data: &Path) -> Result<Option<Tokenizer>> {
+        Ok(match self {
+            Self::Path(path) if path.is_dir() => Some(Tokenizer::from_dir(path)?),
+            Self::Path(path) => Some(Tokenizer::from_file(path)?),
+            Self::TrainBpe(vocab) => Some(Tokenizer::train_bpe(read_texts(data)?.iter(), *vocab)?),
+            Self::None => None,
         })
     }
 }
@@ -100,7 +148,7 @@ pub fn read_texts(path: &Path) -> Result<Vec<String>> {
             .collect(),
     };
     if texts.is_empty() {
-        return Err(DataError::Config(format!(
+        return Err(DataError::config(format!(
             "{}: no documents",
             path.display()
         )));
@@ -136,7 +184,7 @@ mod tests {
         assert_eq!(read_texts(&path).unwrap(), vec!["one doc", "second doc"]);
         assert!(matches!(
             TrainingDocuments::open(&path, None, 0),
-            Err(DataError::Config(_))
+            Err(DataError::Config { .. })
         ));
         let tok = Tokenizer::train_bpe(["one doc", "second doc"].iter(), 270).unwrap();
         let opened = TrainingDocuments::open(&path, Some(&tok), 0).unwrap();

@@ -140,7 +140,7 @@ pub(crate) fn check_name(name: &str) -> Result<()> {
     if is_plain_file_name(name) {
         Ok(())
     } else {
-        Err(DataError::Config(format!(
+        Err(DataError::config(format!(
             "shard name {name:?} must be a non-empty file name without separators"
         )))
     }
@@ -339,7 +339,7 @@ impl ShardIndex {
             *vocab,
         );
         if ours != theirs {
-            return Err(DataError::Config(format!(
+            return Err(DataError::config(format!(
                 "{} was packed with (seq_len, dtype, add_bos, eos, vocab) = {ours:?}, this run \
                  asks {theirs:?}; delete it or pack into another folder",
                 path.display()

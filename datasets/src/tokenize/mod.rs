@@ -57,9 +57,10 @@ mod row;
 mod shards;
 mod writer;
 
+use burn::config::Config;
 use serde::{Deserialize, Serialize};
 
-pub use documents::{OpenedDocuments, TrainingDocuments, read_texts};
+pub use documents::{OpenedDocuments, TokenizerSource, TrainingDocuments, read_texts};
 pub use format::{FORMAT_NAME, FORMAT_VERSION, PartIndex, ShardIndex};
 pub use pack::{pack_documents, try_pack_documents};
 pub use row::{PackedRow, Segment};
@@ -106,78 +107,42 @@ impl TokenDtype {
 /// assert_eq!(c.dtype, TokenDtype::U32);
 /// assert!(c.add_bos && c.eos);
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// The builders and the serde form come from burn's `#[derive(Config)]`.
+#[derive(Config, Debug, PartialEq, Eq)]
 pub struct PackConfig {
     /// Input tokens per row (`L`); a row stores `L + 1` tokens. Default 4096 (SPEC 5's main
     /// phase; 32,768 for the long-context phase).
+    #[config(default = 4096)]
     pub seq_len: usize,
     /// Encode every document with `<s>` in front. Default true.
+    #[config(default = true)]
     pub add_bos: bool,
     /// Append the EOS separator after every document. Default true.
+    #[config(default = true)]
     pub eos: bool,
     /// On-disk token type. Default [`TokenDtype::U32`]; [`TokenDtype::U16`] is accepted when the
     /// vocabulary has at most 65,536 ids.
+    #[config(default = "TokenDtype::U32")]
     pub dtype: TokenDtype,
     /// Largest number of rows in one `.tokens` file; `None` (default) writes one file per
     /// shard. A document cut at a file boundary continues in the next file.
     pub rows_per_file: Option<u64>,
     /// Documents tokenised together on the rayon pool (order is kept). Default 1024.
+    #[config(default = 1024)]
     pub chunk_documents: usize,
 }
 
 impl Default for PackConfig {
     fn default() -> Self {
-        Self {
-            seq_len: 4096,
-            add_bos: true,
-            eos: true,
-            dtype: TokenDtype::U32,
-            rows_per_file: None,
-            chunk_documents: 1024,
-        }
+        Self::new()
     }
 }
 
 impl PackConfig {
-    /// Builder: input tokens per row.
-    pub fn with_seq_len(mut self, seq_len: usize) -> Self {
-        self.seq_len = seq_len;
-        self
-    }
-
-    /// Builder: whether documents start with `<s>`.
-    pub fn with_add_bos(mut self, add_bos: bool) -> Self {
-        self.add_bos = add_bos;
-        self
-    }
-
-    /// Builder: whether an EOS separator follows every document.
-    pub fn with_eos(mut self, eos: bool) -> Self {
-        self.eos = eos;
-        self
-    }
-
-    /// Builder: the on-disk token type.
-    pub fn with_dtype(mut self, dtype: TokenDtype) -> Self {
-        self.dtype = dtype;
-        self
-    }
-
-    /// Builder: the largest number of rows per `.tokens` file.
-    pub fn with_rows_per_file(mut self, rows: Option<u64>) -> Self {
-        self.rows_per_file = rows;
-        self
-    }
-
-    /// Builder: documents tokenised per parallel chunk.
-    pub fn with_chunk_documents(mut self, documents: usize) -> Self {
-        self.chunk_documents = documents;
-        self
-    }
-
     /// Checks the settings against a vocabulary.
     pub fn validate(&self, vocab: &VocabInfo) -> Result<()> {
-        let bad = |m: String| Err(DataError::Config(m));
+        let bad = |m: String| Err(DataError::config(m));
         if self.seq_len == 0 {
             return bad("pack: seq_len must be positive".into());
         }

@@ -71,7 +71,7 @@ impl PackedRow {
         }
         tiled &= next == self.valid_len;
         if self.tokens.len() < 2 || self.valid_len > self.tokens.len() || !tiled {
-            return Err(DataError::Config(format!(
+            return Err(DataError::config(format!(
                 "packed row: {} tokens, valid_len {}, segments {:?} do not tile the valid tokens",
                 self.tokens.len(),
                 self.valid_len,
@@ -114,14 +114,14 @@ impl PackedRow {
         cross_document_attention: bool,
     ) -> Result<TokenBatch> {
         let Some(first) = rows.first() else {
-            return Err(DataError::Config("to_token_batch: no rows".into()));
+            return Err(DataError::config("to_token_batch: no rows"));
         };
         let l = first.seq_len();
         let mut out = TokenBatch::empty(l, !cross_document_attention);
         for row in rows {
             row.check()?;
             if row.seq_len() != l {
-                return Err(DataError::Config(format!(
+                return Err(DataError::config(format!(
                     "to_token_batch: rows of seq_len {l} and {}",
                     row.seq_len()
                 )));

@@ -143,7 +143,7 @@ impl TokenShards {
         }
         indexes.sort();
         if indexes.is_empty() {
-            return Err(DataError::Config(format!(
+            return Err(DataError::config(format!(
                 "no token shards (*.index.json) in {}",
                 dir.display()
             )));
@@ -167,7 +167,7 @@ impl TokenShards {
             if let Some(first) = this.shards.first() {
                 let key = |i: &ShardIndex| (i.seq_len, i.vocab_size, i.eos_id, i.pad_id);
                 if key(&index) != key(&first.index) {
-                    return Err(DataError::Config(format!(
+                    return Err(DataError::config(format!(
                         "{}: (seq_len, vocab_size, eos_id, pad_id) = {:?}, but {} has {:?}",
                         path.display(),
                         key(&index),
@@ -215,7 +215,7 @@ impl TokenShards {
             });
         }
         if this.shards.is_empty() {
-            return Err(DataError::Config("no token shard index files given".into()));
+            return Err(DataError::config("no token shard index files given"));
         }
         Ok(this)
     }
@@ -277,7 +277,7 @@ impl TokenShards {
         cross_document_attention: bool,
     ) -> Result<PackingConfig> {
         let eos_id = self.vocab().eos_id.ok_or_else(|| {
-            DataError::Config("the shards' tokenizer has no EOS id to separate documents".into())
+            DataError::config("the shards' tokenizer has no EOS id to separate documents")
         })?;
         Ok(PackingConfig {
             seq_len,

@@ -269,7 +269,7 @@ impl ShardWriter {
         }
         let vocab_size = self.vocab.vocab_size;
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab_size) {
-            return Err(DataError::Config(format!(
+            return Err(DataError::config(format!(
                 "shard {}: document {} has id {bad}, outside the vocabulary of {vocab_size}",
                 self.name, self.documents
             )));
@@ -357,7 +357,7 @@ impl ShardWriter {
             parts: std::mem::take(&mut self.parts),
         };
         let json = serde_json::to_string_pretty(&index)
-            .map_err(|e| DataError::Config(format!("shard index: {e}")))?;
+            .map_err(|e| DataError::config(format!("shard index: {e}")))?;
         write_atomic(&index_path(&self.dir, &self.name), json.as_bytes())?;
         let stats = PackStats::from_index(&index, false);
         log::info!(

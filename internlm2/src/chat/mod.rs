@@ -312,25 +312,26 @@ pub fn render_message(message: &Message) -> Result<String, ChatError> {
             format!("{} name={}", message.role.as_str(), tool.token())
         }
         (Role::User | Role::Assistant, Some(_)) => {
-            return Err(ChatError::InvalidMessage(format!(
-                "a {} turn cannot carry a tool name",
-                message.role.as_str()
-            )));
+            return Err(ChatError::InvalidMessage {
+                reason: format!("a {} turn cannot carry a tool name", message.role.as_str()),
+            });
         }
         (role, None) => role.as_str().to_string(),
     };
     if message.tool_call.is_none() && !message.more_tool_calls.is_empty() {
-        return Err(ChatError::InvalidMessage(
-            "more_tool_calls without a first tool_call".into(),
-        ));
+        return Err(ChatError::InvalidMessage {
+            reason: "more_tool_calls without a first tool_call".into(),
+        });
     }
     let mut call = String::new();
     for each in message.calls() {
         if message.role != Role::Assistant {
-            return Err(ChatError::InvalidMessage(format!(
-                "only assistant turns make tool calls, not {}",
-                message.role.as_str()
-            )));
+            return Err(ChatError::InvalidMessage {
+                reason: format!(
+                    "only assistant turns make tool calls, not {}",
+                    message.role.as_str()
+                ),
+            });
         }
         call.push_str(&render_call(each)?);
     }
@@ -362,7 +363,8 @@ pub fn encode(
     add_generation_prompt: bool,
 ) -> Result<Vec<u32>, ChatError> {
     if tokenizer.chat_tokens().is_none() {
-        return Err(crate::error::TokenizerError::MissingSpecialToken(IM_START.into()).into());
+        let token = IM_START.into();
+        return Err(crate::error::TokenizerError::MissingSpecialToken { token }.into());
     }
     Ok(tokenizer.encode(&render(messages, add_generation_prompt)?, true)?)
 }
@@ -429,7 +431,9 @@ fn parse_action(action: &str) -> Result<ToolCall, ChatError> {
     } else if let Some(body) = action.strip_prefix(INTERPRETER) {
         parse_interpreter(body.strip_prefix('\n').unwrap_or(body))
     } else {
-        Err(ChatError::UnknownAction(action.chars().take(40).collect()))
+        Err(ChatError::UnknownAction {
+            target: action.chars().take(40).collect(),
+        })
     }
 }
 
@@ -581,7 +585,7 @@ mod tests {
         ));
         assert!(matches!(
             parse_assistant("<|action_start|>search\n{}<|action_end|>"),
-            Err(ChatError::UnknownAction(_))
+            Err(ChatError::UnknownAction { .. })
         ));
     }
 
@@ -591,13 +595,13 @@ mod tests {
         m.name = Some(Tool::Plugin);
         assert!(matches!(
             render_message(&m),
-            Err(ChatError::InvalidMessage(_))
+            Err(ChatError::InvalidMessage { .. })
         ));
         let mut m = Message::user("hi");
         m.tool_call = Some(ToolCall::Interpreter { code: "1".into() });
         assert!(matches!(
             render_message(&m),
-            Err(ChatError::InvalidMessage(_))
+            Err(ChatError::InvalidMessage { .. })
         ));
     }
 

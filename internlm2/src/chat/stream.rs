@@ -87,13 +87,13 @@ impl ToolSet {
         match call {
             ToolCall::Plugin { name, .. } => match &self.functions {
                 Some(names) if !names.iter().any(|n| n == name) => {
-                    Err(ChatError::UndeclaredTool(name.clone()))
+                    Err(ChatError::UndeclaredTool { name: name.clone() })
                 }
                 _ => Ok(()),
             },
-            ToolCall::Interpreter { .. } if !self.interpreter => {
-                Err(ChatError::UndeclaredTool("<|interpreter|>".into()))
-            }
+            ToolCall::Interpreter { .. } if !self.interpreter => Err(ChatError::UndeclaredTool {
+                name: "<|interpreter|>".into(),
+            }),
             ToolCall::Interpreter { .. } => Ok(()),
         }
     }

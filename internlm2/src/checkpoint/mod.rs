@@ -24,6 +24,7 @@
 pub mod awq;
 pub mod gguf;
 mod gguf_model;
+pub mod peft;
 mod reader;
 mod writer;
 
@@ -224,13 +225,7 @@ impl<B: Kernels> InternLM2Model<B> {
                     )?,
                     eps,
                 ),
-                attention: Attention {
-                    wqkv,
-                    wo,
-                    num_heads: config.num_attention_heads,
-                    num_kv_heads: config.num_key_value_heads,
-                    head_dim: config.head_dim(),
-                },
+                attention: Attention::from_linears(config, wqkv, wo),
                 ffn_norm: RmsNorm::from_tensor(
                     reader.take_tensor(&format!("{p}.ffn_norm.weight"), [h], dtype, device)?,
                     eps,

@@ -12,6 +12,7 @@ use super::linear::Linear;
 use super::rope::RopeTables;
 use super::rows::RowGroups;
 use crate::cache::LayerKv;
+use crate::config::InternLM2Config;
 
 /// `attention` of one decoder layer: `wqkv`, RoPE, causal GQA, `wo`.
 #[derive(Module, Debug)]
@@ -29,25 +30,27 @@ pub struct Attention<B: Kernels> {
 }
 
 impl<B: Kernels> Attention<B> {
-    /// Random weights for `hidden` in, `num_heads` query and `num_kv_heads` KV heads.
-    #[allow(clippy::too_many_arguments)]
-    pub fn random(
-        hidden: usize,
-        num_heads: usize,
-        num_kv_heads: usize,
-        head_dim: usize,
-        bias: bool,
-        std: f64,
-        dtype: DType,
-        device: &B::Device,
-    ) -> Self {
-        let rows = (num_heads + 2 * num_kv_heads) * head_dim;
+    /// Random weights (normal, std [`INIT_STD`](super::INIT_STD)) in `dtype` for the shape
+    /// `config` gives: `hidden_size` in, `num_attention_heads` query and `num_key_value_heads`
+    /// KV heads of `head_dim()`, biases when `config.bias`.
+    pub fn init(config: &InternLM2Config, dtype: DType, device: &B::Device) -> Self {
+        let (hidden, bias, std) = (config.hidden_size, config.bias, super::INIT_STD);
+        let q_width = config.num_attention_heads * config.head_dim();
+        Self::from_linears(
+            config,
+            Linear::random(hidden, config.wqkv_rows(), bias, std, dtype, device),
+            Linear::random(q_width, hidden, bias, std, dtype, device),
+        )
+    }
+
+    /// The layer over given projections, its head counts from `config`.
+    pub fn from_linears(config: &InternLM2Config, wqkv: Linear<B>, wo: Linear<B>) -> Self {
         Self {
-            wqkv: Linear::random(hidden, rows, bias, std, dtype, device),
-            wo: Linear::random(num_heads * head_dim, hidden, bias, std, dtype, device),
-            num_heads,
-            num_kv_heads,
-            head_dim,
+            wqkv,
+            wo,
+            num_heads: config.num_attention_heads,
+            num_kv_heads: config.num_key_value_heads,
+            head_dim: config.head_dim(),
         }
     }
 

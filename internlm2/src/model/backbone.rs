@@ -9,10 +9,8 @@ use internlm2_backends::kernels::PagedLayout;
 use internlm2_backends::{AttentionMask, Kernels};
 
 use super::INIT_STD;
-use super::attention::Attention;
 use super::decoder::DecoderLayer;
 use super::embedding::Embedding;
-use super::feed_forward::FeedForward;
 use super::input::ForwardInput;
 use super::norm::RmsNorm;
 use super::rope::Rope;
@@ -38,27 +36,7 @@ impl<B: Kernels> InternLM2Model<B> {
     pub fn init_with_dtype(config: &InternLM2Config, dtype: DType, device: &B::Device) -> Self {
         let (h, v) = (config.hidden_size, config.vocab_size);
         let layers = (0..config.num_hidden_layers)
-            .map(|_| DecoderLayer {
-                attention_norm: RmsNorm::ones(h, config.rms_norm_eps, dtype, device),
-                attention: Attention::random(
-                    h,
-                    config.num_attention_heads,
-                    config.num_key_value_heads,
-                    config.head_dim(),
-                    config.bias,
-                    INIT_STD,
-                    dtype,
-                    device,
-                ),
-                ffn_norm: RmsNorm::ones(h, config.rms_norm_eps, dtype, device),
-                feed_forward: FeedForward::random(
-                    h,
-                    config.intermediate_size,
-                    INIT_STD,
-                    dtype,
-                    device,
-                ),
-            })
+            .map(|_| DecoderLayer::init(config, dtype, device))
             .collect();
         Self {
             tok_embeddings: Embedding::random(v, h, INIT_STD, dtype, device),

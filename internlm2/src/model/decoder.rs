@@ -2,7 +2,7 @@
 //! `h = h + wo(attn(attention_norm(h)))`, then `h = h + feed_forward(ffn_norm(h))`.
 
 use burn::module::Module;
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 use internlm2_backends::{AttentionMask, Kernels};
 
 use super::attention::Attention;
@@ -11,6 +11,7 @@ use super::norm::RmsNorm;
 use super::rope::RopeTables;
 use super::rows::RowGroups;
 use crate::cache::LayerKv;
+use crate::config::InternLM2Config;
 
 /// `model.layers.{i}`.
 #[derive(Module, Debug)]
@@ -26,6 +27,17 @@ pub struct DecoderLayer<B: Kernels> {
 }
 
 impl<B: Kernels> DecoderLayer<B> {
+    /// Random weights in `dtype` for the shape `config` gives (norms at one).
+    pub fn init(config: &InternLM2Config, dtype: DType, device: &B::Device) -> Self {
+        let norm = || RmsNorm::ones(config.hidden_size, config.rms_norm_eps, dtype, device);
+        Self {
+            attention_norm: norm(),
+            attention: Attention::init(config, dtype, device),
+            ffn_norm: norm(),
+            feed_forward: FeedForward::init(config, dtype, device),
+        }
+    }
+
     /// # Shapes
     /// `h`: `[batch, seq, hidden]` -> `[batch, seq, hidden]`
     pub fn forward(

@@ -6,6 +6,7 @@ use internlm2_backends::Kernels;
 
 use super::linear::Linear;
 use super::rows::RowGroups;
+use crate::config::InternLM2Config;
 
 /// `feed_forward` of one decoder layer.
 #[derive(Module, Debug)]
@@ -19,18 +20,18 @@ pub struct FeedForward<B: Kernels> {
 }
 
 impl<B: Kernels> FeedForward<B> {
-    /// Random weights.
-    pub fn random(
-        hidden: usize,
-        intermediate: usize,
-        std: f64,
-        dtype: DType,
-        device: &B::Device,
-    ) -> Self {
+    /// Random weights (normal, std [`INIT_STD`](super::INIT_STD)) in `dtype`:
+    /// `hidden_size` -> `intermediate_size` -> `hidden_size`, no biases.
+    pub fn init(config: &InternLM2Config, dtype: DType, device: &B::Device) -> Self {
+        let (h, i, std) = (
+            config.hidden_size,
+            config.intermediate_size,
+            super::INIT_STD,
+        );
         Self {
-            w1: Linear::random(hidden, intermediate, false, std, dtype, device),
-            w2: Linear::random(intermediate, hidden, false, std, dtype, device),
-            w3: Linear::random(hidden, intermediate, false, std, dtype, device),
+            w1: Linear::random(h, i, false, std, dtype, device),
+            w2: Linear::random(i, h, false, std, dtype, device),
+            w3: Linear::random(h, i, false, std, dtype, device),
         }
     }
 

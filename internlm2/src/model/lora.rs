@@ -1,7 +1,8 @@
 //! LoRA fine-tuning (burn 0.21 has no LoRA module, so the SDK has its own): low-rank adapters
-//! on chosen linear layers, the base weights frozen, adapters saved on their own in PEFT's
-//! layout (`adapter_model.safetensors` + `adapter_config.json`) and mergeable into the base
-//! weights for a plain HuggingFace checkpoint.
+//! on chosen linear layers, the base weights frozen, mergeable into the base weights for a
+//! plain HuggingFace checkpoint. Saving and loading the adapters alone in PEFT's layout
+//! (`adapter_model.safetensors` + `adapter_config.json`) is checkpoint I/O:
+//! [`crate::checkpoint::peft`].
 //!
 //! ```
 //! use internlm2::model::lora::{LoraConfig, LoraTarget};
@@ -16,8 +17,6 @@
 //! assert!(merged.model.layers[0].attention.wqkv.lora.is_none());
 //! ```
 
-use std::path::Path;
-
 use burn::module::{Module, Param};
 use burn::tensor::{DType, Distribution, Tensor, TensorData};
 use internlm2_backends::Kernels;
@@ -25,8 +24,6 @@ use serde::{Deserialize, Serialize};
 
 use super::InternLM2;
 use super::linear::{Linear, LoraAdapter};
-use crate::checkpoint::{SaveDtype, SaveOptions, WeightReader, write_checkpoint};
-use crate::error::CheckpointError;
 
 /// The linear layers an adapter can attach to (PEFT `target_modules` names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -45,7 +42,8 @@ pub enum LoraTarget {
 }
 
 impl LoraTarget {
-    fn module(self) -> &'static str {
+    /// The module's path inside a decoder layer (`attention.wqkv`, ...).
+    pub(crate) fn module(self) -> &'static str {
         match self {
             LoraTarget::Wqkv => "attention.wqkv",
             LoraTarget::Wo => "attention.wo",
@@ -67,7 +65,7 @@ pub struct LoraConfig {
     pub targets: Vec<LoraTarget>,
 }
 
-fn layer<B: Kernels>(model: &InternLM2<B>, i: usize, target: LoraTarget) -> &Linear<B> {
+pub(crate) fn layer<B: Kernels>(model: &InternLM2<B>, i: usize, target: LoraTarget) -> &Linear<B> {
     let l = &model.model.layers[i];
     match target {
         LoraTarget::Wqkv => &l.attention.wqkv,
@@ -78,7 +76,11 @@ fn layer<B: Kernels>(model: &InternLM2<B>, i: usize, target: LoraTarget) -> &Lin
     }
 }
 
-fn layer_mut<B: Kernels>(model: &mut InternLM2<B>, i: usize, target: LoraTarget) -> &mut Linear<B> {
+pub(crate) fn layer_mut<B: Kernels>(
+    model: &mut InternLM2<B>,
+    i: usize,
+    target: LoraTarget,
+) -> &mut Linear<B> {
     let l = &mut model.model.layers[i];
     match target {
         LoraTarget::Wqkv => &mut l.attention.wqkv,
@@ -154,91 +156,6 @@ impl LoraConfig {
         out
     }
 
-    /// Writes the adapters alone: `adapter_model.safetensors` and a PEFT `adapter_config.json`.
-    pub fn save_adapters<B: Kernels>(
-        &self,
-        model: &InternLM2<B>,
-        dir: &Path,
-        dtype: SaveDtype,
-    ) -> Result<(), CheckpointError> {
-        let targets: Vec<&str> = self
-            .targets
-            .iter()
-            .map(|t| t.module().rsplit('.').next().unwrap_or(""))
-            .collect();
-        let config = serde_json::json!({
-            "peft_type": "LORA",
-            "r": self.rank,
-            "lora_alpha": self.alpha,
-            "target_modules": targets,
-            "task_type": "CAUSAL_LM",
-        });
-        let options = SaveOptions::default().with_dtype(dtype);
-        write_checkpoint(
-            dir,
-            &serde_json::to_string_pretty(&config).expect("JSON"),
-            self.adapters(model),
-            &options,
-        )?;
-        // write_checkpoint names its files like a model; rename them to PEFT's names.
-        let rename = |from: &str, to: &str| {
-            std::fs::rename(dir.join(from), dir.join(to)).map_err(|source| CheckpointError::Io {
-                path: dir.join(to),
-                source,
-            })
-        };
-        rename("config.json", "adapter_config.json")?;
-        rename("model.safetensors", "adapter_model.safetensors")
-    }
-
-    /// Attaches the adapters saved in `dir` (by [`LoraConfig::save_adapters`]) to `model`.
-    pub fn load_adapters<B: Kernels>(
-        &self,
-        model: InternLM2<B>,
-        dir: &Path,
-        device: &B::Device,
-    ) -> Result<InternLM2<B>, CheckpointError> {
-        let staging = tempdir_for(dir)?;
-        std::fs::copy(
-            dir.join("adapter_model.safetensors"),
-            staging.join("model.safetensors"),
-        )
-        .map_err(|source| CheckpointError::Io {
-            path: dir.join("adapter_model.safetensors"),
-            source,
-        })?;
-        let mut reader = WeightReader::open(&staging)?;
-        let mut model = model.no_grad();
-        let dtype = model.dtype();
-        let scale = self.alpha / self.rank as f64;
-        for i in 0..model.model.layers.len() {
-            for &target in &self.targets {
-                let [out, input] = layer(&model, i, target).dims();
-                let prefix = format!("base_model.model.model.layers.{i}.{}", target.module());
-                let a = reader.take_tensor(
-                    &format!("{prefix}.lora_A.weight"),
-                    [self.rank, input],
-                    dtype,
-                    device,
-                )?;
-                let b = reader.take_tensor(
-                    &format!("{prefix}.lora_B.weight"),
-                    [out, self.rank],
-                    dtype,
-                    device,
-                )?;
-                layer_mut(&mut model, i, target).lora = Some(LoraAdapter {
-                    a: Param::from_tensor(a),
-                    b: Param::from_tensor(b),
-                    scale,
-                });
-            }
-        }
-        let _ = std::fs::remove_dir_all(&staging);
-        crate::checkpoint::reject_leftovers(&reader)?;
-        Ok(model)
-    }
-
     /// Folds every adapter into its base weight (`W + scale * B @ A`) and removes it.
     pub fn merge<B: Kernels>(&self, mut model: InternLM2<B>) -> InternLM2<B> {
         for i in 0..model.model.layers.len() {
@@ -264,13 +181,4 @@ impl LoraConfig {
             .sum();
         (adapters, model.config().num_parameters())
     }
-}
-
-fn tempdir_for(dir: &Path) -> Result<std::path::PathBuf, CheckpointError> {
-    let staging = dir.join(".load-staging");
-    std::fs::create_dir_all(&staging).map_err(|source| CheckpointError::Io {
-        path: staging.clone(),
-        source,
-    })?;
-    Ok(staging)
 }

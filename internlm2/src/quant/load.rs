@@ -135,13 +135,7 @@ pub(crate) fn assemble<B: Kernels>(
         let w2 = source.linear(&format!("{p}.feed_forward.w2"), [h, i], false, Part::Body)?;
         layers.push(DecoderLayer {
             attention_norm,
-            attention: Attention {
-                wqkv,
-                wo,
-                num_heads: config.num_attention_heads,
-                num_kv_heads: config.num_key_value_heads,
-                head_dim: config.head_dim(),
-            },
+            attention: Attention::from_linears(config, wqkv, wo),
             ffn_norm,
             feed_forward: FeedForward { w1, w2, w3 },
         });

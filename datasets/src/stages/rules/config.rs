@@ -246,7 +246,7 @@ impl RulesConfig {
             if let Some(v) = value
                 && !(0.0..=1.0).contains(&v)
             {
-                return Err(DataError::Config(format!(
+                return Err(DataError::config(format!(
                     "rules: {name} = {v} is not a fraction in [0, 1]"
                 )));
             }
@@ -257,15 +257,15 @@ impl RulesConfig {
         ] {
             for &(n, max) in list {
                 if n == 0 || !(0.0..=1.0).contains(&max) {
-                    return Err(DataError::Config(format!(
+                    return Err(DataError::config(format!(
                         "rules: {name} entry ({n}, {max}) needs n >= 1 and a fraction in [0, 1]"
                     )));
                 }
             }
         }
         if self.separator_min_run == 0 {
-            return Err(DataError::Config(
-                "rules: separator_min_run must be at least 1".into(),
+            return Err(DataError::config(
+                "rules: separator_min_run must be at least 1",
             ));
         }
         for (name, value) in [
@@ -275,7 +275,7 @@ impl RulesConfig {
             ("max_symbol_word_ratio", self.max_symbol_word_ratio),
         ] {
             if value.is_some_and(|v| !v.is_finite() || v < 0.0) {
-                return Err(DataError::Config(format!(
+                return Err(DataError::config(format!(
                     "rules: {name} must be a non-negative number"
                 )));
             }

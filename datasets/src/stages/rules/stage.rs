@@ -11,6 +11,17 @@ use super::{POLICY_PHRASES, RulesConfig};
 use crate::stages::text::words;
 use crate::{Document, Result, Stage, Verdict};
 
+/// The rules stage.
+///
+/// ```
+/// use internlm2_datasets::stages::rules::{RulesConfig, RulesStage};
+/// use internlm2_datasets::{Document, Stage};
+/// let stage = RulesStage::new(RulesConfig::disabled().with_drop_lorem_ipsum(true)).unwrap();
+/// let verdict = stage.apply(Document::new("Lorem ipsum dolor sit amet."));
+/// assert_eq!(verdict.reason(), Some("c4_lorem_ipsum"));
+/// assert!(stage.apply(Document::new("A clean sentence.")).is_keep());
+/// ```
+#[derive(Debug, Clone)]
 pub struct RulesStage {
     config: RulesConfig,
     stop_words: HashSet<String>,
