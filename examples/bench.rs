@@ -16,6 +16,11 @@
 //! table and the LM head stay at Q8_0 unless `--head-format` / `--embedding-format` say
 //! otherwise); activations stay f32.
 //!
+//! `--model PATH` times a real checkpoint instead of random weights: a HuggingFace directory
+//! (packed on load as `--quant` says), one of our quantized checkpoints, an AWQ directory or a
+//! `.gguf` file (used as stored: the same bytes llama.cpp reads, for side-by-side runs); the
+//! shape comes from the checkpoint and `--config` is not needed.
+//!
 //! `--limits` also measures the device's read bandwidth and matmul throughput in the compute
 //! dtype (the better of burn's matmul and the kernel layer's `dense` on square matrices) and prints each figure next to its physical limit: decode reads every weight once
 //! per step (`batch x bandwidth / weight bytes`, the bytes the weights take in their stored
@@ -41,15 +46,19 @@ use internlm2::backends::Kernels;
 use internlm2::backends::device::{BackendTask, DTypeChoice, DeviceSpec};
 use internlm2::backends::limits::{best_of_5, measure_matmul_flops_in};
 use internlm2::backends::program::exit_code;
-use internlm2::quant::{QuantConfig, WeightFormat};
+use internlm2::quant::{LoadOptions, QuantConfig, WeightFormat};
 use internlm2::{ForwardInput, InternLM2, InternLM2Config, KvCache};
 
 #[derive(Parser)]
 #[command(about = "Prefill/decode throughput of InternLM2 with random weights")]
 struct Args {
-    /// HuggingFace config.json of the model shape.
-    #[arg(long)]
-    config: PathBuf,
+    /// HuggingFace config.json of the model shape (random weights).
+    #[arg(long, required_unless_present = "model")]
+    config: Option<PathBuf>,
+    /// A checkpoint to time instead of random weights: HuggingFace directory, quantized or AWQ
+    /// checkpoint, or `.gguf` file.
+    #[arg(long, conflicts_with = "config")]
+    model: Option<PathBuf>,
     /// Prompt tokens per row.
     #[arg(long, default_value_t = 512)]
     prompt_len: usize,
@@ -110,6 +119,8 @@ struct Measured {
     decode_s: f64,
     /// Bytes of weights a decoding step reads (the stored format's).
     weight_bytes: usize,
+    /// The packed layers' formats with their counts (`q4_k x30, q6_k x11`), or `dense`.
+    formats: String,
     /// Read bandwidth in bytes/s and matmul throughput in FLOP/s, with `--limits`.
     limits: Option<(f64, f64)>,
 }
@@ -117,6 +128,8 @@ struct Measured {
 /// Prefill and decode on one backend.
 struct Measure {
     config: InternLM2Config,
+    /// Load this checkpoint instead of initialising random weights.
+    model: Option<PathBuf>,
     dtype: DType,
     quant: QuantConfig,
     ids: Vec<i64>,
@@ -155,18 +168,34 @@ fn device_limits<B: Kernels>(device: &B::Device, dtype: DType, cpu: bool) -> (f6
 }
 
 impl BackendTask for Measure {
-    type Output = Measured;
+    type Output = Result<Measured, String>;
 
-    fn run<B: Kernels>(self, device: B::Device) -> Measured {
+    fn run<B: Kernels>(self, device: B::Device) -> Result<Measured, String> {
         let cpu = self.host;
         let limits = self
             .limits
             .then(|| device_limits::<B>(&device, self.dtype, cpu));
         let (b, p, n) = (self.batch, self.prompt_len, self.new_tokens);
-        let model = InternLM2::<B>::init_with_dtype(&self.config, self.dtype, &device)
-            .quantize(&self.quant)
-            .expect("random weights quantize");
+        let model = match &self.model {
+            Some(path) => {
+                let options = LoadOptions::new(self.dtype).with_quant(self.quant);
+                InternLM2::<B>::load_with(path, &options, &device).map_err(|e| e.to_string())?
+            }
+            None => InternLM2::<B>::init_with_dtype(&self.config, self.dtype, &device)
+                .quantize(&self.quant)
+                .map_err(|e| e.to_string())?,
+        };
         let weight_bytes = model.weight_bytes_per_token();
+        let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+        for (_, format) in model.packed_layers() {
+            *counts.entry(format.name()).or_default() += 1;
+        }
+        let formats = if counts.is_empty() {
+            "dense".to_string()
+        } else {
+            let parts: Vec<String> = counts.iter().map(|(f, n)| format!("{f} x{n}")).collect();
+            parts.join(", ")
+        };
         // Warm-up: a short forward pass (allocator, thread pool, kernel compilation).
         let warm = Tensor::<B, 2, Int>::from_data(
             TensorData::new(self.ids[..8.min(p)].to_vec(), [1, 8.min(p)]),
@@ -196,17 +225,40 @@ impl BackendTask for Measure {
             next = logits.argmax(2).reshape([b, 1]);
             let _ = next.to_data();
         }
-        Measured {
+        Ok(Measured {
             prefill_s,
             decode_s: t.elapsed().as_secs_f64(),
             weight_bytes,
+            formats,
             limits,
+        })
+    }
+}
+
+/// The model shape: from `--config`, or from the checkpoint `--model` names.
+fn model_config(args: &Args) -> Result<(InternLM2Config, String), Box<dyn std::error::Error>> {
+    match (&args.model, &args.config) {
+        (Some(path), _) if path.is_file() => {
+            let file = internlm2::checkpoint::gguf::GgufFile::open(path)?;
+            Ok((
+                internlm2::checkpoint::gguf::gguf_config(&file)?,
+                path.display().to_string(),
+            ))
         }
+        (Some(dir), _) => Ok((
+            InternLM2Config::from_hf_file(dir.join("config.json"))?,
+            dir.display().to_string(),
+        )),
+        (None, Some(config)) => Ok((
+            InternLM2Config::from_hf_file(config)?,
+            config.display().to_string(),
+        )),
+        (None, None) => Err("give --config (random weights) or --model".into()),
     }
 }
 
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let config = InternLM2Config::from_hf_file(&args.config)?;
+    let (config, shape_name) = model_config(&args)?;
     let dtype = args.dtype.resolve(&args.device);
     if let Some(tokens) = args.long_context_one {
         let one = long_context::One {
@@ -219,15 +271,18 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     if let Some(lengths) = &args.long_context {
+        let Some(config_path) = &args.config else {
+            return Err("--long-context needs --config".into());
+        };
         let forward = [
             "--config".to_string(),
-            args.config.display().to_string(),
+            config_path.display().to_string(),
             "--device".into(),
             args.device.to_string(),
             "--dtype".into(),
             format!("{dtype:?}").to_lowercase(),
         ];
-        let name = args.config.display().to_string();
+        let name = config_path.display().to_string();
         return long_context::run_all(
             &config,
             &name,
@@ -265,6 +320,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     let measured = args.device.run(Measure {
         config: config.clone(),
+        model: args.model.clone(),
         dtype,
         quant,
         ids,
@@ -273,7 +329,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         new_tokens: n,
         limits: args.limits,
         host: args.device.is_host(),
-    })?;
+    })??;
 
     let prefill = (b * p) as f64 / measured.prefill_s;
     let decode = (b * n) as f64 / measured.decode_s;
@@ -309,6 +365,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 "device": device_name,
                 "dtype": dtype_name,
                 "weights": quant.to_string(),
+                "packed_layers": measured.formats,
+                "model": args.model.as_ref().map(|p| p.display().to_string()),
                 "weight_bytes_per_token": measured.weight_bytes,
                 "batch": b,
                 "prompt_len": p,
@@ -327,11 +385,11 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         println!("|---|---|---|---|---|---|---|---|---|---|---|");
         println!(
             "| {} | {:.1}M | {} | {} | {} ({:.0} MB/token) | {} | {} | {} | {:.1} | {:.1} | {} |",
-            args.config.display(),
+            shape_name,
             config.num_parameters() as f64 / 1e6,
             device_name,
             dtype_name,
-            quant,
+            measured.formats,
             measured.weight_bytes as f64 / 1e6,
             b,
             p,
