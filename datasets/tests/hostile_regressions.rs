@@ -91,3 +91,77 @@ fn an_overlong_jsonl_line_is_a_bad_record_and_skipped() {
     let docs: Vec<_> = read_documents(&path).unwrap().collect();
     assert!(docs.iter().all(Result::is_ok));
 }
+
+/// Writes a few documents in the format `name` implies and returns the file's bytes.
+fn document_file(dir: &Path, name: &str) -> Vec<u8> {
+    let path = dir.join(name);
+    let mut writer = internlm2_datasets::io::DocumentWriter::create(&path).unwrap();
+    for i in 0..12 {
+        let doc = internlm2_datasets::Document::new(format!("document {i}, {}", "x".repeat(i * 7)))
+            .with_id(format!("d{i}"));
+        writer.write(&doc).unwrap();
+    }
+    writer.finish().unwrap();
+    std::fs::read(&path).unwrap()
+}
+
+/// Reads at most `cap` items of `path`: (items, errors).
+fn drain(path: &Path, cap: usize) -> (usize, usize) {
+    let reader = read_documents(path).unwrap();
+    let items: Vec<_> = reader.take(cap).collect();
+    (items.len(), items.iter().filter(|r| r.is_err()).count())
+}
+
+/// A corrupt gzip stream (byte 10, the first deflate byte, set to 0: a stored block whose
+/// lengths disagree) made the JSONL reader return the same I/O error on every call, as
+/// "not valid UTF-8" records: a caller that skips bad records looped forever. The error now
+/// ends the stream.
+#[test]
+fn a_corrupt_gzip_stream_ends_the_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = document_file(dir.path(), "seed.jsonl.gz");
+    bytes[10] = 0;
+    let path = dir.path().join("corrupt.jsonl.gz");
+    std::fs::write(&path, bytes).unwrap();
+    let (items, errors) = drain(&path, 1000);
+    assert!(items < 1000, "the reader did not end");
+    assert_eq!(errors, 1);
+    let mut reader = read_documents(&path).unwrap();
+    assert!(matches!(reader.next(), Some(Err(DataError::Io { .. }))));
+    assert!(reader.next().is_none());
+}
+
+/// Corrupt Parquet files: a column chunk with a negative offset made arrow-rs panic
+/// ("column start and length should not be negative"), a corrupt page made it panic while
+/// decoding ("offset + len out of bounds"), and a corrupt page's error repeated forever. Every
+/// byte of a small file set to 0 in turn: arrow-rs alone panics on some of these files (shown
+/// here), our reader returns typed errors on all of them and its stream ends.
+#[test]
+fn corrupt_parquet_files_are_typed_errors_and_end_the_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = document_file(dir.path(), "seed.parquet");
+    let path = dir.path().join("corrupt.parquet");
+    let mut arrow_panics = 0;
+    for at in 0..seed.len() {
+        let mut bytes = seed.clone();
+        bytes[at] = 0;
+        std::fs::write(&path, &bytes).unwrap();
+        let raw = std::panic::catch_unwind(|| {
+            let file = std::fs::File::open(&path).unwrap();
+            let Ok(builder) =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            else {
+                return;
+            };
+            if let Ok(reader) = builder.build() {
+                reader.take(1000).for_each(drop);
+            }
+        });
+        arrow_panics += usize::from(raw.is_err());
+        if read_documents(&path).is_ok() {
+            let (items, _) = drain(&path, 1000);
+            assert!(items < 1000, "byte {at} = 0: the reader did not end");
+        }
+    }
+    assert!(arrow_panics > 0, "no input made arrow-rs panic");
+}

@@ -17,8 +17,11 @@ pub struct JsonlReader {
     path: PathBuf,
     lines: BufReader<Box<dyn Read + Send>>,
     line_no: u64,
-    buf: String,
+    buf: Vec<u8>,
     max_line: usize,
+    /// An I/O or decompression error ended the stream: a corrupt gzip or zstd stream
+    /// repeats its error on every read, so nothing follows it.
+    failed: bool,
 }
 
 impl JsonlReader {
@@ -34,8 +37,9 @@ impl JsonlReader {
             path: path.to_path_buf(),
             lines: BufReader::with_capacity(1 << 20, inner),
             line_no: 0,
-            buf: String::new(),
+            buf: Vec::new(),
             max_line: MAX_LINE_BYTES,
+            failed: false,
         })
     }
 
@@ -50,20 +54,25 @@ impl Iterator for JsonlReader {
     type Item = Result<Document>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
         loop {
             self.buf.clear();
             self.line_no += 1;
             let limit = self.max_line.saturating_add(1) as u64;
-            match (&mut self.lines).take(limit).read_line(&mut self.buf) {
+            // Bytes, not `read_line`: a decoder's `InvalidData` error must not pass for a
+            // line that is not UTF-8 (and be retried forever).
+            let read = (&mut self.lines)
+                .take(limit)
+                .read_until(b'\n', &mut self.buf);
+            match read {
                 Ok(0) => return None,
-                Ok(n) if n as u64 == limit && !self.buf.ends_with('\n') => {
-                    self.buf = String::new();
+                Ok(n) if n as u64 == limit && self.buf.last() != Some(&b'\n') => {
+                    self.buf = Vec::new();
                     // Drop the rest of the line without holding it.
                     if let Err(source) = self.lines.skip_until(b'\n') {
-                        return Some(Err(DataError::Io {
-                            path: self.path.clone(),
-                            source,
-                        }));
+                        return Some(Err(self.io_error(source)));
                     }
                     return Some(Err(DataError::BadRecord {
                         path: self.path.clone(),
@@ -72,21 +81,16 @@ impl Iterator for JsonlReader {
                     }));
                 }
                 Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                    return Some(Err(DataError::BadRecord {
-                        path: self.path.clone(),
-                        line: self.line_no,
-                        message: "not valid UTF-8".into(),
-                    }));
-                }
-                Err(source) => {
-                    return Some(Err(DataError::Io {
-                        path: self.path.clone(),
-                        source,
-                    }));
-                }
+                Err(source) => return Some(Err(self.io_error(source))),
             }
-            let line = self.buf.trim();
+            let Ok(line) = std::str::from_utf8(&self.buf) else {
+                return Some(Err(DataError::BadRecord {
+                    path: self.path.clone(),
+                    line: self.line_no,
+                    message: "not valid UTF-8".into(),
+                }));
+            };
+            let line = line.trim();
             if line.is_empty() {
                 continue;
             }
@@ -97,6 +101,17 @@ impl Iterator for JsonlReader {
                     message: e.to_string(),
                 }),
             );
+        }
+    }
+}
+
+impl JsonlReader {
+    /// The error that ends the stream.
+    fn io_error(&mut self, source: std::io::Error) -> DataError {
+        self.failed = true;
+        DataError::Io {
+            path: self.path.clone(),
+            source,
         }
     }
 }

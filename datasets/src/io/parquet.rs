@@ -40,14 +40,18 @@ pub struct ParquetReader {
     path: PathBuf,
     batches: ParquetRecordBatchReader,
     pending: VecDeque<Document>,
+    /// A corrupt page ended the stream (the arrow reader repeats its error).
+    failed: bool,
 }
 
 impl ParquetReader {
     /// Open `path`; fails when it is not Parquet or has no `text` column.
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).at(path)?;
+        let file_len = file.metadata().at(path)?.len();
         let builder =
             ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| pq_err(path, e))?;
+        check_column_chunks(builder.metadata(), file_len).map_err(|e| pq_err(path, e))?;
         if builder.schema().field_with_name("text").is_err() {
             return Err(pq_err(path, "no `text` column"));
         }
@@ -59,6 +63,7 @@ impl ParquetReader {
             path: path.to_path_buf(),
             batches,
             pending: VecDeque::new(),
+            failed: false,
         })
     }
 
@@ -124,6 +129,34 @@ impl ParquetReader {
         }
         Ok(docs)
     }
+}
+
+/// Checks what arrow-rs asserts instead of checking (a panic): every column chunk's start
+/// and length are non-negative and lie inside the file.
+fn check_column_chunks(
+    metadata: &parquet::file::metadata::ParquetMetaData,
+    file_len: u64,
+) -> std::result::Result<(), String> {
+    for (r, group) in metadata.row_groups().iter().enumerate() {
+        for (c, column) in group.columns().iter().enumerate() {
+            let start = column
+                .dictionary_page_offset()
+                .unwrap_or(column.data_page_offset());
+            let len = column.compressed_size();
+            let inside = u64::try_from(start)
+                .ok()
+                .zip(u64::try_from(len).ok())
+                .and_then(|(s, l)| s.checked_add(l))
+                .is_some_and(|end| end <= file_len);
+            if !inside {
+                return Err(format!(
+                    "row group {r}, column {c}: chunk at {start} of {len} bytes lies outside the \
+                     {file_len}-byte file"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn strings(column: &ArrayRef) -> Option<Vec<Option<String>>> {
@@ -192,12 +225,30 @@ impl Iterator for ParquetReader {
 
     fn next(&mut self) -> Option<Self::Item> {
         while self.pending.is_empty() {
-            match self.batches.next()? {
+            if self.failed {
+                return None;
+            }
+            // arrow-rs trusts some lengths inside pages (a corrupt definition-level run
+            // indexes out of bounds): as a last resort, a panic there ends the stream with a
+            // typed error. The reader is dropped from use right after.
+            let next =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.batches.next()));
+            let Ok(next) = next else {
+                self.failed = true;
+                return Some(Err(pq_err(
+                    &self.path,
+                    "corrupt page (the Parquet decoder panicked)",
+                )));
+            };
+            match next? {
                 Ok(batch) => match self.decode(&batch) {
                     Ok(docs) => self.pending.extend(docs),
                     Err(e) => return Some(Err(e)),
                 },
-                Err(e) => return Some(Err(pq_err(&self.path, e))),
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(pq_err(&self.path, e)));
+                }
             }
         }
         self.pending.pop_front().map(Ok)

@@ -11,6 +11,7 @@
 //! # Ok::<(), internlm2::TokenizerError>(())
 //! ```
 
+mod charsmap;
 mod sentencepiece;
 mod stream;
 mod train;
@@ -140,7 +141,17 @@ impl Tokenizer {
 
     /// Builds the tokenizer from the bytes of a HuggingFace `tokenizer.json`.
     pub fn from_json_bytes(bytes: &[u8], origin: &str) -> Result<Self, TokenizerError> {
-        let inner = tokenizers::Tokenizer::from_bytes(bytes)
+        let invalid = |reason: String| TokenizerError::InvalidModel {
+            origin: origin.to_string(),
+            reason,
+        };
+        // What the `tokenizers` library would panic on is refused first.
+        let value: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|e| invalid(format!("not a tokenizer.json: {e}")))?;
+        charsmap::check_json(&value).map_err(invalid)?;
+        // Its deserialiser still `expect`s in places; a panic there is a refusal, not a crash.
+        let inner = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(bytes))
+            .map_err(|_| invalid("the tokenizers library cannot read it".into()))?
             .map_err(|e| TokenizerError::Backend(format!("{origin}: {e}")))?;
         let find = |text: &str| inner.token_to_id(text);
         Ok(Self {

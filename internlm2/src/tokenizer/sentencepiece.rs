@@ -138,65 +138,6 @@ const CHAT_RENAMES: [(&str, &str); 6] = [
     ("[UNUSED_TOKEN_146]", "<|im_start|>"),
 ];
 
-/// Checks a SentencePiece `precompiled_charsmap` (a double-array trie over UTF-8 bytes, then
-/// NUL-terminated replacement strings) so that the normaliser built from it never indexes out
-/// of bounds: every node reachable from the root must have all 256 child slots inside the
-/// array, and every leaf value must point at a character boundary of the replacement text.
-/// The unit layout is Darts-clone's (label in bits 0-7 and 31, leaf flag in bit 8, offset in
-/// bits 10-31 shifted by 8 when bit 9 is set, value in bits 0-30), as `spm_precompiled` reads
-/// it.
-fn check_charsmap(map: &[u8]) -> Result<(), String> {
-    let Some(head) = map.get(..4) else {
-        return Err("shorter than its 4-byte trie length".into());
-    };
-    let trie_bytes = u32::from_le_bytes(head.try_into().expect("4 bytes")) as usize;
-    let Some(trie) = map.get(4..4 + trie_bytes) else {
-        return Err(format!("trie of {trie_bytes} bytes in {} bytes", map.len()));
-    };
-    let normalized = std::str::from_utf8(&map[4 + trie_bytes..])
-        .map_err(|_| "replacement text is not UTF-8".to_string())?;
-    let units: Vec<usize> = trie
-        .chunks_exact(4)
-        .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")) as usize)
-        .collect();
-    let offset = |u: usize| (u >> 10) << ((u & (1 << 9)) >> 6);
-    let label = |u: usize| u & ((1 << 31) | 0xFF);
-    let has_leaf = |u: usize| (u >> 8) & 1 == 1;
-    let value = |u: usize| u & ((1 << 31) - 1);
-    let Some(&root) = units.first() else {
-        return Err("empty trie".into());
-    };
-    let mut seen = vec![false; units.len()];
-    let mut stack = vec![offset(root)];
-    while let Some(node) = stack.pop() {
-        // Every byte of the input is looked up at `node ^ byte`.
-        if (node | 0xFF) >= units.len() {
-            return Err(format!("node {node} has children outside the trie"));
-        }
-        if std::mem::replace(&mut seen[node], true) {
-            continue;
-        }
-        for byte in 1..=0xFFusize {
-            let unit = units[node ^ byte];
-            if label(unit) != byte {
-                continue;
-            }
-            let next = node ^ byte ^ offset(unit);
-            if has_leaf(unit) {
-                let at = units
-                    .get(next)
-                    .map(|&u| value(u))
-                    .ok_or_else(|| format!("leaf {next} outside the trie"))?;
-                if !normalized.is_char_boundary(at) {
-                    return Err(format!("replacement at byte {at} is not in the text"));
-                }
-            }
-            stack.push(next);
-        }
-    }
-    Ok(())
-}
-
 fn byte_of_piece(text: &str) -> Option<u8> {
     let hex = text.strip_prefix("<0x")?.strip_suffix('>')?;
     if hex.len() != 2 {
@@ -235,7 +176,8 @@ impl SentencePieceModel {
             .and_then(|n| n.precompiled_charsmap.as_deref())
             .filter(|m| !m.is_empty())
         {
-            check_charsmap(map).map_err(|e| invalid(format!("precompiled_charsmap: {e}")))?;
+            super::charsmap::check(map)
+                .map_err(|e| invalid(format!("precompiled_charsmap: {e}")))?;
         }
         let trainer = proto.trainer_spec.clone().unwrap_or_default();
         let model_type = trainer.model_type.unwrap_or(1);

@@ -19,6 +19,9 @@ pub fn cases(default: u32) -> ProptestConfig {
         cases,
         // Shrinking re-runs the (time-bounded) case; a few hundred steps are plenty.
         max_shrink_iters: 512,
+        // A failing case that hangs would make shrinking take hours; stop after two minutes
+        // and report the smallest case found so far.
+        max_shrink_time: 120_000,
         ..ProptestConfig::default()
     }
 }
