@@ -1,6 +1,7 @@
-//! Pre-trains (or continues training) an InternLM2: the recipe is a `PretrainConfig` (model,
-//! optimizer, phases, packing, checkpointing), built from these flags or read with `--recipe`,
-//! and saved as `pretrain.json` beside the checkpoints.
+//! Pre-trains (or continues training) an InternLM2. The run is a recipe, `PretrainConfig`
+//! (model, optimizer, phases, packing, checkpoints), read with `--recipe` or made from the flags
+//! below as one phase, and saved as `pretrain.json` beside the checkpoints: edit that file for
+//! several phases, micro-batches, RoPE bases or the optimizer, and pass it back with `--recipe`.
 //!
 //! ```text
 //! cargo run --release --example pretrain -- --data corpus.jsonl --train-tokenizer 8000 \
@@ -10,25 +11,21 @@
 //!     --tokenizer runs/a/model --devices cpu,cpu
 //! ```
 //!
-//! `--data`: token shards of the data pipeline (a directory), or JSONL/Parquet/plain text
-//! tokenised with `--tokenizer` or a BPE trained on it (`--train-tokenizer VOCAB`). Several
-//! nodes: `--nodes N --node-rank R --orchestrator ws://HOST:PORT --node-address ws://THIS:PORT`
-//! on every node, one of them with `--host-orchestrator` (see docs/training.md).
+//! Several nodes: `--nodes N --node-rank R --orchestrator ws://HOST:PORT --node-address
+//! ws://THIS:PORT` on every node, one of them with `--host-orchestrator` (docs/training.md).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use burn::backend::Autodiff;
-use burn::module::AutodiffModule;
+use burn::tensor::DType;
 use clap::Parser;
-use internlm2::Tokenizer;
 use internlm2::backends::Kernels;
 use internlm2::backends::device::{DTypeChoice, DeviceError, DeviceSpec, parse_devices};
 use internlm2::backends::program::{ParallelProgram, ProgramResult, run_parallel_program};
-use internlm2::checkpoint::{SaveDtype, SaveOptions};
-use internlm2_datasets::tokenize::{TrainingDocuments, read_texts};
+use internlm2_datasets::tokenize::{TokenizerSource, TrainingDocuments};
 use internlm2_train::recipe::{ModelSource, PretrainConfig, pretrain};
-use internlm2_train::{ClusterConfig, LrSchedule, Phase, plot_loss_curve, spawn_orchestrator};
+use internlm2_train::{ClusterConfig, Phase, spawn_orchestrator};
 
 fn main() -> ExitCode {
     internlm2_rs::quiet_logs();
@@ -38,61 +35,44 @@ fn main() -> ExitCode {
 #[derive(Parser)]
 #[command(about = "Pre-train an InternLM2 with the SDK's training engine")]
 struct Args {
-    /// A recipe (pretrain.json); the model, phase and checkpoint flags are then ignored.
+    /// The recipe (pretrain.json); the model, phase and checkpoint flags are then ignored.
     #[arg(long)]
     recipe: Option<PathBuf>,
-    /// Built-in shape (tiny, 140m, 1.8b, 7b, 20b), or --config / --init-from.
+    /// The model: a built-in shape (tiny, 140m, 1.8b, 7b, 20b), a config.json, or a model
+    /// directory to continue from.
     #[arg(long, default_value = "tiny")]
     preset: String,
     #[arg(long, conflicts_with = "init_from")]
     config: Option<PathBuf>,
     #[arg(long)]
     init_from: Option<PathBuf>,
-    /// Training data (token shards, JSONL/Parquet, plain text) and its tokenizer.
-    #[arg(long)]
-    data: PathBuf,
-    #[arg(long)]
-    tokenizer: Option<PathBuf>,
-    #[arg(long)]
-    train_tokenizer: Option<usize>,
-    /// One phase: steps, tokens per row, rows per step, micro-batches, peak LR, warmup, RoPE base.
+    /// One phase: steps of `batch` rows of `seq-len` tokens, warmup 1% then cosine from `lr`.
     #[arg(long, default_value_t = 100)]
     steps: usize,
     #[arg(long, default_value_t = 256)]
     seq_len: usize,
     #[arg(long, default_value_t = 8)]
     batch: usize,
-    #[arg(long, default_value_t = 1)]
-    micro_batches: usize,
     #[arg(long, default_value_t = 3e-4)]
     lr: f64,
-    #[arg(long)]
-    warmup: Option<usize>,
-    #[arg(long)]
-    rope_theta: Option<f64>,
-    /// Several phases from a JSON list instead.
-    #[arg(long)]
-    phases: Option<PathBuf>,
-    #[arg(long)]
-    cross_document_attention: bool,
-    /// Checkpoints (a run resumes from the newest one there).
+    /// Checkpoints every 100 steps (a run resumes from the newest one there).
     #[arg(long)]
     checkpoint_dir: Option<PathBuf>,
-    #[arg(long, default_value_t = 100)]
-    checkpoint_every: usize,
-    #[arg(long, default_value_t = 3)]
-    keep_last: usize,
+    /// Token shards of the data pipeline (a directory), or JSONL/Parquet/plain text tokenised
+    /// with `--tokenizer` or a BPE of `--train-tokenizer` ids trained on it.
     #[arg(long)]
-    peak_flops: Option<f64>,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    data: PathBuf,
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    #[arg(long)]
+    train_tokenizer: Option<usize>,
     /// Devices of one backend (cpu, cpu,cpu, cuda:0,cuda:1, wgpu, tch:cuda:0) and compute
     /// dtype (auto: bf16 with f32 master weights on CUDA, f32 elsewhere).
     #[arg(long, default_value = "cpu")]
     devices: String,
     #[arg(long, default_value = "auto")]
     dtype: DTypeChoice,
-    /// Several nodes.
+    /// Several nodes (see docs/training.md).
     #[arg(long, default_value_t = 1)]
     nodes: u32,
     #[arg(long, default_value_t = 0)]
@@ -103,38 +83,9 @@ struct Args {
     node_address: Option<String>,
     #[arg(long)]
     host_orchestrator: bool,
-    /// Export the trained model here (HuggingFace layout, f32), with the tokenizer.
+    /// Export the trained model here (HuggingFace layout, f32, tokenizer, loss curve).
     #[arg(long)]
     out: Option<PathBuf>,
-}
-
-impl Args {
-    fn recipe(&self, bf16: bool) -> Result<PretrainConfig, Box<dyn std::error::Error>> {
-        if let Some(path) = &self.recipe {
-            return Ok(PretrainConfig::load(path)?);
-        }
-        let model = match (&self.init_from, &self.config) {
-            (Some(dir), _) => ModelSource::InitFrom { dir: dir.clone() },
-            (None, Some(path)) => ModelSource::Config { path: path.clone() },
-            (None, None) => ModelSource::preset(&self.preset),
-        };
-        let warmup = self.warmup.unwrap_or((self.steps / 100).max(1));
-        let mut phase = Phase::new("main", self.steps, self.seq_len, self.batch, self.lr)
-            .with_micro_batches(self.micro_batches)
-            .with_schedule(LrSchedule::new(self.lr, warmup, self.steps));
-        phase.rope_theta = self.rope_theta;
-        let phases = match &self.phases {
-            Some(path) => serde_json::from_str(&std::fs::read_to_string(path)?)?,
-            None => vec![phase],
-        };
-        let mut recipe = PretrainConfig::new(model).with_phases(phases);
-        recipe.checkpoint.dir = self.checkpoint_dir.clone();
-        (recipe.checkpoint.every, recipe.checkpoint.keep_last) =
-            (self.checkpoint_every, self.keep_last);
-        (recipe.cross_document_attention, recipe.bf16) = (self.cross_document_attention, bf16);
-        (recipe.peak_flops, recipe.seed) = (self.peak_flops, self.seed);
-        Ok(recipe)
-    }
 }
 
 impl ParallelProgram for Args {
@@ -143,64 +94,46 @@ impl ParallelProgram for Args {
     }
 
     fn run<B: Kernels>(self, devices: Vec<B::Device>) -> ProgramResult {
-        let spec = parse_devices(&self.devices)?[0];
-        let recipe = self.recipe(self.dtype.resolve(&spec) == burn::tensor::DType::BF16)?;
-        let cluster = match (&self.orchestrator, &self.node_address) {
-            _ if self.nodes <= 1 && !self.host_orchestrator => None,
-            (Some(orchestrator), Some(node)) => {
-                let cluster = ClusterConfig::new(self.nodes, self.node_rank, orchestrator, node)?;
-                if self.host_orchestrator {
-                    spawn_orchestrator(cluster.orchestrator_port())?;
-                }
-                Some(cluster)
+        let recipe = match &self.recipe {
+            Some(path) => PretrainConfig::load(path)?,
+            None => {
+                let model = match (&self.init_from, &self.config) {
+                    (Some(dir), _) => ModelSource::InitFrom { dir: dir.clone() },
+                    (None, Some(path)) => ModelSource::Config { path: path.clone() },
+                    (None, None) => ModelSource::preset(&self.preset),
+                };
+                let phase = Phase::new("main", self.steps, self.seq_len, self.batch, self.lr);
+                let mut recipe = PretrainConfig::new(model).with_phases(vec![phase]);
+                recipe.checkpoint.dir = self.checkpoint_dir.clone();
+                recipe.bf16 = self.dtype.resolve(&self.devices()?[0]) == DType::BF16;
+                recipe
             }
-            _ => return Err("a multi-node run needs --orchestrator and --node-address".into()),
         };
-        let tokenizer = match (&self.tokenizer, self.train_tokenizer, &self.init_from) {
-            (Some(path), _, _) if path.is_dir() => Some(Tokenizer::from_dir(path)?),
-            (Some(path), _, _) => Some(Tokenizer::from_file(path)?),
-            (None, Some(vocab), _) => {
-                Some(Tokenizer::train_bpe(read_texts(&self.data)?.iter(), vocab)?)
-            }
-            (None, None, Some(dir)) => Some(Tokenizer::from_dir(dir)?),
-            _ => None,
-        };
-        let data = TrainingDocuments::open(&self.data, tokenizer.as_ref(), recipe.seed)?;
-        eprintln!(
-            "data: {} documents, {} tokens, {} ids",
-            data.count, data.tokens, data.vocab_size
-        );
-        let eos = data.eos_id.unwrap_or(2);
+        let (orchestrator, node) = (self.orchestrator.as_deref(), self.node_address.as_deref());
+        let cluster = ClusterConfig::from_flags(self.nodes, self.node_rank, orchestrator, node)?;
+        if let (Some(cluster), true) = (&cluster, self.host_orchestrator) {
+            spawn_orchestrator(cluster.orchestrator_port())?;
+        }
         let leader = cluster.as_ref().is_none_or(|c| c.node_rank() == 0);
-        let done = pretrain::<Autodiff<B>, _>(
-            &recipe,
-            data.documents,
-            data.vocab_size,
-            eos,
-            &devices,
-            cluster,
-        )?;
+        let source = TokenizerSource::first_of(
+            self.tokenizer.as_deref(),
+            self.train_tokenizer,
+            self.init_from.as_deref(),
+        );
+        let tokenizer = source.load(&self.data)?;
+        let data = TrainingDocuments::open(&self.data, tokenizer.as_ref(), recipe.seed)?;
+        eprintln!("data: {} documents, {} tokens", data.count, data.tokens);
+        let (vocab, eos) = (data.vocab_size, data.eos_id.unwrap_or(2));
+        let done =
+            pretrain::<Autodiff<B>, _>(&recipe, data.documents, vocab, eos, &devices, cluster)?;
         eprintln!(
-            "done: {} steps, last loss {:?}",
+            "{} steps, last loss {:?}",
             done.state.step,
             done.state.losses.last()
         );
         if let Some(out) = self.out.as_ref().filter(|_| leader) {
-            done.model
-                .valid()
-                .save(out, &SaveOptions::default().with_dtype(SaveDtype::F32))?;
-            if let Some(tokenizer) = &tokenizer {
-                tokenizer.save_json(out.join("tokenizer.json"))?;
-            }
-            plot_loss_curve(
-                &done.state.losses,
-                out.join("loss.png"),
-                "pre-training loss",
-            )?;
-            eprintln!(
-                "exported to {} (config.json, model.safetensors, loss.png)",
-                out.display()
-            );
+            done.export(out, tokenizer.as_ref())?;
+            eprintln!("exported to {}", out.display());
         }
         Ok(())
     }

@@ -11,11 +11,11 @@ use burn::module::AutodiffModule;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use internlm2::backends::{Cpu, CpuAutodiff};
 use internlm2::checkpoint::{SaveDtype, SaveOptions};
+use internlm2::{ForwardInput, InternLM2, InternLM2Config};
 use internlm2_train::{
     InMemoryDocuments, LrSchedule, OptimizerConfig, Packer, PackingConfig, Phase, RunOptions,
     TrainState, Trainer, latest_checkpoint, run,
 };
-use internlm2::{ForwardInput, InternLM2, InternLM2Config};
 
 fn tiny_config() -> InternLM2Config {
     InternLM2Config::new(64, 32, 64, 2, 4, 2)
@@ -306,12 +306,24 @@ fn bad_run_options_are_typed_errors() {
     let mut state = TrainState::new(0);
     let mut options = RunOptions::default();
     assert!(matches!(
-        run(&mut trainer, &mut packer(8), &mut state, &options, |_, _| {}),
+        run(
+            &mut trainer,
+            &mut packer(8),
+            &mut state,
+            &options,
+            |_, _| {}
+        ),
         Err(internlm2_train::TrainError::InvalidConfig { .. })
     ));
     options.phases = vec![Phase::new("p", 2, 8, 3, 1e-3).with_micro_batches(2)];
     assert!(matches!(
-        run(&mut trainer, &mut packer(8), &mut state, &options, |_, _| {}),
+        run(
+            &mut trainer,
+            &mut packer(8),
+            &mut state,
+            &options,
+            |_, _| {}
+        ),
         Err(internlm2_train::TrainError::InvalidConfig { .. })
     ));
 }
@@ -381,8 +393,7 @@ fn bf16_mixed_precision_tracks_f32_with_f32_master_weights() {
         a.push(full.step(std::slice::from_ref(&batch), lr).unwrap());
         b.push(mixed.step(&[batch], lr).unwrap());
     }
-    let tail =
-        |v: &[internlm2_train::StepStats]| v[25..].iter().map(|s| s.loss).sum::<f64>() / 5.0;
+    let tail = |v: &[internlm2_train::StepStats]| v[25..].iter().map(|s| s.loss).sum::<f64>() / 5.0;
     println!(
         "f32: {:.4} -> {:.4} (grad norm {:.4}); bf16 mixed: {:.4} -> {:.4} (grad norm {:.4})",
         a[0].loss,

@@ -107,6 +107,34 @@ impl ClusterConfig {
         })
     }
 
+    /// The cluster a node's command-line flags name (`--nodes N --node-rank R --orchestrator
+    /// URL --node-address URL`): `None` for a run on one node without addresses; a typed error
+    /// when several nodes are asked for without both addresses.
+    ///
+    /// ```
+    /// use internlm2_train::ClusterConfig;
+    /// assert!(ClusterConfig::from_flags(1, 0, None, None).unwrap().is_none());
+    /// let node = ClusterConfig::from_flags(2, 1, Some("ws://a:3000"), Some("ws://b:3001"));
+    /// assert_eq!(node.unwrap().unwrap().data_port(), 3001);
+    /// assert!(ClusterConfig::from_flags(2, 0, Some("ws://a:3000"), None).is_err());
+    /// ```
+    pub fn from_flags(
+        num_nodes: u32,
+        node_rank: u32,
+        orchestrator: Option<&str>,
+        node_address: Option<&str>,
+    ) -> Result<Option<Self>, TrainError> {
+        match (orchestrator, node_address) {
+            (None, None) if num_nodes <= 1 => Ok(None),
+            (Some(orchestrator), Some(node)) => {
+                Self::new(num_nodes, node_rank, orchestrator, node).map(Some)
+            }
+            _ => Err(TrainError::invalid(
+                "a multi-node run needs both the orchestrator's and this node's address",
+            )),
+        }
+    }
+
     /// Number of nodes.
     pub fn num_nodes(&self) -> u32 {
         self.num_nodes

@@ -20,13 +20,16 @@
 
 use std::path::{Path, PathBuf};
 
+use burn::module::AutodiffModule;
 use burn::tensor::DType;
+use internlm2::checkpoint::{SaveDtype, SaveOptions};
 use internlm2::data::{DocumentSource, Packer, PackingConfig};
-use internlm2::{InternLM2, InternLM2Config};
+use internlm2::{InternLM2, InternLM2Config, Tokenizer};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{TrainState, io_err, latest_checkpoint};
 use crate::cluster::ClusterConfig;
+use crate::metrics::plot_loss_curve;
 use crate::objective::TrainBackend;
 use crate::optim::OptimizerConfig;
 use crate::parallel::DataParallel;
@@ -251,6 +254,33 @@ pub struct Pretrained<B: TrainBackend> {
     pub model: InternLM2<B>,
     /// The run's state: steps done, data cursor, losses.
     pub state: TrainState,
+}
+
+impl<B: TrainBackend> Pretrained<B> {
+    /// Writes the trained model to `dir` in the HuggingFace layout (f32 `config.json` and
+    /// `model.safetensors`), `tokenizer.json` when a tokenizer is given, and the loss curve
+    /// (`loss.png`).
+    pub fn export(&self, dir: &Path, tokenizer: Option<&Tokenizer>) -> Result<(), TrainError> {
+        let failed = |reason: &dyn std::fmt::Display| TrainError::Checkpoint {
+            path: dir.to_path_buf(),
+            reason: reason.to_string(),
+        };
+        let options = SaveOptions::default().with_dtype(SaveDtype::F32);
+        self.model
+            .valid()
+            .save(dir, &options)
+            .map_err(|e| failed(&e))?;
+        if let Some(tokenizer) = tokenizer {
+            tokenizer
+                .save_json(dir.join("tokenizer.json"))
+                .map_err(|e| failed(&e))?;
+        }
+        plot_loss_curve(
+            &self.state.losses,
+            dir.join("loss.png"),
+            "pre-training loss",
+        )
+    }
 }
 
 /// Runs a pre-training recipe on `documents` (token ids, `vocab` of them, documents joined
