@@ -4,8 +4,8 @@
 //! tests (`tests/`); it re-exports the SDK's crates for them.
 
 pub use internlm2;
-pub use internlm2_agent;
 pub use internlm2::backends;
+pub use internlm2_agent;
 pub use internlm2_align;
 pub use internlm2_datasets;
 pub use internlm2_eval;
@@ -30,10 +30,14 @@ mod guide {
     struct Alignment;
     #[doc = include_str!("../docs/quantization.md")]
     struct Quantization;
-    #[doc = include_str!("../docs/agents.md")]
-    struct Agents;
+    // Its HTTP half uses the `server` feature (on by default).
+    #[cfg(feature = "server")]
+    #[doc = include_str!("../docs/serving.md")]
+    struct Serving;
     #[doc = include_str!("../docs/evaluation.md")]
     struct Evaluation;
+    #[doc = include_str!("../docs/agents.md")]
+    struct Agents;
 }
 
 /// For the examples that train across nodes: burn-communication installs an INFO-level log

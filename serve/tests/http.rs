@@ -131,7 +131,11 @@ async fn stream_and_non_stream_give_the_same_message_tool_calls_included() {
         for choice in &expected {
             let calls = choice["tool_calls"].as_array().unwrap();
             if !calls.is_empty() {
-                assert_eq!(choice["finish_reason"], "tool_calls");
+                // A random model may chain calls until max_tokens: then the finish is `length`
+                // (the complete calls are still returned).
+                let truncated = whole["usage"]["completion_tokens"] == case["max_tokens"];
+                let finish = if truncated { "length" } else { "tool_calls" };
+                assert_eq!(choice["finish_reason"], finish, "{case}\n{whole}");
             }
             for call in calls {
                 saw_calls += 1;
@@ -156,8 +160,12 @@ async fn stream_and_non_stream_give_the_same_message_tool_calls_included() {
                 !expected[0]["tool_calls"].as_array().unwrap().is_empty(),
                 "forced call missing: {whole}"
             );
+            // No content beside the calls, except the text of a last call that max_tokens cut
+            // off (an unterminated call is shown as text, never as a call).
+            let content = expected[0]["content"].as_str().unwrap_or_default();
+            let truncated = whole["usage"]["completion_tokens"] == case["max_tokens"];
             assert!(
-                expected[0]["content"] == "",
+                content.is_empty() || (truncated && content.starts_with("<|action_start|>")),
                 "a forced call has no content: {whole}"
             );
         }

@@ -27,7 +27,10 @@ pub async fn require_key(State(state): State<AppState>, request: Request, next: 
     response
 }
 
-fn presented_key_matches(headers: &HeaderMap, key: &str) -> bool {
+/// Whether the request's `Authorization` header carries `key` (`Bearer <key>`, or Basic with
+/// the key as the password), compared in constant time. For routes of your own merged beside
+/// the OpenAI router (the agent route uses it).
+pub fn presented_key_matches(headers: &HeaderMap, key: &str) -> bool {
     let Some(value) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

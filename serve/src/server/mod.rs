@@ -62,6 +62,7 @@ use crate::constraint::{ConstraintBuildError, ConstraintFactory};
 use crate::engine::{EngineHandle, TokenLogprob};
 
 /// axum's router type, re-exported so that a program can nest the API without naming axum.
+pub use auth::presented_key_matches;
 pub use axum::Router;
 pub use choice::{ChoiceResult, Piece};
 pub use error::{ApiError, RETRY_AFTER_SECONDS};
