@@ -4,7 +4,8 @@
 //! ```text
 //! cargo run --release --features server --example serve -- --model-dir internlm2-chat-1_8b \
 //!     [--host 127.0.0.1 --port 8000 --device cpu --dtype auto --quant f32 --kv-memory 2GiB \
-//!      --max-running 32 --max-waiting 1024 --api-key KEY --model-name NAME]
+//!      --max-running 32 --max-waiting 1024 --api-key KEY --model-name NAME \
+//!      --interpreter --interpreter-timeout 10 --interpreter-max-turns 5]
 //! ```
 //!
 //! Then, e.g. `curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type:
@@ -13,18 +14,27 @@
 //! `http://127.0.0.1:8000/` in a browser. Ctrl-C (or SIGTERM) stops accepting requests, lets
 //! running ones finish (30 s at most) and exits. With `--port 0` the system picks a free port;
 //! the first line printed says which (`listening on http://...`).
+//!
+//! `--interpreter` (off by default) also serves `POST /v1/agent/chat`: the agent loop runs on
+//! the server with InternLM2's sandboxed Python code interpreter (see `docs/agents.md`,
+//! "Serving the agent"). It is off by default because every such request runs model-written
+//! code on this host; the sandbox report is printed at start. The API key covers it too.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use internlm2::backends::Kernels;
 use internlm2::backends::device::{DTypeChoice, DeviceSpec};
 use internlm2::backends::program::{Program, ProgramResult, run_program};
 use internlm2::checkpoint::gguf::tokenizer_from_gguf;
+use internlm2::generate::GenerationConfig;
 use internlm2::quant::{LoadOptions, QuantConfig};
 use internlm2::{InternLM2, Tokenizer};
+use internlm2_agent::http::{AgentService, agent_router};
+use internlm2_agent::{CodeInterpreter, InterpreterConfig};
 use internlm2_serve::engine::{Engine, EngineConfig};
 use internlm2_serve::server::{self, ServerConfig};
 
@@ -71,6 +81,16 @@ struct Args {
     /// The model id clients send (default: the directory's name).
     #[arg(long)]
     model_name: Option<String>,
+    /// Also serve `POST /v1/agent/chat`: the agent loop with the sandboxed Python code
+    /// interpreter, run on this host (off by default: the model's code runs here).
+    #[arg(long)]
+    interpreter: bool,
+    /// Wall-clock limit of one code cell, in seconds (with --interpreter).
+    #[arg(long, default_value_t = 10.0)]
+    interpreter_timeout: f64,
+    /// Most model turns of one agent request, each tool call costing one (with --interpreter).
+    #[arg(long, default_value_t = AgentService::DEFAULT_MAX_TURNS)]
+    interpreter_max_turns: usize,
 }
 
 /// `2GiB`, `512MiB`, `1.5GB`, `1000000`.
@@ -128,7 +148,46 @@ impl Program for Args {
     }
 }
 
+/// The interpreter's settings for `--interpreter` (the default sandbox), after checking that
+/// it starts: its sandbox report is printed, so the operator sees which layers are active.
+fn interpreter_config(args: &Args) -> Result<InterpreterConfig, Box<dyn std::error::Error>> {
+    let timeout = Duration::try_from_secs_f64(args.interpreter_timeout)
+        .ok()
+        .filter(|t| !t.is_zero())
+        .ok_or_else(|| {
+            format!(
+                "--interpreter-timeout must be a positive number of seconds, got {}",
+                args.interpreter_timeout
+            )
+        })?;
+    if args.interpreter_max_turns == 0 {
+        return Err("--interpreter-max-turns must be at least 1".into());
+    }
+    let config = InterpreterConfig::default().with_timeout(timeout);
+    let probe = CodeInterpreter::start(config.clone())?;
+    eprintln!(
+        "agent route: POST /v1/agent/chat runs model-written Python on this host \
+         (Python {}, matplotlib: {}, {:.0} s per cell, {} turns at most)\nsandbox:\n{}",
+        probe.info().python_version,
+        probe
+            .info()
+            .matplotlib
+            .as_deref()
+            .unwrap_or("not installed: no figures"),
+        timeout.as_secs_f64(),
+        args.interpreter_max_turns,
+        probe.sandbox_report()
+    );
+    Ok(config)
+}
+
 fn serve<B: Kernels>(args: Args, device: B::Device) -> ProgramResult {
+    // Checked before the model loads, so a host without Python fails at once.
+    let interpreter = if args.interpreter {
+        Some(interpreter_config(&args)?)
+    } else {
+        None
+    };
     let dtype = args.dtype.resolve(&args.device);
     let start = std::time::Instant::now();
     let options = LoadOptions::new(dtype).with_quant(args.quant);
@@ -171,10 +230,22 @@ fn serve<B: Kernels>(args: Args, device: B::Device) -> ProgramResult {
             .ok()
             .filter(|k| !k.is_empty())
     });
-    if let Some(key) = key {
-        config = config.with_api_key(key);
+    if let Some(key) = &key {
+        config = config.with_api_key(key.clone());
     }
-    let app = server::router(engine.clone(), config)?;
+    let mut app = server::router(engine.clone(), config)?;
+    if let Some(interpreter) = interpreter {
+        // The OpenAI router's key check covers its own routes only: the agent route gets the
+        // same key.
+        let agent = AgentService::engine(
+            engine.clone(),
+            GenerationConfig::default().with_max_new_tokens(1024),
+            interpreter,
+        )
+        .with_max_turns(args.interpreter_max_turns)
+        .with_api_key(key.clone());
+        app = app.merge(agent_router(agent));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -183,6 +254,9 @@ fn serve<B: Kernels>(args: Args, device: B::Device) -> ProgramResult {
         let address = listener.local_addr()?;
         println!("listening on http://{address} (model {name:?})");
         eprintln!("chat page: http://{address}/   OpenAI base URL: http://{address}/v1");
+        if args.interpreter {
+            eprintln!("agent route (code interpreter on): POST http://{address}/v1/agent/chat");
+        }
         server::serve(listener, app, engine, server::shutdown_signal()).await?;
         eprintln!("stopped");
         Ok::<(), Box<dyn std::error::Error>>(())

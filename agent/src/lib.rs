@@ -14,6 +14,8 @@
 //! - [`CodeInterpreter`]: a persistent `python3` process driven over pipes, with a host-side
 //!   timeout and the [`sandbox`] on by default on Linux.
 //! - [`math`]: the MATH-with-interpreter evaluation in InternLM2's official setting.
+//! - `http` (feature `server`): `POST /v1/agent/chat`, the loop with the interpreter as an
+//!   HTTP route to merge into the OpenAI server.
 //!
 //! [`Message`]: internlm2::chat::Message
 #![deny(missing_docs)]
@@ -23,6 +25,8 @@ mod agent;
 mod engine;
 mod error;
 mod generator;
+#[cfg(feature = "server")]
+pub mod http;
 pub mod interpreter;
 pub mod math;
 mod model;
