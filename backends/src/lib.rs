@@ -21,8 +21,8 @@
 
 pub mod device;
 pub mod kernels;
-pub mod packed;
 pub mod limits;
+pub mod packed;
 pub mod program;
 
 #[cfg(any(feature = "flex", feature = "cuda", feature = "wgpu", feature = "tch"))]

@@ -367,9 +367,7 @@ fn run_shard(
                 (v, local)
             })
             .collect();
-        let mut totals = stats
-            .lock()
-            .map_err(|_| DataError::config("poisoned"))?;
+        let mut totals = stats.lock().map_err(|_| DataError::config("poisoned"))?;
         for (verdict, local) in verdicts {
             for (t, l) in totals.iter_mut().zip(&local) {
                 t.merge(l);

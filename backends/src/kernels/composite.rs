@@ -141,7 +141,10 @@ pub fn paged_attention<B: Backend>(
     if let Err(e) = layout.check(blocks, tokens) {
         panic!("paged attention layout: {e}");
     }
-    assert_eq!(bs, layout.block_size, "pool block size != layout block size");
+    assert_eq!(
+        bs, layout.block_size,
+        "pool block size != layout block size"
+    );
     let (mut key_pool, mut value_pool) = (key_pool, value_pool);
     let offsets = layout.offsets();
     // Write this call's keys and values, one contiguous piece of a block at a time.
@@ -181,7 +184,9 @@ pub fn paged_attention<B: Backend>(
                     .reshape([1, nkv, used * bs, d])
                     .slice([0..1, 0..nkv, 0..t, 0..d])
             };
-            let q = q.clone().slice([0..1, 0..nh, offset..offset + seq.len, 0..d]);
+            let q = q
+                .clone()
+                .slice([0..1, 0..nh, offset..offset + seq.len, 0..d]);
             causal_attention(
                 q,
                 gather(&key_pool),

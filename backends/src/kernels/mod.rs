@@ -7,15 +7,12 @@
 
 pub mod composite;
 mod composite_packed;
-mod paged;
 #[cfg(feature = "flex")]
 pub mod cpu;
 #[cfg(feature = "flex")]
-pub mod cpu_paged;
-#[cfg(feature = "flex")]
-mod cpu_skinny;
-#[cfg(feature = "flex")]
 mod cpu_gemm;
+#[cfg(feature = "flex")]
+pub mod cpu_paged;
 #[cfg(feature = "flex")]
 pub mod cpu_quant;
 #[cfg(all(feature = "flex", target_arch = "x86_64"))]
@@ -24,8 +21,11 @@ mod cpu_quant_avx2;
 mod cpu_quant_avx512;
 #[cfg(feature = "flex")]
 mod cpu_simd;
+#[cfg(feature = "flex")]
+mod cpu_skinny;
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 pub mod cube;
+mod paged;
 #[cfg(feature = "tch")]
 pub mod torch;
 

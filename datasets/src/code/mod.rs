@@ -45,13 +45,13 @@ pub mod repo;
 pub mod resolve;
 pub mod sort;
 
+pub use file::{CodeFile, normalize_path};
 pub use imports::{Import, detect_imports, is_umbrella};
 pub use language::{FileKind, Language};
 pub use markdown::{MarkdownStage, file_block, repository_markdown};
 pub use quality::{
     Assessment, CodeQualityConfig, CodeQualityStage, CodeSignals, Tier, TierWeights,
 };
-pub use file::{CodeFile, normalize_path};
 pub use repo::{
     DirConfig, Grouping, RepoConfig, Repository, dependency_order, group_repositories,
     repository_document,

@@ -26,9 +26,9 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
+use super::file::CodeFile;
 use super::imports::{Import, detect_imports, is_umbrella};
 use super::language::{Language, file_name, parent_dir};
-use super::file::CodeFile;
 
 /// Lookup tables over the paths of one repository.
 struct FileIndex<'a> {

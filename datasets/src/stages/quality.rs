@@ -11,8 +11,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::classifier::{ScoredChecks, score_output_builders};
 pub use super::classifier::Threshold;
+use super::classifier::{ScoredChecks, score_output_builders};
 pub use super::ngram::{NgramClassifier, NgramConfig};
 use crate::{Classifier, Document, Result, Stage, Verdict};
 

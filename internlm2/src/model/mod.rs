@@ -27,10 +27,10 @@ use burn::tensor::{DType, Int, Tensor};
 use internlm2_backends::Kernels;
 
 use crate::cache::{KvCache, PagedKvCache};
-use internlm2_backends::kernels::PagedLayout;
 use crate::config::InternLM2Config;
 pub use backbone::InternLM2Model;
 pub use input::ForwardInput;
+use internlm2_backends::kernels::PagedLayout;
 use linear::Linear;
 
 /// Standard deviation of the random initialisation (`initializer_range` of the releases).
