@@ -16,12 +16,13 @@
 
 use std::io::{BufRead, Read, Write};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::Duration;
 
 use clap::Parser;
 use internlm2::backends::Kernels;
-use internlm2::backends::device::{BackendTask, DTypeChoice, DeviceSpec};
+use internlm2::backends::device::{DTypeChoice, DeviceSpec};
+use internlm2::backends::program::{Program, ProgramResult, run_program};
 use internlm2::chat::ToolCall;
 use internlm2::generate::GenerationConfig;
 use internlm2::sampling::SamplingConfig;
@@ -88,21 +89,18 @@ struct Args {
     dtype: DTypeChoice,
 }
 
-struct Run(Args);
-
-impl BackendTask for Run {
-    type Output = Result<(), Box<dyn std::error::Error>>;
-    fn run<B: Kernels>(self, device: B::Device) -> Self::Output {
-        run::<B>(self.0, device)
-    }
+fn main() -> ExitCode {
+    run_program(Args::parse())
 }
 
-fn main() {
-    let args = Args::parse();
-    let spec = args.device;
-    if let Err(e) = spec.run(Run(args)).map_err(Into::into).and_then(|r| r) {
-        eprintln!("error: {e}");
-        std::process::exit(1);
+/// The body, generic over the backend `--device` names.
+impl Program for Args {
+    fn device(&self) -> DeviceSpec {
+        self.device
+    }
+
+    fn run<B: Kernels>(self, device: B::Device) -> ProgramResult {
+        run::<B>(self, device)
     }
 }
 
