@@ -91,16 +91,7 @@ fn write_shard_seed(dtype: TokenDtype) -> Vec<(String, Vec<u8>)> {
         writer.push_document(doc).unwrap();
     }
     writer.finish().unwrap();
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| {
-            let path = e.unwrap().path();
-            let name = path.file_name().unwrap().to_str().unwrap().to_string();
-            (name, std::fs::read(&path).unwrap())
-        })
-        .collect();
-    files.sort();
-    files
+    mutate::read_dir_files(dir.path())
 }
 
 /// A signature file of the sample documents.

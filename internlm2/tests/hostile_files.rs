@@ -33,8 +33,8 @@ fn seeds() -> &'static Seeds {
         common::write_checkpoint(&single, &config, None);
         common::write_checkpoint(&sharded, &config.with_tie_word_embeddings(true), Some(4096));
         Seeds {
-            single: common::read_dir_files(&single),
-            sharded: common::read_dir_files(&sharded),
+            single: common::mutate::read_dir_files(&single),
+            sharded: common::mutate::read_dir_files(&sharded),
             _dir: dir,
         }
     })

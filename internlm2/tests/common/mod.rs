@@ -28,20 +28,6 @@ pub fn write_checkpoint(dir: &Path, config: &InternLM2Config, max_shard_bytes: O
     model.save(dir, &options).expect("save the tiny model");
 }
 
-/// Every file of a directory, by name.
-pub fn read_dir_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| {
-            let path = e.unwrap().path();
-            let name = path.file_name().unwrap().to_str().unwrap().to_string();
-            (name, std::fs::read(&path).unwrap())
-        })
-        .collect();
-    files.sort();
-    files
-}
-
 /// `$INTERNLM2_FIXTURES`, or `../shared/fixtures` beside the workspace.
 pub fn fixtures() -> PathBuf {
     let dir = std::env::var_os("INTERNLM2_FIXTURES")

@@ -205,3 +205,17 @@ pub fn json_edit() -> impl Strategy<Value = (JsonPath, serde_json::Value)> {
         hostile_json(),
     )
 }
+
+/// Every file of a directory, by name.
+pub fn read_dir_files(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let path = e.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_string();
+            (name, std::fs::read(&path).unwrap())
+        })
+        .collect();
+    files.sort();
+    files
+}
