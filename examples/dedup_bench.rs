@@ -199,14 +199,16 @@ fn run_pipeline(corpus: &Path, dir: &Path, shards: usize, cores: usize) -> BoxRe
         .into_iter()
         .map(|w| w.finish())
         .collect::<Result<Vec<_>, _>>()?;
-    let ad =
-        NgramClassifier::train_jsonl(data.join("quality/ad_train.jsonl"), NgramConfig::new("ad"))?;
+    let ad = NgramClassifier::train_jsonl(
+        data.join("quality/ad_train.jsonl"),
+        NgramConfig::new("ad".into()),
+    )?;
     ad.save_json(work.join("ad.json"))?;
     let recipe = TextPipelineConfig::default()
         .with_safety(Some(
             SafetyConfig::default()
-                .with_domain_blocklist(data.join("safety/blocked_domains.txt"))
-                .with_word_blocklist(data.join("safety/blocked_words.txt")),
+                .with_domain_blocklist(Some(data.join("safety/blocked_domains.txt")))
+                .with_word_blocklist(Some(data.join("safety/blocked_words.txt"))),
         ))
         .with_quality(Some(
             QualityConfig::default().with_model(work.join("ad.json"), Threshold::Max(0.8)),
@@ -224,7 +226,7 @@ fn run_pipeline(corpus: &Path, dir: &Path, shards: usize, cores: usize) -> BoxRe
             .num_threads(threads)
             .build()?;
         let started = Instant::now();
-        let result = pool.install(|| recipe.run(&inputs, &StepOptions::new(&out)))?;
+        let result = pool.install(|| recipe.run(&inputs, &StepOptions::new(out.clone())))?;
         let total = started.elapsed().as_secs_f64();
         for step in &result.report.steps {
             println!(

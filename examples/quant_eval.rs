@@ -11,15 +11,11 @@
 //! with `QuantConfig::new(format)` — the decoder's linear layers in the format, the embedding
 //! table and the LM head in Q8_0 under a 4-bit body (else in the format), layers whose rows
 //! are not whole blocks falling back (`effective_format`). The held-out text is `--documents`
-//! stories and facts from the quickstart's corpus generator with a seed the training did not
+//! stories and facts from the quickstart's corpus generator (`internlm2_datasets::synthetic`) with a seed the training did not
 //! use (`--seed`), each tokenized with BOS and cut to `--max-tokens`. For every position the
 //! logits of both models are compared: max-abs error (absolute, and relative to the largest
 //! f32 logit), top-1 agreement (same argmax), and the next-token negative log-likelihood,
 //! whose mean over all predicted positions gives each model's perplexity.
-
-#[allow(dead_code)]
-#[path = "quickstart/corpus.rs"]
-mod corpus;
 
 use std::path::PathBuf;
 
@@ -28,6 +24,7 @@ use clap::Parser;
 use internlm2::backends::Cpu;
 use internlm2::quant::{LoadOptions, QuantConfig, WeightFormat, effective_format};
 use internlm2::{InternLM2, Tokenizer};
+use internlm2_datasets::synthetic;
 
 #[derive(Parser)]
 #[command(about = "Logit error, top-1 agreement and perplexity of each quantized format vs f32")]
@@ -112,7 +109,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .into());
     }
     let tokenizer = Tokenizer::from_dir(&args.model_dir)?;
-    let docs: Vec<Vec<u32>> = corpus::generate(args.documents, args.seed)
+    let docs: Vec<Vec<u32>> = synthetic::generate(args.documents, args.seed)
         .iter()
         .map(|text| {
             let mut ids = tokenizer.encode(text, true)?;

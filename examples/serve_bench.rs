@@ -7,12 +7,13 @@
 //! cargo run --release --example serve_bench -- --concurrency 1,8,32 --requests-per-client 2
 //! ```
 //!
-//! Workload (seeded): prompts of 256-1024 random tokens, 64-256 new tokens each, greedy, no
-//! stop token (every request generates exactly its new tokens). Each concurrency level `c`
+//! Workload (seeded): prompts of 256-1024 random tokens, 64-256 new tokens each, greedy (or,
+//! with `--sampling chat`, InternLM2's chat sampling, temperature 0.8 and top-p 0.8, seeded per
+//! request), no stop token (every request generates exactly its new tokens). Each concurrency level `c`
 //! runs `c` clients that each submit a request, read its stream to the end and submit the
 //! next; output tokens/s is all generated tokens over the wall time. The baseline runs the
 //! same requests one after the other through `generate`; each level is compared with the
-//! baseline over exactly its requests, and the engine's greedy tokens are checked against
+//! baseline over exactly its requests, and the engine's tokens are checked against
 //! `generate`'s. Time to first token (TTFT) is from submit to the first token; inter-token
 //! latency (ITL) is between consecutive tokens of a request. Prefix caching: a request with a
 //! 1,000-token system prompt, then a second request with the same system prompt and another
@@ -66,6 +67,16 @@ struct Args {
     /// Skip measuring the machine's limits.
     #[arg(long)]
     no_limits: bool,
+    /// How tokens are chosen: `greedy`, or `chat` (temperature 0.8, top-p 0.8, a seed per
+    /// request: what a chat client gets by default).
+    #[arg(long, default_value = "greedy")]
+    sampling: Sampling,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Sampling {
+    Greedy,
+    Chat,
 }
 
 /// One request of the workload.
@@ -73,6 +84,7 @@ struct Args {
 struct Job {
     prompt: Vec<u32>,
     new_tokens: usize,
+    sampling: SamplingConfig,
 }
 
 /// What a set of requests measured.
@@ -125,7 +137,7 @@ impl Rng {
     }
 }
 
-fn workload(n: usize, quick: bool, vocab: usize, rng: &mut Rng) -> Vec<Job> {
+fn workload(n: usize, quick: bool, vocab: usize, sampling: Sampling, rng: &mut Rng) -> Vec<Job> {
     let (prompt, new) = if quick {
         ((32, 96), (8, 24))
     } else {
@@ -134,9 +146,14 @@ fn workload(n: usize, quick: bool, vocab: usize, rng: &mut Rng) -> Vec<Job> {
     (0..n)
         .map(|_| {
             let len = rng.range(prompt.0, prompt.1);
+            let seed = rng.next();
             Job {
                 prompt: rng.tokens(len, vocab),
                 new_tokens: rng.range(new.0, new.1),
+                sampling: match sampling {
+                    Sampling::Greedy => SamplingConfig::greedy(),
+                    Sampling::Chat => SamplingConfig::new().with_seed(seed),
+                },
             }
         })
         .collect()
@@ -146,6 +163,13 @@ fn greedy(n: usize) -> GenerationConfig {
     GenerationConfig::default()
         .with_max_new_tokens(n)
         .with_sampling(SamplingConfig::greedy())
+}
+
+/// A job's generation settings.
+fn job_config(job: &Job) -> GenerationConfig {
+    GenerationConfig::default()
+        .with_max_new_tokens(job.new_tokens)
+        .with_sampling(job.sampling.clone())
 }
 
 /// The jobs one after the other through `generate`: each one's measurements and tokens.
@@ -160,7 +184,7 @@ fn baseline(model: &InternLM2<Cpu>, jobs: &[Job]) -> Vec<(Run, Vec<u32>)> {
             model,
             None,
             vec![job.prompt.clone()],
-            &greedy(job.new_tokens),
+            &job_config(job),
             |_| {
                 let now = Instant::now();
                 match last {
@@ -197,7 +221,7 @@ fn engine_run(engine: &EngineHandle, jobs: &[Job], clients: usize) -> (Run, Vec<
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(job) = jobs.get(i) else { break };
                         let submitted = Instant::now();
-                        let request = Request::new(job.prompt.clone(), greedy(job.new_tokens));
+                        let request = Request::new(job.prompt.clone(), job_config(job));
                         let mut handle = engine.submit(request).expect("valid request");
                         let mut last: Option<Instant> = None;
                         let mut tokens = Vec::new();
@@ -342,11 +366,15 @@ fn run(args: Args) -> ProgramResult {
         .map(|&c| (c * args.requests_per_client).max(4))
         .max()
         .unwrap_or(4);
-    let jobs = workload(most, args.quick, vocab, &mut rng);
+    let jobs = workload(most, args.quick, vocab, args.sampling, &mut rng);
     println!(
-        "workload: prompts {}, new tokens {}, greedy, no stop token",
+        "workload: prompts {}, new tokens {}, {}, no stop token",
         if args.quick { "32-96" } else { "256-1024" },
         if args.quick { "8-24" } else { "64-256" },
+        match args.sampling {
+            Sampling::Greedy => "greedy",
+            Sampling::Chat => "chat sampling (temperature 0.8, top-p 0.8, seeded per request)",
+        },
     );
 
     let base_n = args
@@ -426,7 +454,7 @@ fn run(args: Args) -> ProgramResult {
         cold / warm
     );
     println!(
-        "engine: {} steps, {} preemptions, {} of {} KV blocks used at the end; greedy tokens \
+        "engine: {} steps, {} preemptions, {} of {} KV blocks used at the end; tokens \
          equal generate's for {} of {compared} requests",
         metrics.steps,
         metrics.preemptions,

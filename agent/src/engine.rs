@@ -23,8 +23,11 @@ pub enum EngineGeneratorError {
     #[error(transparent)]
     Engine(#[from] EngineError),
     /// The engine failed while serving it.
-    #[error("the engine failed: {0}")]
-    Failed(String),
+    #[error("the engine failed: {reason}")]
+    Failed {
+        /// The engine's message.
+        reason: String,
+    },
     /// The engine closed the request without finishing it.
     #[error("the engine closed the request without a final event")]
     Closed,
@@ -99,7 +102,7 @@ impl TextGenerator for EngineGenerator {
                         FinishReason::Length => StopReason::Length,
                         FinishReason::Cancelled => StopReason::Cancelled,
                         FinishReason::Error(message) => {
-                            return Err(EngineGeneratorError::Failed(message));
+                            return Err(EngineGeneratorError::Failed { reason: message });
                         }
                     };
                     return Ok(Completion { text, stop, tokens });

@@ -39,6 +39,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
+use burn::config::Config;
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -92,56 +93,34 @@ impl ShardSelection {
     }
 }
 
-/// Where and how a step writes.
-#[derive(Debug, Clone)]
+/// Where and how a step writes. Defaults: zstd JSONL, rejects written, all shards, chunks of
+/// 512, no progress bar; `output` is the argument of [`StepOptions::new`].
+///
+/// The builders and the serde form come from burn's `#[derive(Config)]`: a serialised form
+/// names every field; [`from_partial_json`](crate::from_partial_json) reads hand-written files
+/// that name only what they change.
+#[derive(Config, Debug)]
 pub struct StepOptions {
     /// Root output directory; a step writes under `<output>/<step name>/`.
     pub output: PathBuf,
     /// Extension of output shards (`jsonl.zst`, `jsonl`, `jsonl.gz`, `parquet`).
+    #[config(default = "String::from(\"jsonl.zst\")")]
     pub extension: String,
     /// Write dropped documents to `<step>/rejects/`.
+    #[config(default = true)]
     pub rejects: bool,
     /// The shards this process runs.
+    #[config(default = "ShardSelection::default()")]
     pub selection: ShardSelection,
     /// Documents per parallel chunk inside a shard.
+    #[config(default = 512)]
     pub chunk: usize,
     /// Show progress bars.
+    #[config(default = false)]
     pub progress: bool,
 }
 
 impl StepOptions {
-    /// Defaults: zstd JSONL, rejects written, all shards, chunks of 512, no progress bar.
-    pub fn new(output: impl Into<PathBuf>) -> Self {
-        Self {
-            output: output.into(),
-            extension: "jsonl.zst".into(),
-            rejects: true,
-            selection: ShardSelection::default(),
-            chunk: 512,
-            progress: false,
-        }
-    }
-    /// Builder: output extension.
-    pub fn with_extension(mut self, ext: impl Into<String>) -> Self {
-        self.extension = ext.into();
-        self
-    }
-    /// Builder: write rejects or not.
-    pub fn with_rejects(mut self, rejects: bool) -> Self {
-        self.rejects = rejects;
-        self
-    }
-    /// Builder: shard selection.
-    pub fn with_selection(mut self, selection: ShardSelection) -> Self {
-        self.selection = selection;
-        self
-    }
-    /// Builder: progress bars.
-    pub fn with_progress(mut self, progress: bool) -> Self {
-        self.progress = progress;
-        self
-    }
-
     /// `<output>/<step>`.
     pub fn step_dir(&self, step: &str) -> PathBuf {
         self.output.join(step)

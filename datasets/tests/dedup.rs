@@ -169,7 +169,7 @@ fn dedup_priority_field_and_ties() {
     let plan = dedup(&DedupConfig::default(), &docs, dir.path());
     assert_eq!(plan.removed(), vec![("old", DupKind::Near)]);
     // Ranked by another field, the highest quality survives.
-    let by_quality = DedupConfig::default().with_priority_field("quality");
+    let by_quality = DedupConfig::default().with_priority_field("quality".into());
     let plan = dedup(&by_quality, &docs, dir.path());
     assert_eq!(plan.removed(), vec![("new", DupKind::Near)]);
 

@@ -104,7 +104,7 @@ fn filters_format_ids_are_stable_content_hashes() {
         FormatConfig::default()
             .with_detect_language(false)
             .with_overwrite_ids(true)
-            .with_id_prefix("web-"),
+            .with_id_prefix("web-".into()),
     );
     let doc = kept(
         prefixed.apply(
@@ -127,7 +127,7 @@ fn filters_format_detects_languages_and_drops() {
     assert_eq!(zh.language.as_deref(), Some("zh"));
 
     let only_en =
-        FormatStage::new(FormatConfig::default().with_allowed_languages(vec!["en".into()]));
+        FormatStage::new(FormatConfig::default().with_allowed_languages(Some(vec!["en".into()])));
     assert!(only_en.apply(Document::new(CLEAN_EN)).is_keep());
     assert_eq!(
         only_en.apply(Document::new(CLEAN_ZH)).reason(),
@@ -135,7 +135,8 @@ fn filters_format_detects_languages_and_drops() {
     );
 
     // Digits only: no language can be identified, confidence 0.
-    let confident = FormatStage::new(FormatConfig::default().with_min_language_confidence(0.5));
+    let confident =
+        FormatStage::new(FormatConfig::default().with_min_language_confidence(Some(0.5)));
     assert_eq!(
         confident
             .apply(Document::new("1234 5678 9012 3456"))
@@ -630,8 +631,8 @@ fn filters_safety_stage_from_config_files() {
     std::fs::write(&domains, "blocked.org\n").unwrap();
     std::fs::write(&words, "# words\nviagra\n").unwrap();
     let config = SafetyConfig::default()
-        .with_domain_blocklist(&domains)
-        .with_word_blocklist(&words)
+        .with_domain_blocklist(Some(domains.clone()))
+        .with_word_blocklist(Some(words.clone()))
         .with_max_word_hits(Some(1));
     let json = serde_json::to_string(&config).unwrap();
     let config: SafetyConfig = serde_json::from_str(&json).unwrap();
@@ -645,7 +646,7 @@ fn filters_safety_stage_from_config_files() {
         stage.apply(Document::new("viagra twice viagra")).reason(),
         Some("blocked_words")
     );
-    let missing = SafetyConfig::default().with_word_blocklist(dir.path().join("none.txt"));
+    let missing = SafetyConfig::default().with_word_blocklist(Some(dir.path().join("none.txt")));
     assert!(matches!(
         SafetyStage::from_config(&missing),
         Err(DataError::Io { .. })
@@ -687,7 +688,7 @@ fn labelled() -> Vec<(&'static str, bool)> {
 
 #[test]
 fn filters_ngram_classifier_separates_and_round_trips() {
-    let config = NgramConfig::new("ad").with_epochs(30);
+    let config = NgramConfig::new("ad".into()).with_epochs(30);
     let model = NgramClassifier::train(labelled(), config.clone()).unwrap();
     assert_eq!(model.accuracy(labelled()), 1.0);
     // Held-out examples built from the training vocabulary.
@@ -738,10 +739,10 @@ fn filters_ngram_classifier_trains_from_jsonl() {
         .collect();
     lines.insert(3, String::new()); // blank lines are skipped
     std::fs::write(&path, lines.join("\n")).unwrap();
-    let config = NgramConfig::new("ad")
-        .with_text_field("body")
-        .with_label_field("kind")
-        .with_positive_label("ad")
+    let config = NgramConfig::new("ad".into())
+        .with_text_field("body".into())
+        .with_label_field("kind".into())
+        .with_positive_label("ad".into())
         .with_epochs(30);
     let examples = NgramClassifier::read_examples(&path, &config).unwrap();
     assert_eq!(examples.len(), ADS.len() + NORMAL.len());
@@ -760,7 +761,8 @@ fn filters_ngram_classifier_trains_from_jsonl() {
         other => panic!("{other:?}"),
     }
     // One class only cannot be trained.
-    let one_class = NgramClassifier::train([("a", true), ("b", true)], NgramConfig::new("ad"));
+    let one_class =
+        NgramClassifier::train([("a", true), ("b", true)], NgramConfig::new("ad".into()));
     assert!(matches!(one_class, Err(DataError::Config { .. })));
 }
 
@@ -770,7 +772,7 @@ fn filters_example_ad_training_set_is_usable() {
         env!("CARGO_MANIFEST_DIR"),
         "/../examples/data/quality/ad_train.jsonl"
     );
-    let config = NgramConfig::new("ad").with_epochs(20);
+    let config = NgramConfig::new("ad".into()).with_epochs(20);
     let examples = NgramClassifier::read_examples(path, &config).unwrap();
     let positives = examples.iter().filter(|e| e.1).count();
     assert!(positives >= 30 && examples.len() - positives >= 30);
@@ -786,7 +788,8 @@ fn filters_example_ad_training_set_is_usable() {
 
 #[test]
 fn filters_quality_stage_thresholds_and_metadata() {
-    let model = NgramClassifier::train(labelled(), NgramConfig::new("ad").with_epochs(30)).unwrap();
+    let model =
+        NgramClassifier::train(labelled(), NgramConfig::new("ad".into()).with_epochs(30)).unwrap();
     let stage = QualityStage::new().with_classifier(model.clone(), Threshold::Max(0.5));
     match stage.apply(Document::new("Buy now, huge discount, free shipping!")) {
         Verdict::Drop { doc, reason } => {
@@ -820,7 +823,7 @@ fn filters_quality_stage_thresholds_and_metadata() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ad.json");
     model.save_json(&path).unwrap();
-    let config: QualityConfig = serde_json::from_str(&format!(
+    let config: QualityConfig = internlm2_datasets::from_partial_json(&format!(
         r#"{{"models": [{{"path": {:?}, "threshold": {{"max": 0.5}}}}]}}"#,
         path
     ))

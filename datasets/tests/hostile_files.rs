@@ -106,7 +106,9 @@ fn signature_seed() -> &'static Vec<u8> {
 }
 
 fn signature_config() -> DedupConfig {
-    DedupConfig::default().with_num_perm(16).with_banding(4, 4)
+    DedupConfig::default()
+        .with_permutations(16)
+        .with_banding(4, 4)
 }
 
 /// Reads every document of a file; typed errors only, and the stream ends (a reader that

@@ -17,7 +17,7 @@ use internlm2_align::reward::{
 use internlm2_align::sft::{PackedSft, SftConfig, SftPacking, tokenize_conversation, train_sft};
 use internlm2_train::{OptimizerConfig, Trainer};
 
-use super::corpus;
+use internlm2_datasets::synthetic as corpus;
 
 /// Runs SFT -> reward model -> PPO -> chat on the pre-trained model in `model_dir`.
 pub fn run(

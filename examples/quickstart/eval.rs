@@ -12,7 +12,7 @@ use internlm2_eval::niah::{Haystack, Needle, NeedleConfig, NeedleTask, run_grid}
 use internlm2_eval::perplexity::{PerplexityConfig, perplexity};
 use internlm2_eval::{ModelGenerator, PromptFormat};
 
-use crate::corpus;
+use internlm2_datasets::synthetic as corpus;
 
 /// Perplexity on 64 stories the model never saw, then a 3 x 3 needle grid.
 pub fn run(export: &Path, out: &Path, seed: u64) -> Result<(), Box<dyn std::error::Error>> {

@@ -26,7 +26,6 @@
 //! No GPU, no downloads; a few minutes on two cores.
 
 mod align;
-mod corpus;
 mod eval;
 
 use std::path::PathBuf;
@@ -43,6 +42,7 @@ use internlm2::generate::{GenerationConfig, generate};
 use internlm2::sampling::SamplingConfig;
 use internlm2::{InternLM2, InternLM2Config, Tokenizer};
 use internlm2_datasets::pipeline::recipe::DataRecipe;
+use internlm2_datasets::synthetic;
 use internlm2_train::{
     InMemoryDocuments, OptimizerConfig, Packer, PackingConfig, Phase, RunOptions, TrainState,
     Trainer, plot_loss_curve, run,
@@ -99,7 +99,7 @@ fn run_quickstart(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     );
 
     println!("== 2. corpus");
-    let mut texts = corpus::generate(args.documents, args.seed);
+    let mut texts = synthetic::generate(args.documents, args.seed);
     texts.extend(data.documents.iter().map(|d| d.text.clone()));
     let chars: usize = texts.iter().map(String::len).sum();
     println!(

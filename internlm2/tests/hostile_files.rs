@@ -66,34 +66,6 @@ fn edit_file(files: &mut [(String, Vec<u8>)], suffix: &str, edits: &[ByteEdit], 
     }
 }
 
-/// Applies a JSON edit to the JSON file `name` (or to the JSON header of a safetensors file).
-fn edit_json(
-    files: &mut [(String, Vec<u8>)],
-    name: &str,
-    path: &[usize],
-    value: serde_json::Value,
-) {
-    for (file, bytes) in files.iter_mut() {
-        if file != name {
-            continue;
-        }
-        if name.ends_with(".safetensors") {
-            let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-            let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-            common::mutate_json(&mut header, path, value.clone());
-            let text = header.to_string();
-            let mut out = (text.len() as u64).to_le_bytes().to_vec();
-            out.extend_from_slice(text.as_bytes());
-            out.extend_from_slice(&bytes[8 + n..]);
-            *bytes = out;
-        } else {
-            let mut json: serde_json::Value = serde_json::from_slice(bytes).unwrap();
-            common::mutate_json(&mut json, path, value.clone());
-            *bytes = json.to_string().into_bytes();
-        }
-    }
-}
-
 proptest! {
     #![proptest_config(cases(2000))]
 
@@ -132,10 +104,10 @@ proptest! {
     ) {
         let mut files = seeds().single.clone();
         for (path, value) in config_edits {
-            edit_json(&mut files, "config.json", &path, value);
+            common::edit_json_file(&mut files, "config.json", &path, value);
         }
         for (path, value) in header_edits {
-            edit_json(&mut files, "model.safetensors", &path, value);
+            common::edit_json_file(&mut files, "model.safetensors", &path, value);
         }
         edit_file(&mut files, "model.safetensors", &edits, 4096);
         load_files(files);
@@ -151,7 +123,7 @@ proptest! {
     ) {
         let mut files = seeds().sharded.clone();
         for (path, value) in index_edits {
-            edit_json(&mut files, "model.safetensors.index.json", &path, value);
+            common::edit_json_file(&mut files, "model.safetensors.index.json", &path, value);
         }
         let shards: Vec<String> = files
             .iter()

@@ -3,6 +3,15 @@
 //! groups of 128 inputs) from known 4-bit values loads to exactly the weights
 //! `s * (q - z)`: the same logits as a dense model holding those weights. Bad files are typed
 //! errors naming the tensor.
+//!
+//! A property test (issue 16) loads mutated AWQ checkpoints — hostile `quantization_config`
+//! values (bits, group size, version, zero point), hostile shapes, dtypes and offsets in the
+//! safetensors header, byte edits — as `Ok` or a typed error within a time bound.
+
+#[path = "common/mutate.rs"]
+mod mutate;
+mod quant_common;
+use quant_common as common;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -14,6 +23,8 @@ use internlm2::backends::Cpu;
 use internlm2::model::linear::Linear;
 use internlm2::quant::{LoadOptions, WeightFormat};
 use internlm2::{CheckpointError, InternLM2, InternLM2Config};
+use mutate::{CASE_LIMIT, apply_edits, byte_edit, cases, edit_json_file, json_edit, within};
+use proptest::prelude::*;
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 
@@ -257,4 +268,59 @@ fn bad_awq_checkpoints_are_typed_errors() {
         err.to_string().contains("model.layers.0.feed_forward.w1"),
         "{err}"
     );
+}
+
+/// The seed AWQ checkpoint's files, written once.
+fn awq_seed() -> &'static [(String, Vec<u8>)] {
+    static SEED: std::sync::OnceLock<Vec<(String, Vec<u8>)>> = std::sync::OnceLock::new();
+    SEED.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut dense = InternLM2::<Cpu>::init(&config(), &Default::default());
+        write_awq(dir.path(), &mut dense, "gemm");
+        mutate::read_dir_files(dir.path())
+    })
+}
+
+proptest! {
+    #![proptest_config(cases(600))]
+
+    /// Hostile AWQ checkpoints load as `Ok` or a typed error in time; a model that loads
+    /// agrees with its config and runs.
+    #[test]
+    fn awq_checkpoints_load_or_fail_typed(
+        quant in proptest::collection::vec(json_edit(), 0..3),
+        header in proptest::collection::vec(json_edit(), 0..3),
+        edits in proptest::collection::vec(byte_edit(), 0..3),
+    ) {
+        let mut files = awq_seed().to_vec();
+        for (path, value) in quant {
+            // Edits inside `quantization_config` (path [k] picks its k-th field).
+            for (name, bytes) in files.iter_mut() {
+                if name == "config.json" {
+                    let mut json: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+                    mutate::mutate_json(&mut json["quantization_config"], &path, value.clone());
+                    *bytes = json.to_string().into_bytes();
+                }
+            }
+        }
+        for (path, value) in header {
+            edit_json_file(&mut files, "model.safetensors", &path, value);
+        }
+        for (name, bytes) in files.iter_mut() {
+            if name == "model.safetensors" {
+                apply_edits(bytes, &edits, 8192);
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        for (name, bytes) in &files {
+            std::fs::write(dir.path().join(name), bytes).unwrap();
+        }
+        let path = dir.path().to_path_buf();
+        within(CASE_LIMIT, move || {
+            let options = LoadOptions::new(DType::F32);
+            if let Ok(model) = InternLM2::<Cpu>::load_with(&path, &options, &Default::default()) {
+                common::check_loaded_model(&model);
+            }
+        });
+    }
 }

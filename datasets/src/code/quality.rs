@@ -27,6 +27,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use burn::config::Config;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -105,71 +106,67 @@ impl TierWeights {
 }
 
 /// Thresholds of the code quality rules (see the module table) and the tier weights.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+///
+/// The builders and the serde form come from burn's `#[derive(Config)]`: a serialised form
+/// names every field; [`from_partial_json`](crate::from_partial_json) reads hand-written files
+/// that name only what they change.
+#[derive(Config, Debug)]
 pub struct CodeQualityConfig {
     /// Longest line above which a code file is low (characters, default 1000).
+    #[config(default = 1000)]
     pub max_line_length_low: usize,
     /// Longest line above which a code file is moderate (default 300).
+    #[config(default = 300)]
     pub max_line_length_moderate: usize,
     /// Mean line length above which a code file is low (default 100).
+    #[config(default = 100.0)]
     pub mean_line_length_low: f64,
     /// Mean line length above which a code file is moderate (default 60).
+    #[config(default = 60.0)]
     pub mean_line_length_moderate: f64,
     /// Alphanumeric fraction below which a file is low (default 0.25).
+    #[config(default = 0.25)]
     pub alnum_fraction_low: f64,
     /// Alphanumeric fraction below which a file is moderate (default 0.35).
+    #[config(default = 0.35)]
     pub alnum_fraction_moderate: f64,
     /// Numeric-token fraction above which a file is low: data, not code (default 0.5).
+    #[config(default = 0.5)]
     pub numeric_fraction_low: f64,
     /// Numeric-token fraction above which a file is moderate (default 0.25).
+    #[config(default = 0.25)]
     pub numeric_fraction_moderate: f64,
     /// Files with fewer tokens skip the numeric rules (default 20).
+    #[config(default = 20)]
     pub numeric_min_tokens: usize,
     /// Code files with fewer non-blank lines are at most moderate (default 5).
+    #[config(default = 5)]
     pub min_lines_high: usize,
     /// How many leading lines are searched for auto-generated markers (default 10; 0 = off).
+    #[config(default = 10)]
     pub generated_marker_lines: usize,
     /// A classifier score below this makes the file low (default 0.2).
+    #[config(default = 0.2)]
     pub model_low_below: f32,
     /// A classifier score below this makes the file at most moderate (default 0.5).
+    #[config(default = 0.5)]
     pub model_high_at_least: f32,
     /// Sampling weight per tier.
+    #[config(default = "TierWeights::default()")]
     pub weights: TierWeights,
     /// Metadata field holding the file path, used to tell code from documentation (default
     /// `"path"`; `source` is used when the field is absent; no path = code).
+    #[config(default = "String::from(\"path\")")]
     pub path_field: String,
 }
 
 impl Default for CodeQualityConfig {
     fn default() -> Self {
-        Self {
-            max_line_length_low: 1000,
-            max_line_length_moderate: 300,
-            mean_line_length_low: 100.0,
-            mean_line_length_moderate: 60.0,
-            alnum_fraction_low: 0.25,
-            alnum_fraction_moderate: 0.35,
-            numeric_fraction_low: 0.5,
-            numeric_fraction_moderate: 0.25,
-            numeric_min_tokens: 20,
-            min_lines_high: 5,
-            generated_marker_lines: 10,
-            model_low_below: 0.2,
-            model_high_at_least: 0.5,
-            weights: TierWeights::default(),
-            path_field: "path".to_string(),
-        }
+        Self::new()
     }
 }
 
 impl CodeQualityConfig {
-    /// Builder: set the tier weights.
-    pub fn with_weights(mut self, weights: TierWeights) -> Self {
-        self.weights = weights;
-        self
-    }
-
     /// Builder: set both longest-line thresholds.
     pub fn with_max_line_length(mut self, moderate: usize, low: usize) -> Self {
         self.max_line_length_moderate = moderate;
@@ -198,22 +195,10 @@ impl CodeQualityConfig {
         self
     }
 
-    /// Builder: set the minimum non-blank line count of a high-tier code file.
-    pub fn with_min_lines_high(mut self, lines: usize) -> Self {
-        self.min_lines_high = lines;
-        self
-    }
-
     /// Builder: set the classifier thresholds.
     pub fn with_model_thresholds(mut self, low_below: f32, high_at_least: f32) -> Self {
         self.model_low_below = low_below;
         self.model_high_at_least = high_at_least;
-        self
-    }
-
-    /// Builder: read the path from another metadata field.
-    pub fn with_path_field(mut self, field: impl Into<String>) -> Self {
-        self.path_field = field.into();
         self
     }
 

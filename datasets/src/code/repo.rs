@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::Path;
 
+use burn::config::Config;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -17,96 +18,54 @@ use crate::{DataError, Document, Result};
 
 /// How per-file documents name their repository and path, and how repository documents are
 /// written.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+///
+/// The builders and the serde form come from burn's `#[derive(Config)]`: a serialised form
+/// names every field; [`from_partial_json`](crate::from_partial_json) reads hand-written files
+/// that name only what they change.
+#[derive(Config, Debug)]
 pub struct RepoConfig {
     /// Metadata field with the repository name (default `"repo"`).
+    #[config(default = "String::from(\"repo\")")]
     pub repo_field: String,
     /// Metadata field with the file path (default `"path"`; `source` is used when absent).
+    #[config(default = "String::from(\"path\")")]
     pub path_field: String,
     /// Metadata field with the file's sampling weight (default `"sample_weight"`).
+    #[config(default = "String::from(\"sample_weight\")")]
     pub weight_field: String,
     /// Start the repository document with a `# <name>` title line (default true).
+    #[config(default = true)]
     pub title: bool,
 }
 
 impl Default for RepoConfig {
     fn default() -> Self {
-        Self {
-            repo_field: "repo".to_string(),
-            path_field: "path".to_string(),
-            weight_field: "sample_weight".to_string(),
-            title: true,
-        }
-    }
-}
-
-impl RepoConfig {
-    /// Builder: metadata field of the repository name.
-    pub fn with_repo_field(mut self, field: impl Into<String>) -> Self {
-        self.repo_field = field.into();
-        self
-    }
-
-    /// Builder: metadata field of the path.
-    pub fn with_path_field(mut self, field: impl Into<String>) -> Self {
-        self.path_field = field.into();
-        self
-    }
-
-    /// Builder: metadata field of the sampling weight.
-    pub fn with_weight_field(mut self, field: impl Into<String>) -> Self {
-        self.weight_field = field.into();
-        self
-    }
-
-    /// Builder: whether to write the `# <name>` title line.
-    pub fn with_title(mut self, title: bool) -> Self {
-        self.title = title;
-        self
+        Self::new()
     }
 }
 
 /// Which files [`Repository::from_dir_with`] reads.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+///
+/// The builders and the serde form come from burn's `#[derive(Config)]`: a serialised form
+/// names every field; [`from_partial_json`](crate::from_partial_json) reads hand-written files
+/// that name only what they change.
+#[derive(Config, Debug)]
 pub struct DirConfig {
     /// Files larger than this many bytes are skipped as `too_large` (default 1 MiB).
+    #[config(default = "1 << 20")]
     pub max_file_bytes: u64,
     /// Read files and folders whose name starts with `.` (default false: skipped as `hidden`).
+    #[config(default = false)]
     pub include_hidden: bool,
     /// Folder names never entered, skipped as `skipped_dir` (default `node_modules`,
     /// `__pycache__`).
+    #[config(default = "vec![String::from(\"node_modules\"), String::from(\"__pycache__\")]")]
     pub skip_dirs: Vec<String>,
 }
 
 impl Default for DirConfig {
     fn default() -> Self {
-        Self {
-            max_file_bytes: 1 << 20,
-            include_hidden: false,
-            skip_dirs: vec!["node_modules".to_string(), "__pycache__".to_string()],
-        }
-    }
-}
-
-impl DirConfig {
-    /// Builder: set the file size limit.
-    pub fn with_max_file_bytes(mut self, bytes: u64) -> Self {
-        self.max_file_bytes = bytes;
-        self
-    }
-
-    /// Builder: read hidden files and folders too.
-    pub fn with_include_hidden(mut self, include: bool) -> Self {
-        self.include_hidden = include;
-        self
-    }
-
-    /// Builder: set the folder names never entered.
-    pub fn with_skip_dirs<S: Into<String>>(mut self, dirs: impl IntoIterator<Item = S>) -> Self {
-        self.skip_dirs = dirs.into_iter().map(Into::into).collect();
-        self
+        Self::new()
     }
 }
 

@@ -218,7 +218,7 @@ mod tests {
     fn blocked_kernel_matches_reference() {
         // 100 permutations: 6 blocks of 16 plus a remainder of 4.
         let cfg = DedupConfig::default()
-            .with_num_perm(100)
+            .with_permutations(100)
             .with_banding(25, 4);
         let h = MinHasher::new(&cfg);
         let text: String = (0..5000).map(|i| format!("w{} ", i % 997)).collect();

@@ -44,7 +44,7 @@ pub mod shingle;
 pub mod signatures;
 mod union_find;
 
-use serde::{Deserialize, Serialize};
+use burn::config::Config;
 
 use crate::{DataError, Result};
 
@@ -64,58 +64,63 @@ pub use signatures::{SignatureFile, SignatureRecord, SignatureWriter, write_sign
 ///
 /// ```
 /// use internlm2_datasets::dedup::DedupConfig;
-/// let cfg = DedupConfig::default().with_threshold(0.8).with_priority_field("dump");
+/// let cfg = DedupConfig::default().with_threshold(0.8).with_priority_field("dump".into());
 /// assert_eq!((cfg.num_perm, cfg.bands, cfg.rows, cfg.ngram), (128, 32, 4, 5));
 /// assert!(DedupConfig::code().code_aware);
 /// cfg.validate().unwrap();
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// The builders and the serde form come from burn's `#[derive(Config)]`: a serialised form
+/// names every field; [`from_partial_json`](crate::from_partial_json) reads hand-written files
+/// that name only what they change.
+/// The generated `with_num_perm` sets `num_perm` only; [`DedupConfig::with_permutations`] also
+/// adjusts `bands`.
+#[derive(Config, Debug, PartialEq)]
 pub struct DedupConfig {
     /// Number of MinHash permutations (signature length). Default 128.
+    #[config(default = 128)]
     pub num_perm: usize,
     /// Shingle length in words (code tokens in code-aware mode). Default 5. A document with
     /// fewer words has one shingle made of all its words; one with none has no signature and
     /// is only deduplicated exactly.
+    #[config(default = 5)]
     pub ngram: usize,
     /// LSH bands; `bands * rows` must equal `num_perm`. Default 32.
+    #[config(default = 32)]
     pub bands: usize,
     /// Rows (signature values) per band. Default 4.
+    #[config(default = 4)]
     pub rows: usize,
     /// Jaccard threshold: a candidate pair is a near-duplicate when the fraction of equal
     /// signature values (the MinHash estimate of the Jaccard similarity of the shingle sets) is
     /// at least this. Default 0.7.
+    #[config(default = 0.7)]
     pub threshold: f64,
-    /// Seed of the permutations. Every shard of one corpus must use the same seed.
+    /// Seed of the permutations. Every shard of one corpus must use the same seed. Default 42.
+    #[config(default = 42)]
     pub seed: u64,
     /// The field that ranks copies: the copy with the highest value survives
     /// (see [`Document::priority`](crate::Document::priority); a missing value ranks lowest).
     /// Default `"timestamp"`, i.e. keep the newest record.
+    #[config(default = "String::from(\"timestamp\")")]
     pub priority_field: String,
     /// Code-aware tokenisation: tokens are identifiers/numbers and single punctuation
     /// characters, case is kept and all whitespace (indentation, line breaks) is ignored, also
     /// by the exact hash. Default false.
+    #[config(default = false)]
     pub code_aware: bool,
     /// Group documents with the same exact hash (text, or the code token stream in code-aware
     /// mode). Default true.
+    #[config(default = true)]
     pub exact: bool,
     /// MinHash-LSH near-duplicate detection. Default true.
+    #[config(default = true)]
     pub fuzzy: bool,
 }
 
 impl Default for DedupConfig {
     fn default() -> Self {
-        Self {
-            num_perm: 128,
-            ngram: 5,
-            bands: 32,
-            rows: 4,
-            threshold: 0.7,
-            seed: 42,
-            priority_field: "timestamp".to_string(),
-            code_aware: false,
-            exact: true,
-            fuzzy: true,
-        }
+        Self::new()
     }
 }
 
@@ -128,8 +133,9 @@ impl DedupConfig {
         }
     }
 
-    /// Builder: number of permutations; also sets `bands = num_perm / rows` when that divides.
-    pub fn with_num_perm(mut self, num_perm: usize) -> Self {
+    /// Builder: number of permutations; also sets `bands = num_perm / rows` when that divides
+    /// (the derived `with_num_perm` sets `num_perm` only).
+    pub fn with_permutations(mut self, num_perm: usize) -> Self {
         self.num_perm = num_perm;
         if self.rows > 0 && num_perm.is_multiple_of(self.rows) {
             self.bands = num_perm / self.rows;
@@ -137,52 +143,10 @@ impl DedupConfig {
         self
     }
 
-    /// Builder: shingle length.
-    pub fn with_ngram(mut self, ngram: usize) -> Self {
-        self.ngram = ngram;
-        self
-    }
-
     /// Builder: LSH banding (`bands * rows` must equal `num_perm`).
     pub fn with_banding(mut self, bands: usize, rows: usize) -> Self {
         self.bands = bands;
         self.rows = rows;
-        self
-    }
-
-    /// Builder: Jaccard threshold.
-    pub fn with_threshold(mut self, threshold: f64) -> Self {
-        self.threshold = threshold;
-        self
-    }
-
-    /// Builder: permutation seed.
-    pub fn with_seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
-        self
-    }
-
-    /// Builder: the field ranking copies (highest survives).
-    pub fn with_priority_field(mut self, field: impl Into<String>) -> Self {
-        self.priority_field = field.into();
-        self
-    }
-
-    /// Builder: code-aware tokenisation.
-    pub fn with_code_aware(mut self, code_aware: bool) -> Self {
-        self.code_aware = code_aware;
-        self
-    }
-
-    /// Builder: exact-hash grouping.
-    pub fn with_exact(mut self, exact: bool) -> Self {
-        self.exact = exact;
-        self
-    }
-
-    /// Builder: MinHash-LSH near-duplicate detection.
-    pub fn with_fuzzy(mut self, fuzzy: bool) -> Self {
-        self.fuzzy = fuzzy;
         self
     }
 

@@ -6,7 +6,8 @@
 //!
 //! ```no_run
 //! use internlm2_datasets::pipeline::recipe::DataRecipe;
-//! let recipe = DataRecipe::new("corpus/", "target/data").with_code("my_repo/");
+//! let recipe = DataRecipe::new("corpus/".into(), "target/data".into())
+//!     .with_code(Some("my_repo/".into()));
 //! let summary = recipe.run(None)?; // no model scores the long-context step
 //! println!("{}", summary.report.table());
 //! # Ok::<(), internlm2_datasets::DataError>(())
@@ -16,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use burn::config::Config;
 use internlm2::Tokenizer;
-use serde::{Deserialize, Serialize};
 
 use crate::code::{
     CodeQualityConfig, CodeQualityStage, RepoConfig, Repository, group_repositories,
@@ -35,7 +36,12 @@ use crate::{Chain, DataError, Document, StageStats};
 
 /// Inputs and settings of one run (saved as `data-recipe.json` beside its outputs; the text
 /// pipeline's own settings as `recipe.json`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// [`DataRecipe::new`] takes `corpus` and `output`; the defaults are no code repository,
+/// blocklists or quality model; a 2,000-id byte-level BPE trained on the kept text; rows of
+/// 512 tokens; the SPEC 5 long-context floor of 32K bytes; progress bars. The builders and
+/// the serde form come from burn's `#[derive(Config)]`.
+#[derive(Config, Debug, PartialEq)]
 pub struct DataRecipe {
     /// Directory (or file) of text shards.
     pub corpus: PathBuf,
@@ -48,42 +54,27 @@ pub struct DataRecipe {
     /// Labelled JSONL to train the advertisement classifier from.
     pub ad_train: Option<PathBuf>,
     /// Drop documents whose ad score is above this.
+    #[config(default = 0.8)]
     pub ad_max: f32,
     /// Output directory.
     pub output: PathBuf,
     /// Tokenizer (`tokenizer.model`, `tokenizer.json` or a directory); trained when absent.
     pub tokenizer: Option<PathBuf>,
     /// Vocabulary of a trained tokenizer.
+    #[config(default = 2000)]
     pub vocab_size: usize,
     /// Tokens per packed row.
+    #[config(default = 512)]
     pub seq_len: usize,
     /// Long-context floor in bytes (SPEC 5: 32K).
+    #[config(default = "32 * 1024")]
     pub long_min_bytes: usize,
     /// Progress bars.
+    #[config(default = true)]
     pub progress: bool,
 }
 
 impl DataRecipe {
-    /// The recipe on `corpus` writing to `output`: no code repository, blocklists or quality
-    /// model; a 2,000-id byte-level BPE trained on the kept text; rows of 512 tokens; the
-    /// SPEC 5 long-context floor of 32K bytes; progress bars.
-    pub fn new(corpus: impl Into<PathBuf>, output: impl Into<PathBuf>) -> Self {
-        Self {
-            corpus: corpus.into(),
-            code: None,
-            blocked_domains: None,
-            blocked_words: None,
-            ad_train: None,
-            ad_max: 0.8,
-            output: output.into(),
-            tokenizer: None,
-            vocab_size: 2000,
-            seq_len: 512,
-            long_min_bytes: 32 * 1024,
-            progress: true,
-        }
-    }
-
     /// The recipe on the sample corpus of a directory laid out as the SDK's `examples/data`
     /// (`corpus/`, `code/tinyrepo`, `safety/blocked_{domains,words}.txt`,
     /// `quality/ad_train.jsonl`).
@@ -94,14 +85,8 @@ impl DataRecipe {
             blocked_domains: Some(data.join("safety/blocked_domains.txt")),
             blocked_words: Some(data.join("safety/blocked_words.txt")),
             ad_train: Some(data.join("quality/ad_train.jsonl")),
-            ..Self::new(data.join("corpus"), output)
+            ..Self::new(data.join("corpus"), output.into())
         }
-    }
-
-    /// Adds a code repository.
-    pub fn with_code(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.code = Some(dir.into());
-        self
     }
 }
 
@@ -208,13 +193,13 @@ fn run(
     scorer: Option<Box<dyn ContextScorer>>,
 ) -> Result<DataSummary, DataError> {
     let started = Instant::now();
-    let opts = StepOptions::new(&args.output).with_progress(args.progress);
+    let opts = StepOptions::new(args.output.clone()).with_progress(args.progress);
     let inputs = list_shards(&args.corpus)?;
 
     // Quality: train the advertisement classifier from labelled lines (no download).
     let mut quality = None;
     if let Some(train) = &args.ad_train {
-        let model = NgramClassifier::train_jsonl(train, NgramConfig::new("ad"))?;
+        let model = NgramClassifier::train_jsonl(train, NgramConfig::new("ad".into()))?;
         let path = args.output.join("models/ad.json");
         std::fs::create_dir_all(args.output.join("models")).map_err(|source| DataError::Io {
             path: path.clone(),
@@ -225,10 +210,10 @@ fn run(
     }
     let mut safety = SafetyConfig::default();
     if let Some(p) = &args.blocked_domains {
-        safety = safety.with_domain_blocklist(p);
+        safety = safety.with_domain_blocklist(Some(p.clone()));
     }
     if let Some(p) = &args.blocked_words {
-        safety = safety.with_word_blocklist(p);
+        safety = safety.with_word_blocklist(Some(p.clone()));
     }
     let text = TextPipelineConfig::default()
         .with_safety(Some(safety))

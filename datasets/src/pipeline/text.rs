@@ -13,6 +13,7 @@
 
 use std::path::PathBuf;
 
+use burn::config::Config;
 use serde::{Deserialize, Serialize};
 
 use super::dedup::{dedup_merge, dedup_signatures, run_dedup};
@@ -25,14 +26,20 @@ use crate::stages::safety::{SafetyConfig, SafetyStage};
 use crate::{Chain, Result};
 
 /// Which stages run, with their configurations (`None` skips a stage).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+///
+/// The builders and the serde form come from burn's `#[derive(Config)]`: a serialised form
+/// names every field; [`from_partial_json`](crate::from_partial_json) reads hand-written files
+/// that name only what they change.
+#[derive(Config, Debug, PartialEq)]
 pub struct TextPipelineConfig {
     /// Unicode and whitespace cleanup, language id, ids (always runs: dedup needs ids).
+    #[config(default = "FormatConfig::default()")]
     pub format: FormatConfig,
     /// Heuristic rules.
+    #[config(default = "Some(RulesConfig::default())")]
     pub rules: Option<RulesConfig>,
     /// Exact and MinHash-LSH dedup.
+    #[config(default = "Some(DedupConfig::default())")]
     pub dedup: Option<DedupConfig>,
     /// Domain and word blocklists, safety classifiers.
     pub safety: Option<SafetyConfig>,
@@ -42,13 +49,7 @@ pub struct TextPipelineConfig {
 
 impl Default for TextPipelineConfig {
     fn default() -> Self {
-        Self {
-            format: FormatConfig::default(),
-            rules: Some(RulesConfig::default()),
-            dedup: Some(DedupConfig::default()),
-            safety: None,
-            quality: None,
-        }
+        Self::new()
     }
 }
 
@@ -62,27 +63,6 @@ pub struct TextPipelineOutput {
 }
 
 impl TextPipelineConfig {
-    /// Builder: rules.
-    pub fn with_rules(mut self, rules: Option<RulesConfig>) -> Self {
-        self.rules = rules;
-        self
-    }
-    /// Builder: dedup.
-    pub fn with_dedup(mut self, dedup: Option<DedupConfig>) -> Self {
-        self.dedup = dedup;
-        self
-    }
-    /// Builder: safety.
-    pub fn with_safety(mut self, safety: Option<SafetyConfig>) -> Self {
-        self.safety = safety;
-        self
-    }
-    /// Builder: quality.
-    pub fn with_quality(mut self, quality: Option<QualityConfig>) -> Self {
-        self.quality = quality;
-        self
-    }
-
     fn chains(&self) -> Result<(Chain, Chain)> {
         let mut filter = Chain::new().add(FormatStage::new(self.format.clone()));
         if let Some(rules) = &self.rules {

@@ -165,25 +165,6 @@ impl ScoredChecks {
     }
 }
 
-/// The builders of the score output settings (`write_scores`, `score_prefix`) a stage
-/// configuration with classifiers has (the safety and quality configurations).
-macro_rules! score_output_builders {
-    () => {
-        /// Builder: set [`Self::write_scores`].
-        pub fn with_write_scores(mut self, on: bool) -> Self {
-            self.write_scores = on;
-            self
-        }
-
-        /// Builder: set [`Self::score_prefix`].
-        pub fn with_score_prefix(mut self, prefix: impl Into<String>) -> Self {
-            self.score_prefix = prefix.into();
-            self
-        }
-    };
-}
-pub(crate) use score_output_builders;
-
 /// A score rounded to 6 decimals for metadata (f32 -> f64 without spurious digits).
 pub(crate) fn score_value(score: f32) -> serde_json::Value {
     ((f64::from(score) * 1e6).round() / 1e6).into()

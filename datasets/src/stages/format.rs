@@ -10,6 +10,7 @@
 //! Drop reasons: `empty` (nothing left after cleanup), `low_language_confidence`,
 //! `language_not_allowed`.
 
+use burn::config::Config;
 use serde::{Deserialize, Serialize};
 use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfc_quick, is_nfkc_quick};
 use whatlang::Lang;
@@ -41,40 +42,53 @@ pub enum Normalization {
 /// use internlm2_datasets::stages::format::{FormatConfig, Normalization};
 /// let config = FormatConfig::default()
 ///     .with_normalization(Normalization::Nfkc)
-///     .with_allowed_languages(vec!["en".into(), "zh".into()])
-///     .with_id_prefix("web-");
+///     .with_allowed_languages(Some(vec!["en".into(), "zh".into()]))
+///     .with_id_prefix("web-".into());
 /// assert_eq!(config.max_blank_lines, Some(2));
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+///
+/// The builders and the serde form come from burn's `#[derive(Config)]`: a serialised form
+/// names every field; [`from_partial_json`](crate::from_partial_json) reads hand-written files
+/// that name only what they change.
+#[derive(Config, Debug, PartialEq)]
 pub struct FormatConfig {
     /// Unicode normalisation form (default NFC).
+    #[config(default = "Normalization::Nfc")]
     pub normalization: Normalization,
     /// Turn `\r\n`, a lone `\r`, NEL (U+0085) and the Unicode line / paragraph separators
     /// (U+2028, U+2029) into `\n` (default `true`).
+    #[config(default = true)]
     pub normalize_line_endings: bool,
     /// Remove control characters other than `\n` and `\t`, and the byte-order mark U+FEFF
     /// (default `true`).
+    #[config(default = true)]
     pub strip_control_chars: bool,
     /// Turn Unicode space separators (no-break space U+00A0, U+1680, U+2000..U+200A, U+202F,
     /// U+205F) into an ASCII space; the ideographic space U+3000 is kept (default `true`).
+    #[config(default = true)]
     pub unicode_spaces_to_ascii: bool,
     /// Remove whitespace at the end of every line (default `true`).
+    #[config(default = true)]
     pub trim_trailing_whitespace: bool,
     /// Collapse runs of ASCII spaces inside a line into one space; the indentation at the start
     /// of a line is kept (default `true`; switch off for text whose alignment matters).
+    #[config(default = true)]
     pub collapse_spaces: bool,
     /// At most this many consecutive blank lines are kept; longer runs are shortened (default
     /// `Some(2)`; `None` keeps every blank line). A line of only whitespace counts as blank and
     /// is written as an empty line.
+    #[config(default = "Some(2)")]
     pub max_blank_lines: Option<usize>,
     /// Remove blank lines at the start and whitespace at the end of the document (default
     /// `true`).
+    #[config(default = true)]
     pub trim_document: bool,
     /// Identify the language (default `true`). Detection overwrites [`Document::language`].
+    #[config(default = true)]
     pub detect_language: bool,
     /// Language identification reads at most this many bytes from the start of the text
     /// (cut at a character boundary; default 4096). `0` reads everything.
+    #[config(default = 4096)]
     pub language_sample_bytes: usize,
     /// Drop documents whose language confidence (0..1, from whatlang) is below this
     /// (reason `low_language_confidence`; default `None`: keep all). A text whose language
@@ -85,32 +99,19 @@ pub struct FormatConfig {
     /// `None` (default) keeps every language. Needs `detect_language`.
     pub allowed_languages: Option<Vec<String>>,
     /// Give documents with an empty id a content id (default `true`), see [`document_id`].
+    #[config(default = true)]
     pub assign_ids: bool,
     /// Replace ids that are already set as well (default `false`).
+    #[config(default = false)]
     pub overwrite_ids: bool,
     /// Prefix of assigned ids (default empty).
+    #[config(default = "String::new()")]
     pub id_prefix: String,
 }
 
 impl Default for FormatConfig {
     fn default() -> Self {
-        Self {
-            normalization: Normalization::Nfc,
-            normalize_line_endings: true,
-            strip_control_chars: true,
-            unicode_spaces_to_ascii: true,
-            trim_trailing_whitespace: true,
-            collapse_spaces: true,
-            max_blank_lines: Some(2),
-            trim_document: true,
-            detect_language: true,
-            language_sample_bytes: 4096,
-            min_language_confidence: None,
-            allowed_languages: None,
-            assign_ids: true,
-            overwrite_ids: false,
-            id_prefix: String::new(),
-        }
+        Self::new()
     }
 }
 
@@ -129,96 +130,6 @@ impl FormatConfig {
             trim_document: false,
             ..Self::default()
         }
-    }
-
-    /// Builder: set [`Self::normalization`].
-    pub fn with_normalization(mut self, normalization: Normalization) -> Self {
-        self.normalization = normalization;
-        self
-    }
-
-    /// Builder: set [`Self::normalize_line_endings`].
-    pub fn with_normalize_line_endings(mut self, on: bool) -> Self {
-        self.normalize_line_endings = on;
-        self
-    }
-
-    /// Builder: set [`Self::strip_control_chars`].
-    pub fn with_strip_control_chars(mut self, on: bool) -> Self {
-        self.strip_control_chars = on;
-        self
-    }
-
-    /// Builder: set [`Self::unicode_spaces_to_ascii`].
-    pub fn with_unicode_spaces_to_ascii(mut self, on: bool) -> Self {
-        self.unicode_spaces_to_ascii = on;
-        self
-    }
-
-    /// Builder: set [`Self::trim_trailing_whitespace`].
-    pub fn with_trim_trailing_whitespace(mut self, on: bool) -> Self {
-        self.trim_trailing_whitespace = on;
-        self
-    }
-
-    /// Builder: set [`Self::collapse_spaces`].
-    pub fn with_collapse_spaces(mut self, on: bool) -> Self {
-        self.collapse_spaces = on;
-        self
-    }
-
-    /// Builder: set [`Self::max_blank_lines`].
-    pub fn with_max_blank_lines(mut self, max: Option<usize>) -> Self {
-        self.max_blank_lines = max;
-        self
-    }
-
-    /// Builder: set [`Self::trim_document`].
-    pub fn with_trim_document(mut self, on: bool) -> Self {
-        self.trim_document = on;
-        self
-    }
-
-    /// Builder: set [`Self::detect_language`].
-    pub fn with_detect_language(mut self, on: bool) -> Self {
-        self.detect_language = on;
-        self
-    }
-
-    /// Builder: set [`Self::language_sample_bytes`].
-    pub fn with_language_sample_bytes(mut self, bytes: usize) -> Self {
-        self.language_sample_bytes = bytes;
-        self
-    }
-
-    /// Builder: set [`Self::min_language_confidence`].
-    pub fn with_min_language_confidence(mut self, min: f64) -> Self {
-        self.min_language_confidence = Some(min);
-        self
-    }
-
-    /// Builder: set [`Self::allowed_languages`].
-    pub fn with_allowed_languages(mut self, languages: Vec<String>) -> Self {
-        self.allowed_languages = Some(languages);
-        self
-    }
-
-    /// Builder: set [`Self::assign_ids`].
-    pub fn with_assign_ids(mut self, on: bool) -> Self {
-        self.assign_ids = on;
-        self
-    }
-
-    /// Builder: set [`Self::overwrite_ids`].
-    pub fn with_overwrite_ids(mut self, on: bool) -> Self {
-        self.overwrite_ids = on;
-        self
-    }
-
-    /// Builder: set [`Self::id_prefix`].
-    pub fn with_id_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.id_prefix = prefix.into();
-        self
     }
 }
 

@@ -14,10 +14,10 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
+use burn::config::Config;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData, activation};
 use internlm2::backends::Kernels;
 use internlm2::{InternLM2, Tokenizer};
-use serde::{Deserialize, Serialize};
 
 use crate::{DataError, Document, Result, Stage, Verdict};
 
@@ -61,60 +61,43 @@ pub const DISCOURSE_WORDS: &[&str] = &[
 
 /// Thresholds of the long-context stage (SPEC 5 publishes the 32K-byte floor; the other
 /// thresholds are not published and are ours, chosen per domain by the user).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// The builders and the serde form come from burn's `#[derive(Config)]`: a serialised form
+/// names every field; [`from_partial_json`](crate::from_partial_json) reads hand-written files
+/// that name only what they change.
+#[derive(Config, Debug, PartialEq)]
 pub struct LongContextConfig {
     /// (a) Minimum UTF-8 length in bytes. SPEC 5: 32K.
+    #[config(default = "32 * 1024")]
     pub min_bytes: usize,
     /// (b) Minimum discourse words ([`DISCOURSE_WORDS`]) per 1,000 words; `None` disables.
+    #[config(default = "Some(1.0)")]
     pub min_discourse_per_1k: Option<f64>,
     /// (b) Minimum distinct-word ratio over the first 5,000 words; `None` disables.
+    #[config(default = "Some(0.1)")]
     pub min_distinct_ratio: Option<f64>,
     /// (c) Bytes per segment (cut at a character boundary).
+    #[config(default = 4096)]
     pub segment_bytes: usize,
     /// (c) At most this many (S1, S2) pairs are scored per document, evenly spread.
+    #[config(default = 4)]
     pub max_pairs: usize,
     /// (c) Largest allowed mean `nll(S2 | S1) - nll(S2)` in nats per token, by domain. The
     /// domain of a document is its `domain` metadata field, else its language, else `"default"`.
+    #[config(default = "BTreeMap::from([(String::from(\"default\"), 0.0)])")]
     pub max_nll_increase: BTreeMap<String, f64>,
 }
 
 impl Default for LongContextConfig {
     fn default() -> Self {
-        Self {
-            min_bytes: 32 * 1024,
-            min_discourse_per_1k: Some(1.0),
-            min_distinct_ratio: Some(0.1),
-            segment_bytes: 4096,
-            max_pairs: 4,
-            max_nll_increase: BTreeMap::from([("default".to_string(), 0.0)]),
-        }
+        Self::new()
     }
 }
 
 impl LongContextConfig {
-    /// Builder: minimum length in bytes.
-    pub fn with_min_bytes(mut self, min_bytes: usize) -> Self {
-        self.min_bytes = min_bytes;
-        self
-    }
-    /// Builder: segment length in bytes.
-    pub fn with_segment_bytes(mut self, segment_bytes: usize) -> Self {
-        self.segment_bytes = segment_bytes;
-        self
-    }
     /// Builder: the NLL-increase threshold of one domain.
     pub fn with_threshold(mut self, domain: impl Into<String>, max_increase: f64) -> Self {
         self.max_nll_increase.insert(domain.into(), max_increase);
-        self
-    }
-    /// Builder: discourse-word floor.
-    pub fn with_min_discourse_per_1k(mut self, v: Option<f64>) -> Self {
-        self.min_discourse_per_1k = v;
-        self
-    }
-    /// Builder: distinct-word floor.
-    pub fn with_min_distinct_ratio(mut self, v: Option<f64>) -> Self {
-        self.min_distinct_ratio = v;
         self
     }
 

@@ -9,6 +9,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
+use burn::config::Config;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use xxhash_rust::xxh3::xxh3_64;
@@ -27,129 +28,64 @@ const FILE_VERSION: u32 = 1;
 ///
 /// ```
 /// use internlm2_datasets::stages::ngram::NgramConfig;
-/// let config = NgramConfig::new("ad").with_epochs(20).with_hash_bits(16);
+/// let config = NgramConfig::new("ad".into()).with_epochs(20).with_hash_bits(16);
 /// assert_eq!(config.name, "ad");
 /// assert_eq!(config.max_order, 2);
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+///
+/// The builders and the serde form come from burn's `#[derive(Config)]`: a serialised form
+/// names every field; [`from_partial_json`](crate::from_partial_json) reads hand-written files
+/// that name only what they change.
+/// `name` is the argument of [`NgramConfig::new`]; [`Default`] names the classifier `"ngram"`.
+#[derive(Config, Debug, PartialEq)]
 pub struct NgramConfig {
     /// Name of the property the classifier detects (`"ad"`, `"fluent"`, `"toxic"`): drop
     /// reasons are `<name>_score`, metadata fields `quality_<name>` (default `"ngram"`).
     pub name: String,
     /// Features are hashed into `2^hash_bits` weights (default 18, allowed 4..=28).
+    #[config(default = 18)]
     pub hash_bits: u32,
     /// Longest n-gram of tokens used as a feature (default 2: unigrams and bigrams).
+    #[config(default = 2)]
     pub max_order: usize,
     /// Only the first `max_bytes` bytes of a text are read (default 20,000; 0 reads all).
+    #[config(default = 20_000)]
     pub max_bytes: usize,
     /// Passes over the training set (default 10).
+    #[config(default = 10)]
     pub epochs: usize,
     /// SGD step size (default 0.5; features are L2-normalised per text).
+    #[config(default = 0.5)]
     pub learning_rate: f32,
     /// L2 penalty on the weights a step touches (default 1e-5).
+    #[config(default = 1e-5)]
     pub l2: f32,
     /// Seed of the example order (default 42): the same data and seed give the same model.
+    #[config(default = 42)]
     pub seed: u64,
     /// JSONL field holding the text (default `"text"`).
+    #[config(default = "String::from(\"text\")")]
     pub text_field: String,
     /// JSONL field holding the label (default `"label"`).
+    #[config(default = "String::from(\"label\")")]
     pub label_field: String,
     /// The label value of positive examples (default `1`; numbers compare by value, so
     /// `1.0` matches too). Every other value is negative.
+    #[config(default = "Value::from(1)")]
     pub positive_label: Value,
 }
 
 impl Default for NgramConfig {
     fn default() -> Self {
-        Self {
-            name: "ngram".to_string(),
-            hash_bits: 18,
-            max_order: 2,
-            max_bytes: 20_000,
-            epochs: 10,
-            learning_rate: 0.5,
-            l2: 1e-5,
-            seed: 42,
-            text_field: "text".to_string(),
-            label_field: "label".to_string(),
-            positive_label: Value::from(1),
-        }
+        Self::new("ngram".to_string())
     }
 }
 
 impl NgramConfig {
-    /// The default configuration for a classifier named `name`.
-    pub fn new(name: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            ..Self::default()
-        }
-    }
-
-    /// Builder: set [`Self::name`].
+    /// Builder: set [`Self::name`] (a required argument of [`NgramConfig::new`], so the derive
+    /// makes no builder for it).
     pub fn with_name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
-        self
-    }
-
-    /// Builder: set [`Self::hash_bits`].
-    pub fn with_hash_bits(mut self, bits: u32) -> Self {
-        self.hash_bits = bits;
-        self
-    }
-
-    /// Builder: set [`Self::max_order`].
-    pub fn with_max_order(mut self, order: usize) -> Self {
-        self.max_order = order;
-        self
-    }
-
-    /// Builder: set [`Self::max_bytes`].
-    pub fn with_max_bytes(mut self, bytes: usize) -> Self {
-        self.max_bytes = bytes;
-        self
-    }
-
-    /// Builder: set [`Self::epochs`].
-    pub fn with_epochs(mut self, epochs: usize) -> Self {
-        self.epochs = epochs;
-        self
-    }
-
-    /// Builder: set [`Self::learning_rate`].
-    pub fn with_learning_rate(mut self, rate: f32) -> Self {
-        self.learning_rate = rate;
-        self
-    }
-
-    /// Builder: set [`Self::l2`].
-    pub fn with_l2(mut self, l2: f32) -> Self {
-        self.l2 = l2;
-        self
-    }
-
-    /// Builder: set [`Self::seed`].
-    pub fn with_seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
-        self
-    }
-
-    /// Builder: set [`Self::text_field`].
-    pub fn with_text_field(mut self, field: impl Into<String>) -> Self {
-        self.text_field = field.into();
-        self
-    }
-
-    /// Builder: set [`Self::label_field`].
-    pub fn with_label_field(mut self, field: impl Into<String>) -> Self {
-        self.label_field = field.into();
-        self
-    }
-
-    /// Builder: set [`Self::positive_label`].
-    pub fn with_positive_label(mut self, label: impl Into<Value>) -> Self {
-        self.positive_label = label.into();
         self
     }
 
@@ -206,7 +142,8 @@ type Features = Vec<(u32, f32)>;
 ///     ("The committee met on Tuesday to discuss the river survey.", false),
 ///     ("Researchers measured the temperature of the lake every week.", false),
 /// ];
-/// let model = NgramClassifier::train(examples, NgramConfig::new("ad").with_epochs(30)).unwrap();
+/// let config = NgramConfig::new("ad".into()).with_epochs(30);
+/// let model = NgramClassifier::train(examples, config).unwrap();
 /// assert!(model.score_text("Click here to buy now with free shipping!") > 0.5);
 /// assert!(model.score_text("The survey of the lake was discussed on Tuesday.") < 0.5);
 /// let copy = NgramClassifier::from_json(&model.to_json()).unwrap();

@@ -9,10 +9,11 @@
 
 use std::path::PathBuf;
 
+use burn::config::Config;
 use serde::{Deserialize, Serialize};
 
+use super::classifier::ScoredChecks;
 pub use super::classifier::Threshold;
-use super::classifier::{ScoredChecks, score_output_builders};
 pub use super::ngram::{NgramClassifier, NgramConfig};
 use crate::{Classifier, Document, Result, Stage, Verdict};
 
@@ -30,30 +31,32 @@ pub struct QualityModel {
 ///
 /// ```
 /// use internlm2_datasets::stages::quality::{QualityConfig, Threshold};
-/// let config: QualityConfig = serde_json::from_str(
+/// let config: QualityConfig = internlm2_datasets::from_partial_json(
 ///     r#"{"models": [{"path": "ad.json", "threshold": {"max": 0.5}}]}"#,
 /// ).unwrap();
 /// assert_eq!(config.models[0].threshold, Threshold::Max(0.5));
 /// assert_eq!(config.score_prefix, "quality_");
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+///
+/// The builders and the serde form come from burn's `#[derive(Config)]`: a serialised form
+/// names every field; [`from_partial_json`](crate::from_partial_json) reads hand-written files
+/// that name only what they change.
+#[derive(Config, Debug, PartialEq)]
 pub struct QualityConfig {
     /// Classifier models to load, each with its threshold.
+    #[config(default = "Vec::new()")]
     pub models: Vec<QualityModel>,
     /// Write every score to metadata field `<score_prefix><name>` (default `true`).
+    #[config(default = true)]
     pub write_scores: bool,
     /// Prefix of the score fields (default `"quality_"`).
+    #[config(default = "String::from(\"quality_\")")]
     pub score_prefix: String,
 }
 
 impl Default for QualityConfig {
     fn default() -> Self {
-        Self {
-            models: Vec::new(),
-            write_scores: true,
-            score_prefix: "quality_".to_string(),
-        }
+        Self::new()
     }
 }
 
@@ -66,8 +69,6 @@ impl QualityConfig {
         });
         self
     }
-
-    score_output_builders!();
 }
 
 /// The quality stage: classifiers with thresholds, run in the order they were added.

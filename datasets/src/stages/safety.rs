@@ -21,10 +21,11 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use aho_corasick::AhoCorasick;
+use burn::config::Config;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::classifier::{ScoredChecks, Threshold, score_output_builders};
+use super::classifier::{ScoredChecks, Threshold};
 use super::ngram::NgramClassifier;
 use super::text::{Prehashed, is_unspaced, words};
 use crate::error::IoContext;
@@ -317,15 +318,19 @@ pub struct SafetyModel {
 /// Configuration of [`SafetyStage`] (built with [`SafetyStage::from_config`]).
 ///
 /// ```
+/// use internlm2_datasets::from_partial_json;
 /// use internlm2_datasets::stages::safety::SafetyConfig;
-/// let config: SafetyConfig = serde_json::from_str(
+/// let config: SafetyConfig = from_partial_json(
 ///     r#"{"domain_blocklist": "blocked_domains.txt", "max_word_hits": 2}"#,
 /// ).unwrap();
 /// assert_eq!(config.max_word_hits, Some(2));
 /// assert_eq!(config.url_field, "url");
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+///
+/// The builders and the serde form come from burn's `#[derive(Config)]`: a serialised form
+/// names every field; [`from_partial_json`](crate::from_partial_json) reads hand-written files
+/// that name only what they change.
+#[derive(Config, Debug, PartialEq)]
 pub struct SafetyConfig {
     /// File of blocked domains, one per line (see [`DomainBlocklist::insert`]).
     pub domain_blocklist: Option<PathBuf>,
@@ -333,6 +338,7 @@ pub struct SafetyConfig {
     pub word_blocklist: Option<PathBuf>,
     /// Drop documents with more word-blocklist hits than this (reason `blocked_words`;
     /// default `Some(0)`: any hit drops).
+    #[config(default = "Some(0)")]
     pub max_word_hits: Option<usize>,
     /// Drop documents whose hits per word ([`words`](super::text::words)) are above
     /// this (reason `blocked_words`; default `None`). Use with `max_word_hits: None` to
@@ -340,61 +346,26 @@ pub struct SafetyConfig {
     pub max_word_hit_ratio: Option<f64>,
     /// Metadata field holding the page URL, read when [`Document::source`] has no host
     /// (default `"url"`).
+    #[config(default = "String::from(\"url\")")]
     pub url_field: String,
     /// Classifier models to load, each with its maximum score.
+    #[config(default = "Vec::new()")]
     pub models: Vec<SafetyModel>,
     /// Write every classifier score to metadata field `<score_prefix><name>` (default `true`).
+    #[config(default = true)]
     pub write_scores: bool,
     /// Prefix of the score fields (default `"safety_"`).
+    #[config(default = "String::from(\"safety_\")")]
     pub score_prefix: String,
 }
 
 impl Default for SafetyConfig {
     fn default() -> Self {
-        Self {
-            domain_blocklist: None,
-            word_blocklist: None,
-            max_word_hits: Some(0),
-            max_word_hit_ratio: None,
-            url_field: "url".to_string(),
-            models: Vec::new(),
-            write_scores: true,
-            score_prefix: "safety_".to_string(),
-        }
+        Self::new()
     }
 }
 
 impl SafetyConfig {
-    /// Builder: set [`Self::domain_blocklist`].
-    pub fn with_domain_blocklist(mut self, path: impl Into<PathBuf>) -> Self {
-        self.domain_blocklist = Some(path.into());
-        self
-    }
-
-    /// Builder: set [`Self::word_blocklist`].
-    pub fn with_word_blocklist(mut self, path: impl Into<PathBuf>) -> Self {
-        self.word_blocklist = Some(path.into());
-        self
-    }
-
-    /// Builder: set [`Self::max_word_hits`].
-    pub fn with_max_word_hits(mut self, max: Option<usize>) -> Self {
-        self.max_word_hits = max;
-        self
-    }
-
-    /// Builder: set [`Self::max_word_hit_ratio`].
-    pub fn with_max_word_hit_ratio(mut self, max: Option<f64>) -> Self {
-        self.max_word_hit_ratio = max;
-        self
-    }
-
-    /// Builder: set [`Self::url_field`].
-    pub fn with_url_field(mut self, field: impl Into<String>) -> Self {
-        self.url_field = field.into();
-        self
-    }
-
     /// Builder: add a model file with its maximum score.
     pub fn with_model(mut self, path: impl Into<PathBuf>, max_score: f32) -> Self {
         self.models.push(SafetyModel {
@@ -403,8 +374,6 @@ impl SafetyConfig {
         });
         self
     }
-
-    score_output_builders!();
 }
 
 /// The safety stage: domain blocklist, word blocklist, classifier thresholds, checked in

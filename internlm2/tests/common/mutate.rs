@@ -206,6 +206,34 @@ pub fn json_edit() -> impl Strategy<Value = (JsonPath, serde_json::Value)> {
     )
 }
 
+/// Applies a JSON edit to the JSON file `name` (or to the JSON header of a safetensors file).
+pub fn edit_json_file(
+    files: &mut [(String, Vec<u8>)],
+    name: &str,
+    path: &[usize],
+    value: serde_json::Value,
+) {
+    for (file, bytes) in files.iter_mut() {
+        if file != name {
+            continue;
+        }
+        if name.ends_with(".safetensors") {
+            let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+            let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+            mutate_json(&mut header, path, value.clone());
+            let text = header.to_string();
+            let mut out = (text.len() as u64).to_le_bytes().to_vec();
+            out.extend_from_slice(text.as_bytes());
+            out.extend_from_slice(&bytes[8 + n..]);
+            *bytes = out;
+        } else {
+            let mut json: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+            mutate_json(&mut json, path, value.clone());
+            *bytes = json.to_string().into_bytes();
+        }
+    }
+}
+
 /// Every file of a directory, by name.
 pub fn read_dir_files(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
     let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)

@@ -48,3 +48,17 @@ pub fn ints2(value: &serde_json::Value) -> Vec<Vec<i64>> {
         })
         .collect()
 }
+
+/// Checks a model that loaded from a mutated file: its config is valid, it has the layers the
+/// config says and a forward pass gives logits of the config's shape.
+pub fn check_loaded_model(model: &internlm2::InternLM2<internlm2::backends::Cpu>) {
+    use burn::tensor::{Int, Tensor, TensorData};
+    let c = model.config();
+    c.validate().expect("a loaded config is valid");
+    assert_eq!(model.model.layers.len(), c.num_hidden_layers);
+    let ids = Tensor::<internlm2::backends::Cpu, 2, Int>::from_data(
+        TensorData::new(vec![1i64, 2], [1, 2]),
+        &Default::default(),
+    );
+    assert_eq!(model.forward(ids).dims(), [1, 2, c.vocab_size]);
+}

@@ -60,9 +60,9 @@ fn with_layout(schema: &Value, what: &str) -> Result<Value, ConstraintBuildError
         Value::Object(_) => schema.clone(),
         Value::Bool(true) => json!({}),
         other => {
-            return Err(ConstraintBuildError::Schema(format!(
-                "{what}: a JSON schema must be an object, got {other}"
-            )));
+            return Err(ConstraintBuildError::Schema {
+                reason: format!("{what}: a JSON schema must be an object, got {other}"),
+            });
         }
     };
     if let Some(object) = schema.as_object_mut()
@@ -100,16 +100,20 @@ fn literal(text: &str) -> String {
 /// Lark rules for calls to `functions`: `call` is one complete call.
 fn call_rules(functions: &[FunctionSchema]) -> Result<String, ConstraintBuildError> {
     if functions.is_empty() {
-        return Err(ConstraintBuildError::Schema("no function to call".into()));
+        return Err(ConstraintBuildError::Schema {
+            reason: "no function to call".into(),
+        });
     }
     let mut rules = String::new();
     let mut alternatives = Vec::new();
     for (i, function) in functions.iter().enumerate() {
         if !valid_function_name(&function.name) {
-            return Err(ConstraintBuildError::Schema(format!(
-                "function name {:?} is not [A-Za-z0-9_-]{{1,64}}",
-                function.name
-            )));
+            return Err(ConstraintBuildError::Schema {
+                reason: format!(
+                    "function name {:?} is not [A-Za-z0-9_-]{{1,64}}",
+                    function.name
+                ),
+            });
         }
         let schema = match &function.parameters {
             Some(schema) => with_layout(schema, &function.name)?,
@@ -119,8 +123,9 @@ fn call_rules(functions: &[FunctionSchema]) -> Result<String, ConstraintBuildErr
         rules.push_str(&format!(
             "fn_{i}: {} fn_{i}_args\nfn_{i}_args: %json {}\n",
             literal(&prefix),
-            serde_json::to_string(&schema)
-                .map_err(|e| ConstraintBuildError::Schema(e.to_string()))?
+            serde_json::to_string(&schema).map_err(|e| ConstraintBuildError::Schema {
+                reason: e.to_string(),
+            })?
         ));
         alternatives.push(format!("fn_{i}"));
     }
@@ -147,8 +152,9 @@ impl TurnGrammar {
                 let schema = with_layout(schema, "response_format")?;
                 let content = format!(
                     "content: %json {}\n",
-                    serde_json::to_string(&schema)
-                        .map_err(|e| ConstraintBuildError::Schema(e.to_string()))?
+                    serde_json::to_string(&schema).map_err(|e| ConstraintBuildError::Schema {
+                        reason: e.to_string(),
+                    })?
                 );
                 if calls.is_empty() {
                     format!("start: content\n{content}")

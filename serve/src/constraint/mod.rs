@@ -61,11 +61,17 @@ pub enum ConstraintBuildError {
     )]
     NoByteTable,
     /// Reading the vocabulary failed.
-    #[error("vocabulary: {0}")]
-    Vocabulary(String),
+    #[error("vocabulary: {reason}")]
+    Vocabulary {
+        /// What went wrong.
+        reason: String,
+    },
     /// A schema or grammar that llguidance cannot compile (or that is not a schema).
-    #[error("{0}")]
-    Schema(String),
+    #[error("{reason}")]
+    Schema {
+        /// What llguidance (or the schema check) reported.
+        reason: String,
+    },
 }
 
 /// Compiles grammars against one tokenizer; cheap to share (`Arc` inside).
@@ -85,8 +91,10 @@ impl ConstraintFactory {
     /// tokens).
     pub fn new(tokenizer: Arc<Tokenizer>) -> Result<Self, ConstraintBuildError> {
         let env = vocab::Vocabulary::env(tokenizer)?;
-        let mut factory = ParserFactory::new_simple(&env)
-            .map_err(|e| ConstraintBuildError::Vocabulary(e.to_string()))?;
+        let mut factory =
+            ParserFactory::new_simple(&env).map_err(|e| ConstraintBuildError::Vocabulary {
+                reason: e.to_string(),
+            })?;
         // Library code never prints: grammar warnings go to the error value, not stderr.
         factory.set_stderr_log_level(0);
         Ok(Self {
@@ -105,10 +113,12 @@ impl ConstraintFactory {
         let parser = self
             .factory
             .create_parser(TopLevelGrammar::from_lark(grammar.to_string()))
-            .map_err(|e| ConstraintBuildError::Schema(e.to_string()))?;
+            .map_err(|e| ConstraintBuildError::Schema {
+                reason: e.to_string(),
+            })?;
         let matcher = Matcher::new(Ok(parser));
         if let Some(error) = matcher.get_error() {
-            return Err(ConstraintBuildError::Schema(error));
+            return Err(ConstraintBuildError::Schema { reason: error });
         }
         Ok(GrammarConstraint { matcher })
     }

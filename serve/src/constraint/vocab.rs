@@ -40,7 +40,9 @@ impl Vocabulary {
         for id in 0..vocab_size as u32 {
             let bytes = tokenizer
                 .token_bytes(id)
-                .map_err(|e| ConstraintBuildError::Vocabulary(e.to_string()))?
+                .map_err(|e| ConstraintBuildError::Vocabulary {
+                    reason: e.to_string(),
+                })?
                 .ok_or(ConstraintBuildError::NoByteTable)?;
             let word = if specials.contains(&id) {
                 marked(bytes)

@@ -174,7 +174,7 @@ impl ApiError {
     /// without a byte table).
     pub fn constraint(param: &str, error: ConstraintBuildError) -> Self {
         match error {
-            ConstraintBuildError::Schema(reason) => {
+            ConstraintBuildError::Schema { reason } => {
                 Self::invalid(param, format!("`{param}` cannot be enforced: {reason}"))
             }
             other => Self::unsupported(

@@ -38,39 +38,47 @@ pub fn fixtures() -> PathBuf {
 /// to a fresh folder, then renamed into place).
 pub fn model_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-        let dir = root.join("internlm2-serve-test-model-v1");
-        if dir.join("tokenizer.model").is_file() {
-            return dir;
-        }
-        let staging = tempfile::Builder::new()
-            .prefix("internlm2-serve-test-model-")
-            .tempdir_in(&root)
-            .expect("temp dir");
-        let config =
-            InternLM2Config::new(92_544, 64, 128, 2, 4, 2).with_max_position_embeddings(CONTEXT);
-        let model = InternLM2::<Cpu>::init(&config, &Default::default());
-        model
-            .save(staging.path(), &SaveOptions::default())
-            .expect("save the test model");
-        std::fs::copy(
-            fixtures().join("tokenizer/tokenizer_internlm2.model"),
-            staging.path().join("tokenizer.model"),
-        )
-        .expect("copy tokenizer.model");
-        // Another test process may have won the race; its model is as good as ours.
-        let staged = staging.keep();
-        if std::fs::rename(&staged, &dir).is_err() {
-            let _ = std::fs::remove_dir_all(&staged);
-        }
-        assert!(
-            dir.join("tokenizer.model").is_file(),
-            "test model at {}",
-            dir.display()
-        );
-        dir
-    })
+    DIR.get_or_init(|| model_dir_with_context(CONTEXT))
+}
+
+/// The same test model with another context limit (its own directory).
+pub fn model_dir_with_context(context: usize) -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let name = if context == CONTEXT {
+        "internlm2-serve-test-model-v1".to_string()
+    } else {
+        format!("internlm2-serve-test-model-v1-context-{context}")
+    };
+    let dir = root.join(name);
+    if dir.join("tokenizer.model").is_file() {
+        return dir;
+    }
+    let staging = tempfile::Builder::new()
+        .prefix("internlm2-serve-test-model-")
+        .tempdir_in(&root)
+        .expect("temp dir");
+    let config =
+        InternLM2Config::new(92_544, 64, 128, 2, 4, 2).with_max_position_embeddings(context);
+    let model = InternLM2::<Cpu>::init(&config, &Default::default());
+    model
+        .save(staging.path(), &SaveOptions::default())
+        .expect("save the test model");
+    std::fs::copy(
+        fixtures().join("tokenizer/tokenizer_internlm2.model"),
+        staging.path().join("tokenizer.model"),
+    )
+    .expect("copy tokenizer.model");
+    // Another test process may have won the race; its model is as good as ours.
+    let staged = staging.keep();
+    if std::fs::rename(&staged, &dir).is_err() {
+        let _ = std::fs::remove_dir_all(&staged);
+    }
+    assert!(
+        dir.join("tokenizer.model").is_file(),
+        "test model at {}",
+        dir.display()
+    );
+    dir
 }
 
 /// The test model's tokenizer.
@@ -80,7 +88,11 @@ pub fn tokenizer() -> Arc<Tokenizer> {
 
 /// Loads the test model and starts an engine on it.
 pub fn engine(config: EngineConfig) -> EngineHandle {
-    let dir = model_dir();
+    engine_in(model_dir(), config)
+}
+
+/// Loads the model of `dir` and starts an engine on it.
+pub fn engine_in(dir: &Path, config: EngineConfig) -> EngineHandle {
     let model = InternLM2::<Cpu>::load(dir, DType::F32, &Default::default()).expect("load");
     Engine::start(model, Some(tokenizer()), config).expect("engine")
 }
@@ -98,7 +110,12 @@ pub struct TestServer {
 impl TestServer {
     /// Serves a fresh engine on 127.0.0.1:0.
     pub async fn start(engine_config: EngineConfig, config: ServerConfig) -> Self {
-        let engine = engine(engine_config);
+        Self::start_in(model_dir(), engine_config, config).await
+    }
+
+    /// Serves a fresh engine on the model of `dir`.
+    pub async fn start_in(dir: &Path, engine_config: EngineConfig, config: ServerConfig) -> Self {
+        let engine = engine_in(dir, engine_config);
         let app = server::router(engine.clone(), config).expect("router");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

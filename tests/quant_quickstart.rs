@@ -6,12 +6,8 @@
 //! super-blocks, so its Q4_K model holds Q4_K only in `w2` and Q4_0 elsewhere).
 //!
 //! Ignored by default (it needs the trained model):
-//! `cargo nextest run -p internlm2 --test quant_quickstart --run-ignored all`
+//! `cargo nextest run -p internlm2-rs --test quant_quickstart --run-ignored all`
 //! (`QUICKSTART_MODEL=dir` to point elsewhere). `examples/quant_eval.rs` prints the full table.
-
-#[allow(dead_code)]
-#[path = "../../examples/quickstart/corpus.rs"]
-mod corpus;
 
 use std::path::PathBuf;
 
@@ -19,12 +15,13 @@ use burn::tensor::{DType, Int, Tensor, TensorData};
 use internlm2::backends::Cpu;
 use internlm2::quant::{LoadOptions, QuantConfig};
 use internlm2::{InternLM2, Tokenizer};
+use internlm2_datasets::synthetic;
 
 fn model_dir() -> PathBuf {
     std::env::var_os("QUICKSTART_MODEL")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/quickstart/model")
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/quickstart/model")
         })
 }
 
@@ -65,7 +62,7 @@ fn quickstart_model_perplexity_stays_within_each_formats_budget() {
         dir.display()
     );
     let tokenizer = Tokenizer::from_dir(&dir).unwrap();
-    let docs: Vec<Vec<u32>> = corpus::generate(200, 9001)
+    let docs: Vec<Vec<u32>> = synthetic::generate(200, 9001)
         .iter()
         .map(|t| {
             let mut ids = tokenizer.encode(t, true).unwrap();
