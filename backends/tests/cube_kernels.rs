@@ -11,7 +11,7 @@
 //! differ only in summation order and in the order of f32 operations) and 2 in f16 (one
 //! rounding of an f32 intermediate to f16 may go the other way, then one more product).
 //!
-//! Attention (`attention_matches_composite`) runs GQA ratios 1, 2, 4 and 6 over decoding (1
+//! Attention (`attention_matches_composite_*`) runs GQA ratios 1, 2, 4 and 6 over decoding (1
 //! query over 37 slots), prefill (33 queries), a cache offset (7 queries after 5 slots), left
 //! key padding (with rows of queries that see no key at all, where the kernel reproduces the
 //! composite's uniform average), packed segments and both together, head widths 7, 24, 40, 64
@@ -450,9 +450,15 @@ fn check_attention<B: CubeOps + Kernels<Device = Device>>(name: &str) {
     }
 }
 
+// One test per backend, so that the test runner can run the two (each minutes on lavapipe) at
+// the same time.
 #[test]
-fn attention_matches_composite() {
+fn attention_matches_composite_with_fusion() {
     check_attention::<Fused>("fusion");
+}
+
+#[test]
+fn attention_matches_composite_without_fusion() {
     check_attention::<Plain>("plain");
 }
 

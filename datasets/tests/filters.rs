@@ -481,7 +481,8 @@ fn filters_rules_config_validates_and_round_trips() {
     let back: RulesConfig = serde_json::from_str(&json).unwrap();
     assert_eq!(back, config);
     // Missing fields take their defaults.
-    let partial: RulesConfig = serde_json::from_str(r#"{"min_words": null}"#).unwrap();
+    let partial: RulesConfig =
+        internlm2_datasets::from_partial_json(r#"{"min_words": null}"#).unwrap();
     assert_eq!(partial.min_words, None);
     assert_eq!(partial.max_words, Some(100_000));
 }

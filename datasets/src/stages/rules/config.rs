@@ -1,7 +1,7 @@
 //! The thresholds of the rules stage, one per rule, with their defaults (Gopher, C4 and the
 //! InternLM2 report's anomaly rules) and their validation.
 
-use serde::{Deserialize, Serialize};
+use burn::config::Config;
 
 use super::GOPHER_STOP_WORDS;
 use crate::{DataError, Result};
@@ -22,160 +22,155 @@ use crate::{DataError, Result};
 /// let only = RulesConfig::disabled().with_max_dup_lines(Some(0.3));
 /// assert_eq!(only.min_words, None);
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+///
+/// The builders and the serde form come from burn's `#[derive(Config)]`: a serialised form
+/// names every field; [`from_partial_json`](crate::from_partial_json) reads hand-written files
+/// that name only what they change.
+#[derive(Config, Debug, PartialEq)]
 pub struct RulesConfig {
     /// `gopher_word_count`: fewer words than this (default 50).
+    #[config(default = "Some(50)")]
     pub min_words: Option<usize>,
     /// `gopher_word_count`: more words than this (default 100,000).
+    #[config(default = "Some(100_000)")]
     pub max_words: Option<usize>,
 
     /// `replacement_chars`: fraction of U+FFFD (decoding errors) above this (default 0.001).
+    #[config(default = "Some(0.001)")]
     pub max_replacement_chars: Option<f64>,
     /// `control_chars`: fraction of control characters (other than `\n`, `\r`, `\t`) and
     /// private-use characters above this (default 0.001).
+    #[config(default = "Some(0.001)")]
     pub max_control_chars: Option<f64>,
     /// `digit_fraction`: fraction of numeric characters above this (default 0.3).
+    #[config(default = "Some(0.3)")]
     pub max_digit_fraction: Option<f64>,
     /// `dominant_char`: fraction of the most frequent character above this (default 0.3).
+    #[config(default = "Some(0.3)")]
     pub max_dominant_char: Option<f64>,
     /// `punctuation_high`: fraction of punctuation characters above this (default 0.25).
+    #[config(default = "Some(0.25)")]
     pub max_punctuation: Option<f64>,
     /// `punctuation_low`: fraction of punctuation characters below this (default 0.005):
     /// long text without punctuation (keyword lists, broken extraction).
+    #[config(default = "Some(0.005)")]
     pub min_punctuation: Option<f64>,
     /// The four character-frequency rules above (`digit_fraction` .. `punctuation_low`) only
     /// look at texts with at least this many non-whitespace characters (default 100): in
     /// shorter texts the fractions are noise.
+    #[config(default = 100)]
     pub ratio_min_chars: usize,
 
     /// `empty_lines`: fraction of lines that are blank above this (default 0.6).
+    #[config(default = "Some(0.6)")]
     pub max_empty_lines: Option<f64>,
     /// `short_lines`: mean width of non-empty lines below this (default 10 columns; a
     /// character of an unspaced script counts 2 columns). Only for texts of at least 3
     /// non-empty lines: it detects a line break after every word or two.
+    #[config(default = "Some(10.0)")]
     pub min_mean_line_width: Option<f64>,
     /// `long_line`: a line of more characters than this (default 10,000): the text lost its
     /// line breaks.
+    #[config(default = "Some(10_000)")]
     pub max_line_chars: Option<usize>,
     /// `separator_anomaly`: fraction of non-empty lines that are separator lines above this
     /// (default 0.2). A separator line is one non-alphanumeric character repeated at least
     /// [`Self::separator_min_run`] times, possibly with spaces (`-----`, `= = = = =`, `*****`).
+    #[config(default = "Some(0.2)")]
     pub max_separator_lines: Option<f64>,
     /// Minimum repetitions for a separator line (default 5).
+    #[config(default = 5)]
     pub separator_min_run: usize,
     /// `symbol_run`: a run of one repeated non-alphanumeric, non-whitespace character longer
     /// than this anywhere in the text (default 100).
+    #[config(default = "Some(100)")]
     pub max_symbol_run: Option<usize>,
 
     /// `c4_lorem_ipsum`: drop text containing "lorem ipsum", any case (default `true`).
+    #[config(default = true)]
     pub drop_lorem_ipsum: bool,
     /// `c4_curly_brace`: drop text containing `{` (default `false`: C4 does this, but it
     /// removes all code and LaTeX).
+    #[config(default = false)]
     pub drop_curly_braces: bool,
     /// `c4_javascript`: fraction of non-empty lines mentioning "javascript" above this
     /// (default 0.2). C4 removes such lines; here they count against the document.
+    #[config(default = "Some(0.2)")]
     pub max_javascript_lines: Option<f64>,
     /// `c4_policy`: fraction of non-empty lines containing a [`POLICY_PHRASES`] phrase above
     /// this (default 0.2).
+    #[config(default = "Some(0.2)")]
     pub max_policy_lines: Option<f64>,
     /// `c4_terminal_punct`: fraction of non-empty lines ending in terminal punctuation
     /// (`. ! ? " ' ” ’ … 。 ！ ？ 」 』`) below this (default 0.12).
+    #[config(default = "Some(0.12)")]
     pub min_terminal_punct_lines: Option<f64>,
 
     /// `gopher_mean_word_length`: mean word length in characters below this (default 3).
     /// Skipped for unspaced documents.
+    #[config(default = "Some(3.0)")]
     pub min_mean_word_length: Option<f64>,
     /// `gopher_mean_word_length`: mean word length above this (default 10).
+    #[config(default = "Some(10.0)")]
     pub max_mean_word_length: Option<f64>,
     /// `gopher_symbol_ratio`: number of `#` characters, or of ellipses (`...` or `…`), per
     /// word above this (default 0.1).
+    #[config(default = "Some(0.1)")]
     pub max_symbol_word_ratio: Option<f64>,
     /// `gopher_bullet_lines`: fraction of non-empty lines starting with a bullet (`•`, `●`,
     /// `▪`, `►`, ..., or `-`, `*`, `+`, `–`, `—` followed by a space) above this (default 0.9).
+    #[config(default = "Some(0.9)")]
     pub max_bullet_lines: Option<f64>,
     /// `gopher_ellipsis_lines`: fraction of non-empty lines ending in `...` or `…` above this
     /// (default 0.3).
+    #[config(default = "Some(0.3)")]
     pub max_ellipsis_lines: Option<f64>,
     /// `gopher_alpha_words`: fraction of words with an alphabetic character below this
     /// (default 0.8).
+    #[config(default = "Some(0.8)")]
     pub min_alpha_words: Option<f64>,
     /// `gopher_stop_words`: fewer occurrences of [`Self::stop_words`] than this (default 2).
+    #[config(default = "Some(2)")]
     pub min_stop_words: Option<usize>,
     /// The stop words (default [`GOPHER_STOP_WORDS`]), compared in lower case.
+    #[config(default = "GOPHER_STOP_WORDS.iter().map(|w| w.to_string()).collect()")]
     pub stop_words: Vec<String>,
     /// Languages (ISO 639-1, from [`Document::language`]) the stop-word rule applies to
     /// (default `["en"]`). Documents without a language are not checked.
+    #[config(default = "vec![\"en\".to_string()]")]
     pub stop_word_languages: Vec<String>,
 
     /// `gopher_dup_lines`: fraction of non-empty lines that repeat an earlier line above this
     /// (default 0.3).
+    #[config(default = "Some(0.3)")]
     pub max_dup_lines: Option<f64>,
     /// `gopher_dup_line_chars`: characters in repeated lines over characters in all non-empty
     /// lines, above this (default 0.2).
+    #[config(default = "Some(0.2)")]
     pub max_dup_line_chars: Option<f64>,
     /// `gopher_dup_paragraphs`: fraction of paragraphs (runs of non-empty lines) that repeat an
     /// earlier paragraph above this (default 0.3).
+    #[config(default = "Some(0.3)")]
     pub max_dup_paragraphs: Option<f64>,
     /// `gopher_dup_paragraph_chars`: characters in repeated paragraphs over all paragraph
     /// characters, above this (default 0.2).
+    #[config(default = "Some(0.2)")]
     pub max_dup_paragraph_chars: Option<f64>,
     /// `gopher_top_ngram`: `(n, max)` pairs: the characters covered by the most frequent word
     /// n-gram (its count times its length; only n-grams occurring at least twice) over the
     /// characters of all words, above `max` (default `[(2, 0.2), (3, 0.18), (4, 0.16)]`).
+    #[config(default = "vec![(2, 0.2), (3, 0.18), (4, 0.16)]")]
     pub max_top_ngram_chars: Vec<(usize, f64)>,
     /// `gopher_dup_ngram`: `(n, max)` pairs: the characters of words covered by repeated
     /// occurrences of any word n-gram (the first occurrence not counted) over the characters of
     /// all words, above `max` (default `(5, 0.15)`, `(6, 0.14)`, ... `(10, 0.10)`).
+    #[config(default = "vec![(5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10)]")]
     pub max_dup_ngram_chars: Vec<(usize, f64)>,
 }
 
 impl Default for RulesConfig {
     fn default() -> Self {
-        Self {
-            min_words: Some(50),
-            max_words: Some(100_000),
-            max_replacement_chars: Some(0.001),
-            max_control_chars: Some(0.001),
-            max_digit_fraction: Some(0.3),
-            max_dominant_char: Some(0.3),
-            max_punctuation: Some(0.25),
-            min_punctuation: Some(0.005),
-            ratio_min_chars: 100,
-            max_empty_lines: Some(0.6),
-            min_mean_line_width: Some(10.0),
-            max_line_chars: Some(10_000),
-            max_separator_lines: Some(0.2),
-            separator_min_run: 5,
-            max_symbol_run: Some(100),
-            drop_lorem_ipsum: true,
-            drop_curly_braces: false,
-            max_javascript_lines: Some(0.2),
-            max_policy_lines: Some(0.2),
-            min_terminal_punct_lines: Some(0.12),
-            min_mean_word_length: Some(3.0),
-            max_mean_word_length: Some(10.0),
-            max_symbol_word_ratio: Some(0.1),
-            max_bullet_lines: Some(0.9),
-            max_ellipsis_lines: Some(0.3),
-            min_alpha_words: Some(0.8),
-            min_stop_words: Some(2),
-            stop_words: GOPHER_STOP_WORDS.iter().map(|w| w.to_string()).collect(),
-            stop_word_languages: vec!["en".to_string()],
-            max_dup_lines: Some(0.3),
-            max_dup_line_chars: Some(0.2),
-            max_dup_paragraphs: Some(0.3),
-            max_dup_paragraph_chars: Some(0.2),
-            max_top_ngram_chars: vec![(2, 0.2), (3, 0.18), (4, 0.16)],
-            max_dup_ngram_chars: vec![
-                (5, 0.15),
-                (6, 0.14),
-                (7, 0.13),
-                (8, 0.12),
-                (9, 0.11),
-                (10, 0.10),
-            ],
-        }
+        Self::new()
     }
 }
 
@@ -282,57 +277,4 @@ impl RulesConfig {
         }
         Ok(())
     }
-}
-
-/// `with_*` builders of the config fields.
-macro_rules! builders {
-    ($($method:ident => $field:ident: $ty:ty;)*) => {
-        impl RulesConfig {
-            $(
-                #[doc = concat!("Builder: set [`Self::", stringify!($field), "`].")]
-                pub fn $method(mut self, value: $ty) -> Self {
-                    self.$field = value;
-                    self
-                }
-            )*
-        }
-    };
-}
-
-builders! {
-    with_min_words => min_words: Option<usize>;
-    with_max_words => max_words: Option<usize>;
-    with_max_replacement_chars => max_replacement_chars: Option<f64>;
-    with_max_control_chars => max_control_chars: Option<f64>;
-    with_max_digit_fraction => max_digit_fraction: Option<f64>;
-    with_max_dominant_char => max_dominant_char: Option<f64>;
-    with_max_punctuation => max_punctuation: Option<f64>;
-    with_min_punctuation => min_punctuation: Option<f64>;
-    with_ratio_min_chars => ratio_min_chars: usize;
-    with_max_empty_lines => max_empty_lines: Option<f64>;
-    with_min_mean_line_width => min_mean_line_width: Option<f64>;
-    with_max_line_chars => max_line_chars: Option<usize>;
-    with_max_separator_lines => max_separator_lines: Option<f64>;
-    with_separator_min_run => separator_min_run: usize;
-    with_max_symbol_run => max_symbol_run: Option<usize>;
-    with_drop_lorem_ipsum => drop_lorem_ipsum: bool;
-    with_drop_curly_braces => drop_curly_braces: bool;
-    with_max_javascript_lines => max_javascript_lines: Option<f64>;
-    with_max_policy_lines => max_policy_lines: Option<f64>;
-    with_min_terminal_punct_lines => min_terminal_punct_lines: Option<f64>;
-    with_min_mean_word_length => min_mean_word_length: Option<f64>;
-    with_max_mean_word_length => max_mean_word_length: Option<f64>;
-    with_max_symbol_word_ratio => max_symbol_word_ratio: Option<f64>;
-    with_max_bullet_lines => max_bullet_lines: Option<f64>;
-    with_max_ellipsis_lines => max_ellipsis_lines: Option<f64>;
-    with_min_alpha_words => min_alpha_words: Option<f64>;
-    with_min_stop_words => min_stop_words: Option<usize>;
-    with_stop_words => stop_words: Vec<String>;
-    with_stop_word_languages => stop_word_languages: Vec<String>;
-    with_max_dup_lines => max_dup_lines: Option<f64>;
-    with_max_dup_line_chars => max_dup_line_chars: Option<f64>;
-    with_max_dup_paragraphs => max_dup_paragraphs: Option<f64>;
-    with_max_dup_paragraph_chars => max_dup_paragraph_chars: Option<f64>;
-    with_max_top_ngram_chars => max_top_ngram_chars: Vec<(usize, f64)>;
-    with_max_dup_ngram_chars => max_dup_ngram_chars: Vec<(usize, f64)>;
 }
