@@ -14,8 +14,9 @@
 //! stories and facts from the quickstart's corpus generator (`internlm2_datasets::synthetic`) with a seed the training did not
 //! use (`--seed`), each tokenized with BOS and cut to `--max-tokens`. For every position the
 //! logits of both models are compared: max-abs error (absolute, and relative to the largest
-//! f32 logit), top-1 agreement (same argmax), and the next-token negative log-likelihood,
-//! whose mean over all predicted positions gives each model's perplexity.
+//! f32 logit), top-1 agreement (same argmax); each model's perplexity is the mean next-token negative
+//! log-likelihood over every predicted position (`internlm2_eval::perplexity`, one window per
+//! document).
 
 use std::path::PathBuf;
 
@@ -25,6 +26,7 @@ use internlm2::backends::Cpu;
 use internlm2::quant::{LoadOptions, QuantConfig, WeightFormat, effective_format};
 use internlm2::{InternLM2, Tokenizer};
 use internlm2_datasets::synthetic;
+use internlm2_eval::perplexity::{PerplexityConfig, perplexity};
 
 #[derive(Parser)]
 #[command(about = "Logit error, top-1 agreement and perplexity of each quantized format vs f32")]
@@ -72,24 +74,20 @@ fn run_model(model: &InternLM2<Cpu>, docs: &[Vec<u32>]) -> Outputs {
     Outputs { logits, vocab }
 }
 
-/// Mean next-token negative log-likelihood over every predicted position.
-fn mean_nll(out: &Outputs, docs: &[Vec<u32>]) -> f64 {
-    let (mut sum, mut n) = (0f64, 0usize);
-    for (logits, doc) in out.logits.iter().zip(docs) {
-        for p in 0..doc.len() - 1 {
-            let row = &logits[p * out.vocab..(p + 1) * out.vocab];
-            let max = row.iter().fold(f32::MIN, |m, &v| m.max(v)) as f64;
-            let lse = max
-                + row
-                    .iter()
-                    .map(|&v| (v as f64 - max).exp())
-                    .sum::<f64>()
-                    .ln();
-            sum += lse - row[doc[p + 1] as usize] as f64;
-            n += 1;
-        }
-    }
-    sum / n.max(1) as f64
+/// Perplexity over whole documents: one window per document, every token but the first
+/// scored (`internlm2_eval::perplexity` with a window as long as the longest document).
+fn whole_document_perplexity(
+    model: &InternLM2<Cpu>,
+    docs: &[Vec<u32>],
+) -> Result<f64, internlm2_eval::EvalError> {
+    let longest = docs.iter().map(Vec::len).max().unwrap_or(2);
+    let config = PerplexityConfig {
+        max_length: longest,
+        stride: longest,
+        batch_size: 16,
+        progress: false,
+    };
+    Ok(perplexity(model, docs, &config)?.perplexity)
 }
 
 fn argmax(row: &[f32]) -> usize {
@@ -125,7 +123,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let reference = InternLM2::<Cpu>::load(&args.model_dir, DType::F32, &device)?;
     let cfg = reference.config().clone();
     let want = run_model(&reference, &docs);
-    let ppl_f32 = mean_nll(&want, &docs).exp();
+    let ppl_f32 = whole_document_perplexity(&reference, &docs)?;
     let max_logit = want
         .logits
         .iter()
@@ -175,7 +173,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 total += 1;
             }
         }
-        let ppl = mean_nll(&got, &docs).exp();
+        let ppl = whole_document_perplexity(&model, &docs)?;
         let change = 100.0 * (ppl / ppl_f32 - 1.0);
         let body = quant.body.map(|f| {
             let shapes = [

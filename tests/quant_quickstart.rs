@@ -11,11 +11,12 @@
 
 use std::path::PathBuf;
 
-use burn::tensor::{DType, Int, Tensor, TensorData};
+use burn::tensor::DType;
 use internlm2::backends::Cpu;
 use internlm2::quant::{LoadOptions, QuantConfig};
 use internlm2::{InternLM2, Tokenizer};
 use internlm2_datasets::synthetic;
+use internlm2_eval::perplexity::PerplexityConfig;
 
 fn model_dir() -> PathBuf {
     std::env::var_os("QUICKSTART_MODEL")
@@ -25,31 +26,19 @@ fn model_dir() -> PathBuf {
         })
 }
 
+/// Perplexity over whole documents (one window each, every token but the first scored), by
+/// the evaluation crate's sliding-window recipe.
 fn perplexity(model: &InternLM2<Cpu>, docs: &[Vec<u32>]) -> f64 {
-    let (mut nll, mut n) = (0f64, 0usize);
-    for doc in docs {
-        let ids: Vec<i64> = doc.iter().map(|&t| t as i64).collect();
-        let ids = Tensor::<Cpu, 2, Int>::from_data(
-            TensorData::new(ids, [1, doc.len()]),
-            &Default::default(),
-        );
-        let logits = model.forward(ids);
-        let vocab = logits.dims()[2];
-        let logits = logits.into_data().into_vec::<f32>().unwrap();
-        for p in 0..doc.len() - 1 {
-            let row = &logits[p * vocab..(p + 1) * vocab];
-            let max = row.iter().fold(f32::MIN, |m, &v| m.max(v)) as f64;
-            let lse = max
-                + row
-                    .iter()
-                    .map(|&v| (v as f64 - max).exp())
-                    .sum::<f64>()
-                    .ln();
-            nll += lse - row[doc[p + 1] as usize] as f64;
-            n += 1;
-        }
-    }
-    (nll / n as f64).exp()
+    let longest = docs.iter().map(Vec::len).max().unwrap_or(2);
+    let config = PerplexityConfig {
+        max_length: longest,
+        stride: longest,
+        batch_size: 16,
+        progress: false,
+    };
+    internlm2_eval::perplexity::perplexity(model, docs, &config)
+        .unwrap()
+        .perplexity
 }
 
 #[test]
