@@ -42,10 +42,10 @@ use std::time::Instant;
 
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use clap::Parser;
-use internlm2::backends::Kernels;
 use internlm2::backends::device::{BackendTask, DTypeChoice, DeviceSpec};
 use internlm2::backends::limits::{best_of_5, measure_matmul_flops_in};
 use internlm2::backends::program::exit_code;
+use internlm2::backends::{Kernels, on_cpu_threads};
 use internlm2::quant::{LoadOptions, QuantConfig, WeightFormat};
 use internlm2::{ForwardInput, InternLM2, InternLM2Config, KvCache};
 
@@ -218,12 +218,16 @@ impl BackendTask for Measure {
 
         let t = Instant::now();
         for _ in 0..n {
-            let logits = model.forward_cache(
-                ForwardInput::new(next).with_last_logits_only(true),
-                &mut cache,
-            );
-            next = logits.argmax(2).reshape([b, 1]);
-            let _ = next.to_data();
+            // Each step on a thread of the CPU kernels' pool, as `generate` runs its steps.
+            next = on_cpu_threads(|| {
+                let logits = model.forward_cache(
+                    ForwardInput::new(next).with_last_logits_only(true),
+                    &mut cache,
+                );
+                let next = logits.argmax(2).reshape([b, 1]);
+                let _ = next.to_data();
+                next
+            });
         }
         Ok(Measured {
             prefill_s,

@@ -10,7 +10,8 @@
 #
 # usage (from the project root): scripts/quant-vs-llamacpp.sh
 # env:   W=/tmp/llamacpp  REPS=3 (llama-bench repetitions and our runs per format)
-#        FORMATS="f32:f32 f16:F16 q8_0:Q8_0 q4_0:Q4_0 q4_k:Q4_K_M" (ours:llama.cpp)
+#        FORMATS="f32:f32 f16:f16 q8_0:Q8_0 q4_0:Q4_0 q4_k:Q4_K_M" (ours:llama.cpp; the GGUF
+#        file names setup.sh writes)
 #        THREADS=2  IDLE_LOAD=0.6 (wait below this 1-minute load before each measurement;
 #        NO_WAIT=1 skips the wait: figures then only valid as ratios)
 set -euo pipefail
@@ -18,7 +19,7 @@ W="${W:-/tmp/llamacpp}"
 REPS="${REPS:-3}"
 THREADS="${THREADS:-2}"
 IDLE_LOAD="${IDLE_LOAD:-0.6}"
-FORMATS="${FORMATS:-f32:f32 f16:F16 q8_0:Q8_0 q4_0:Q4_0 q4_k:Q4_K_M}"
+FORMATS="${FORMATS:-f32:f32 f16:f16 q8_0:Q8_0 q4_0:Q4_0 q4_k:Q4_K_M}"
 CONFIG="benches/internlm2-140m.json"
 BIN="$W/build/bin"
 SDK="target/release/examples/bench"

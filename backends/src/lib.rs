@@ -24,6 +24,9 @@ pub mod kernels;
 pub mod limits;
 pub mod packed;
 pub mod program;
+mod threads;
+
+pub use threads::on_cpu_threads;
 
 #[cfg(any(feature = "flex", feature = "cuda", feature = "wgpu", feature = "tch"))]
 use burn::tensor::Tensor;

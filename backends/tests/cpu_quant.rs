@@ -92,6 +92,7 @@ fn fused_matches_composite_for_every_format_and_row_count() {
         let cols = 512;
         for (m, n, bias) in [
             (1, 37, false),
+            (1, 70, true),
             (3, 100, true),
             (4, 64, false),
             (5, 129, true),

@@ -372,7 +372,15 @@ impl<'a, B: Kernels> Generation<'a, B> {
     }
 
     /// Chooses one token per unfinished row, then runs the model on them (unless all are done).
+    ///
+    /// On the CPU backend the step runs on a thread of the kernels' pool
+    /// ([`on_cpu_threads`](crate::backends::on_cpu_threads)), so that its kernels do not each
+    /// hand their work to the pool and wait.
     pub fn step(&mut self) -> Result<Vec<TokenEvent>, GenerateError> {
+        crate::backends::on_cpu_threads(|| self.step_here())
+    }
+
+    fn step_here(&mut self) -> Result<Vec<TokenEvent>, GenerateError> {
         let Some(logits) = self.logits.take() else {
             return Ok(Vec::new());
         };

@@ -137,16 +137,35 @@ pub(crate) fn matvec(
     let chunks = k / 32;
     let task = |(o0, o1): (usize, usize)| {
         let dst = dst;
-        let mut outs = [[0f32; ROW_GROUP]; ROW_GROUP];
-        let mut o = o0;
-        while o < o1 {
-            // A group of consecutive weight rows of one format (decoded side by side by the
-            // AVX-512 kernels; one row at a time otherwise).
-            let (format, first) = weight.row(o);
+        weight.for_row_runs(o0, o1, |run, format, data| {
+            let row_bytes = data.len() / run.len();
+            let row =
+                |o: usize| &data[(o - run.start) * row_bytes..(o - run.start + 1) * row_bytes];
             #[cfg(target_arch = "x86_64")]
             let grouped = avx512 && super::cpu_quant_avx512::handles(format);
             #[cfg(not(target_arch = "x86_64"))]
             let grouped = false;
+            #[cfg(target_arch = "x86_64")]
+            if grouped && m == 1 {
+                // Batch-1 decoding: the whole run in one kernel call, one weight row at a
+                // time (streaming a single row beat four side by side, and a call per row
+                // cost more than its blocks; see `dot_run`).
+                // SAFETY: this task alone writes columns o0..o1 of the single output row.
+                let out =
+                    unsafe { std::slice::from_raw_parts_mut(dst.0.add(run.start), run.len()) };
+                let inputs = Inputs { x, sums: &sums, k };
+                // SAFETY: the features were detected; `data` holds the run's packed rows.
+                unsafe { super::cpu_quant_avx512::dot_run(format, data, row_bytes, inputs, out) };
+                if let Some(b) = bias {
+                    for (v, b) in out.iter_mut().zip(&b[run.clone()]) {
+                        *v += b;
+                    }
+                }
+                return;
+            }
+            // Several input rows: groups of consecutive weight rows decoded side by side by
+            // the AVX-512 kernels (each decoded block serves every input row); one row at a
+            // time otherwise.
             #[cfg(target_arch = "x86_64")]
             let group = if grouped {
                 super::cpu_quant_avx512::group_rows(format)
@@ -155,67 +174,66 @@ pub(crate) fn matvec(
             };
             #[cfg(not(target_arch = "x86_64"))]
             let group = 1;
-            let mut wrows: [&[u8]; ROW_GROUP] = [first; ROW_GROUP];
-            let mut g = 1;
-            while g < group && o + g < o1 {
-                let (f, row) = weight.row(o + g);
-                if f != format {
-                    break;
+            let mut outs = [[0f32; ROW_GROUP]; ROW_GROUP];
+            let mut o = run.start;
+            while o < run.end {
+                let g = group.min(run.end - o);
+                let mut wrows: [&[u8]; ROW_GROUP] = [row(o); ROW_GROUP];
+                for (i, w) in wrows.iter_mut().enumerate().take(g).skip(1) {
+                    *w = row(o + i);
                 }
-                wrows[g] = row;
-                g += 1;
-            }
-            let mut r = 0;
-            while r < m {
-                let rows = (m - r).min(ROW_GROUP);
-                let inputs = Inputs {
-                    x: &x[r * k..(r + rows) * k],
-                    sums: if sums.is_empty() {
-                        &[]
+                let mut r = 0;
+                while r < m {
+                    let rows = (m - r).min(ROW_GROUP);
+                    let inputs = Inputs {
+                        x: &x[r * k..(r + rows) * k],
+                        sums: if sums.is_empty() {
+                            &[]
+                        } else {
+                            &sums[r * chunks..(r + rows) * chunks]
+                        },
+                        k,
+                    };
+                    #[cfg(target_arch = "x86_64")]
+                    if grouped {
+                        // SAFETY: the features were detected; the rows are whole packed rows.
+                        unsafe {
+                            super::cpu_quant_avx512::dot_group(
+                                format,
+                                &wrows[..g],
+                                inputs,
+                                rows,
+                                &mut outs,
+                            )
+                        };
+                    } else if avx2 {
+                        // SAFETY: the features were detected.
+                        unsafe {
+                            super::cpu_quant_avx2::dot_rows(
+                                format,
+                                wrows[0],
+                                inputs,
+                                rows,
+                                &mut outs[0],
+                            )
+                        };
                     } else {
-                        &sums[r * chunks..(r + rows) * chunks]
-                    },
-                    k,
-                };
-                #[cfg(target_arch = "x86_64")]
-                if grouped {
-                    // SAFETY: the features were detected; the rows are whole packed rows.
-                    unsafe {
-                        super::cpu_quant_avx512::dot_group(
-                            format,
-                            &wrows[..g],
-                            inputs,
-                            rows,
-                            &mut outs,
-                        )
-                    };
-                } else if avx2 {
-                    // SAFETY: the features were detected.
-                    unsafe {
-                        super::cpu_quant_avx2::dot_rows(
-                            format,
-                            wrows[0],
-                            inputs,
-                            rows,
-                            &mut outs[0],
-                        )
-                    };
-                } else {
-                    dot_rows_portable(format, wrows[0], inputs, rows, &mut outs[0]);
-                }
-                #[cfg(not(target_arch = "x86_64"))]
-                dot_rows_portable(format, wrows[0], inputs, rows, &mut outs[0]);
-                for (w, dots) in outs[..g].iter().enumerate() {
-                    for (j, &d) in dots[..rows].iter().enumerate() {
-                        let v = d + bias.map_or(0.0, |b| b[o + w]);
-                        // SAFETY: this task alone writes columns o0..o1; row r + j < m.
-                        unsafe { *dst.0.add((r + j) * n + o + w) = v };
+                        dot_rows_portable(format, wrows[0], inputs, rows, &mut outs[0]);
                     }
+                    #[cfg(not(target_arch = "x86_64"))]
+                    dot_rows_portable(format, wrows[0], inputs, rows, &mut outs[0]);
+                    for (w, dots) in outs[..g].iter().enumerate() {
+                        for (j, &d) in dots[..rows].iter().enumerate() {
+                            let v = d + bias.map_or(0.0, |b| b[o + w]);
+                            // SAFETY: this task alone writes columns o0..o1; row r + j < m.
+                            unsafe { *dst.0.add((r + j) * n + o + w) = v };
+                        }
+                    }
+                    r += rows;
                 }
-                r += rows;
+                o += g;
             }
-            o += g;
-        }
+        });
     };
     let threads = rayon::current_num_threads().max(1);
     let per_task = (n / (8 * threads)).clamp(16, 256);

@@ -368,6 +368,27 @@ impl PackedWeight {
     /// # Panics
     /// If `r0 > r1` or `r1 > rows`.
     pub fn for_rows(&self, r0: usize, r1: usize, mut f: impl FnMut(usize, WeightFormat, &[u8])) {
+        self.for_row_runs(r0, r1, |run, format, data| {
+            let rb = data.len() / run.len();
+            for (i, o) in run.enumerate() {
+                f(o, format, &data[i * rb..(i + 1) * rb]);
+            }
+        });
+    }
+
+    /// Calls `f(rows, format, bytes)` for each run of consecutive rows of one format inside
+    /// `r0..r1`, in order: `rows` is the run (never empty) and `bytes` holds its packed rows
+    /// back to back (`bytes.len() / rows.len()` each). Kernels that stream many rows take
+    /// their bytes once per run instead of once per row.
+    ///
+    /// # Panics
+    /// If `r0 > r1` or `r1 > rows`.
+    pub fn for_row_runs(
+        &self,
+        r0: usize,
+        r1: usize,
+        mut f: impl FnMut(std::ops::Range<usize>, WeightFormat, &[u8]),
+    ) {
         assert!(
             r0 <= r1 && r1 <= self.rows,
             "rows {r0}..{r1} of {}",
@@ -378,14 +399,12 @@ impl PackedWeight {
             let seg = self.segment_of(r);
             let end = (seg.first + seg.rows).min(r1);
             let data = seg.data();
-            for o in r..end {
-                let local = o - seg.first;
-                f(
-                    o,
-                    seg.format,
-                    &data[local * seg.row_bytes..(local + 1) * seg.row_bytes],
-                );
-            }
+            let local = r - seg.first;
+            f(
+                r..end,
+                seg.format,
+                &data[local * seg.row_bytes..(end - seg.first) * seg.row_bytes],
+            );
             r = end;
         }
     }

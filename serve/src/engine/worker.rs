@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use rayon::prelude::*;
 use tokio::sync::mpsc::UnboundedSender;
 
 use internlm2::backends::Kernels;
@@ -222,9 +223,12 @@ impl<'a, B: Kernels> Worker<'a, B> {
             if self.scheduler.is_idle() {
                 continue;
             }
-            let stepped = catch_unwind(AssertUnwindSafe(|| self.step()));
-            if let Err(panic) = stepped {
-                self.recover(&panic_message(&*panic));
+            // On a thread of the CPU kernels' pool (see `on_cpu_threads`).
+            let stepped = internlm2::backends::on_cpu_threads(|| {
+                catch_unwind(AssertUnwindSafe(|| self.step())).map_err(|p| panic_message(&*p))
+            });
+            if let Err(message) = stepped {
+                self.recover(&message);
             }
             self.settle();
         }
@@ -352,28 +356,50 @@ impl<'a, B: Kernels> Worker<'a, B> {
         let vocab = logits.vocab;
         let mut ended = Vec::new();
         let mut produced = 0;
-        for (row, &p) in logits.samplers.iter().enumerate() {
-            let index = plan[p].index;
-            let seq = &mut self.scheduler.running[index];
-            let Some(values) = logits.values.get_mut(row * vocab..(row + 1) * vocab) else {
-                ended.push((
-                    index,
-                    FinishReason::Error("the model returned no logits".into()),
-                ));
-                continue;
-            };
-            let outcome = seq.sample(values).and_then(|(token, logprob)| {
-                match seq.last_token {
-                    None => self.recorder.first_token(now - seq.submitted),
-                    Some(last) => self.recorder.next_token(now - last),
+        let rows = logits.samplers.len();
+        if vocab == 0 || logits.values.len() < rows.saturating_mul(vocab) {
+            for &p in &logits.samplers {
+                let reason = FinishReason::Error("the model returned no logits".into());
+                ended.push((plan[p].index, reason));
+            }
+        } else {
+            // Every row's draw depends only on its own sequence (sampler, constraint, history)
+            // and logits, so the rows are sampled on all cores at once; the tokens are the same
+            // as one after the other. (Over a vocabulary of 92,544 a top-p draw is a few passes
+            // and a partial sort per row: serial, it grows with the batch.)
+            let mut slots: Vec<Option<&mut Sequence<'_>>> =
+                self.scheduler.running.iter_mut().map(Some).collect();
+            let jobs: Vec<(usize, &mut Sequence<'_>, &mut [f32])> = logits
+                .samplers
+                .iter()
+                .zip(logits.values.chunks_mut(vocab))
+                .filter_map(|(&p, values)| {
+                    let index = plan[p].index;
+                    let seq = slots.get_mut(index)?.take()?;
+                    Some((index, seq, values))
+                })
+                .collect();
+            let drawn: Vec<_> = jobs
+                .into_par_iter()
+                .map(|(index, seq, values)| {
+                    let drawn = seq.sample(values);
+                    (index, seq, drawn)
+                })
+                .collect();
+            for (index, seq, drawn) in drawn {
+                let outcome = drawn.and_then(|(token, logprob)| {
+                    match seq.last_token {
+                        None => self.recorder.first_token(now - seq.submitted),
+                        Some(last) => self.recorder.next_token(now - last),
+                    }
+                    seq.accept(token, logprob, now)
+                });
+                produced += 1;
+                match outcome {
+                    Ok(Outcome::Continue) => {}
+                    Ok(Outcome::Finished(reason)) => ended.push((index, reason)),
+                    Err(message) => ended.push((index, FinishReason::Error(message))),
                 }
-                seq.accept(token, logprob, now)
-            });
-            produced += 1;
-            match outcome {
-                Ok(Outcome::Continue) => {}
-                Ok(Outcome::Finished(reason)) => ended.push((index, reason)),
-                Err(message) => ended.push((index, FinishReason::Error(message))),
             }
         }
         self.recorder.generated(now, produced);
