@@ -98,7 +98,6 @@ pub(crate) unsafe fn dot_rows(
     }
 }
 
-#[inline]
 #[target_feature(enable = "avx512f,avx512bw,f16c,fma")]
 unsafe fn dot_f16<const R: usize>(row: &[u8], inp: Inputs<'_>, dots: &mut [f32; ROW_GROUP]) {
     let (k, p, x) = (inp.k, row.as_ptr(), inp.x.as_ptr());
@@ -125,52 +124,6 @@ unsafe fn dot_f16<const R: usize>(row: &[u8], inp: Inputs<'_>, dots: &mut [f32; 
             s += half::f16::from_le_bytes([row[2 * t], row[2 * t + 1]]).to_f32() * inp.x[j * k + t];
         }
         dots[j] = s;
-    }
-}
-
-/// One input row against a run of packed rows of one format stored back to back
-/// (`out.len()` rows of `row_bytes` bytes): `out[i] = dot(x, row i)`. Batch-1 decoding spends
-/// its time here: the loop over rows stays inside one function, so a row costs its blocks and
-/// nothing else (no per-row lookup or dispatch). Each row goes through the same operations as
-/// [`dot_rows`] with one input row.
-///
-/// # Safety
-/// [`available`] must be true and [`handles`] true for `format`; `data` must hold `out.len()`
-/// packed rows of `inputs.k` values, `row_bytes` each, and `inputs.x` (and `inputs.sums` for
-/// `Q4_K`) one input row.
-#[target_feature(enable = "avx512f,avx512bw,f16c,fma")]
-pub(crate) unsafe fn dot_run(
-    format: WeightFormat,
-    data: &[u8],
-    row_bytes: usize,
-    inputs: Inputs<'_>,
-    out: &mut [f32],
-) {
-    let base = data.as_ptr();
-    let mut dots = [[0f32; ROW_GROUP]; ROW_GROUP];
-    macro_rules! each_row {
-        ($f:ident) => {
-            for (i, o) in out.iter_mut().enumerate() {
-                // SAFETY: row i of the run (forwarded from the caller).
-                unsafe { $f::<1, 1>([base.add(i * row_bytes)], inputs, &mut dots) };
-                *o = dots[0][0];
-            }
-        };
-    }
-    match format {
-        WeightFormat::Q8_0 => each_row!(group_q8_0),
-        WeightFormat::Q4_0 => each_row!(group_q4_0),
-        WeightFormat::Q4K => each_row!(group_q4_k),
-        WeightFormat::F16 => {
-            for (i, o) in out.iter_mut().enumerate() {
-                let row = &data[i * row_bytes..(i + 1) * row_bytes];
-                let mut d = [0f32; ROW_GROUP];
-                // SAFETY: forwarded from the caller.
-                unsafe { dot_f16::<1>(row, inputs, &mut d) };
-                *o = d[0];
-            }
-        }
-        other => unreachable!("{other} has no AVX-512 kernel"),
     }
 }
 
@@ -259,7 +212,6 @@ unsafe fn dot_q4_k<const R: usize>(row: &[u8], inp: Inputs<'_>, dots: &mut [f32;
     *dots = out[0];
 }
 
-#[inline]
 #[target_feature(enable = "avx512f,avx512bw,f16c,fma")]
 unsafe fn group_q8_0<const R: usize, const W: usize>(
     w: [*const u8; W],
@@ -297,7 +249,6 @@ unsafe fn group_q8_0<const R: usize, const W: usize>(
     }
 }
 
-#[inline]
 #[target_feature(enable = "avx512f,avx512bw,f16c,fma")]
 unsafe fn group_q4_0<const R: usize, const W: usize>(
     w: [*const u8; W],
@@ -341,7 +292,6 @@ unsafe fn group_q4_0<const R: usize, const W: usize>(
     }
 }
 
-#[inline]
 #[target_feature(enable = "avx512f,avx512bw,f16c,fma")]
 unsafe fn group_q4_k<const R: usize, const W: usize>(
     w: [*const u8; W],
