@@ -19,6 +19,14 @@
 //! 1,000-token system prompt, then a second request with the same system prompt and another
 //! question, on an idle engine (three system prompts, the medians); the ratio of their TTFTs.
 //!
+//! The `bound` column is the most speed-up the workload allows on this machine: a client's
+//! requests run one after the other, so the engine needs at least as many steps as the client
+//! that received the most tokens, each step costs at least a batch-1 decoding step (every
+//! weight is read once either way), and the prompts cost the engine the same prefill as
+//! `generate`. With prompts of 256-1024 tokens and 64-256 new ones, 8 clients and 2 requests
+//! each, that is about 3.5x on a 2-core machine: a target above the bound needs longer
+//! outputs, shorter prompts or more requests per client, not a faster engine.
+//!
 //! The table also gives the machine's measured limits (as `bench --limits` measures them):
 //! the read bandwidth, which bounds one sequence's decoding (every weight read once per
 //! token), and the matmul peak, which bounds prefill and batched decoding.
@@ -206,8 +214,9 @@ fn baseline(model: &InternLM2<Cpu>, jobs: &[Job]) -> Vec<(Run, Vec<u32>)> {
 }
 
 /// `clients` threads, each submitting the next job and reading it to the end; also each
-/// job's tokens.
-fn engine_run(engine: &EngineHandle, jobs: &[Job], clients: usize) -> (Run, Vec<Vec<u32>>) {
+/// job's tokens and the most tokens one client received (its requests ran one after the
+/// other, so the engine took at least that many steps).
+fn engine_run(engine: &EngineHandle, jobs: &[Job], clients: usize) -> (Run, Vec<Vec<u32>>, usize) {
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let per_client: Vec<(Run, Vec<(usize, Vec<u32>)>)> = std::thread::scope(|scope| {
@@ -258,6 +267,11 @@ fn engine_run(engine: &EngineHandle, jobs: &[Job], clients: usize) -> (Run, Vec<
     let wall = start.elapsed();
     let mut outputs = vec![Vec::new(); jobs.len()];
     let mut runs = Vec::new();
+    let longest = per_client
+        .iter()
+        .map(|(run, _)| run.tokens)
+        .max()
+        .unwrap_or(0);
     for (run, out) in per_client {
         runs.push(run);
         for (i, tokens) in out {
@@ -268,7 +282,19 @@ fn engine_run(engine: &EngineHandle, jobs: &[Job], clients: usize) -> (Run, Vec<
         wall,
         ..Run::sequential(&runs)
     };
-    (run, outputs)
+    (run, outputs, longest)
+}
+
+/// The most speed-up the engine can reach over `base` (the same requests through `generate`)
+/// when one client received `longest` tokens: the engine needs at least `longest` steps, each
+/// reading every weight at least once like a batch-1 decoding step (generate's mean
+/// inter-token latency), plus the same prefill work as `generate` (the sum of its times to
+/// first token). Decoding rows and prompt chunks of a step do not share weight reads (they run
+/// in different numeric regimes, which keeps each request's tokens equal to `generate`'s).
+fn speedup_bound(base: &Run, longest: usize) -> f64 {
+    let prefill: f64 = base.ttft.iter().sum();
+    let step = base.itl.iter().sum::<f64>() / base.itl.len().max(1) as f64;
+    base.wall.as_secs_f64() / (prefill + longest as f64 * step)
 }
 
 fn percentile(values: &[f64], q: f64) -> f64 {
@@ -394,14 +420,14 @@ fn run(args: Args) -> ProgramResult {
     for &c in &levels {
         let n = (c * args.requests_per_client).max(4);
         eprintln!("engine: {n} requests from {c} concurrent clients...");
-        let (run, outputs) = engine_run(&engine, &jobs[..n], c);
+        let (run, outputs, longest) = engine_run(&engine, &jobs[..n], c);
         for (i, tokens) in outputs.iter().enumerate().take(base_n) {
             compared += 1;
             if *tokens != base[i].1 {
                 differ.push((c, i));
             }
         }
-        runs.push((c, n, run));
+        runs.push((c, n, run, longest));
     }
     let (cold, warm) = prefix_ttft(&engine, vocab, &mut rng, args.quick);
     let metrics = engine.metrics();
@@ -422,17 +448,18 @@ fn run(args: Args) -> ProgramResult {
     };
     println!();
     println!(
-        "| mode | requests | output tok/s | generate, same requests | speed-up | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 |"
+        "| mode | requests | output tok/s | generate, same requests | speed-up | bound | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
-    let row = |name: String, run: &Run, base: &Run| {
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let row = |name: String, run: &Run, base: &Run, bound: f64| {
         println!(
-            "| {name} | {} | {:.1} | {:.1} tok/s ({} req) | {:.2}x | {:.3} s | {:.3} s | {:.1} ms | {:.1} ms |",
+            "| {name} | {} | {:.1} | {:.1} tok/s ({} req) | {:.2}x | {:.2}x | {:.3} s | {:.3} s | {:.1} ms | {:.1} ms |",
             run.requests,
             run.tokens_per_s(),
             base.tokens_per_s(),
             base.requests,
             run.tokens_per_s() / base.tokens_per_s(),
+            bound,
             percentile(&run.ttft, 0.5),
             percentile(&run.ttft, 0.99),
             percentile(&run.itl, 0.5) * 1e3,
@@ -440,10 +467,16 @@ fn run(args: Args) -> ProgramResult {
         );
     };
     let all = base_over(base_n);
-    row("generate, one at a time".into(), &all, &all);
-    for (c, n, run) in &runs {
-        row(format!("engine, concurrency {c}"), run, &base_over(*n));
+    row("generate, one at a time".into(), &all, &all, 1.0);
+    for (c, n, run, longest) in &runs {
+        let base = base_over(*n);
+        let bound = speedup_bound(&base, *longest);
+        row(format!("engine, concurrency {c}"), run, &base, bound);
     }
+    println!(
+        "bound: the most speed-up this workload allows here (see `speedup_bound`): the longest \
+         client's tokens, each at least a batch-1 decoding step, plus generate's prefill"
+    );
     println!();
     println!(
         "prefix caching: {}-token system prompt, TTFT {:.3} s cold, {:.3} s with the prefix \
@@ -466,7 +499,7 @@ fn run(args: Args) -> ProgramResult {
         println!("  differ (concurrency, request): {differ:?}");
     }
     for (c, target) in [(8, 4.0), (32, 6.0)] {
-        if let Some((_, n, run)) = runs.iter().find(|(level, _, _)| *level == c) {
+        if let Some((_, n, run, _)) = runs.iter().find(|(level, _, _, _)| *level == c) {
             let ratio = run.tokens_per_s() / base_over(*n).tokens_per_s();
             println!(
                 "target >= {target}x output tokens/s at concurrency {c}: {ratio:.2}x ({})",

@@ -93,9 +93,10 @@ fn fused(c: &Case, layout: &PagedLayout) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
 #[test]
 fn fused_matches_composite() {
     for groups in [1, 2, 4] {
-        // 8 and 72: the AVX2 flavour where the CPU has it (72: a partial 64-wide chunk of
-        // the value sum); 20: the portable one.
-        for d in [8, 20, 72] {
+        // 16, 64 and 144: the AVX-512 flavour where the CPU has it (144: a partial
+        // 128-wide chunk of the value sum); 8 and 72: the AVX2 flavour where the CPU has it
+        // (72: a partial 64-wide chunk); 20: the portable one.
+        for d in [8, 16, 20, 64, 72, 144] {
             let layout = mixed_layout();
             let c = case(&layout, 12, 2, groups, d);
             let (out, keys, values) = fused(&c, &layout);

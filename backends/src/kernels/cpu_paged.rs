@@ -15,9 +15,10 @@
 //! its query block or the way its sequence's prompt was chunked (dot products in fixed lanes,
 //! the softmax over the row's visible keys, values accumulated key by key). A sequence
 //! therefore gets bit-identical results alone or in any batch, which the serving engine relies
-//! on. The arithmetic comes in two flavours, picked once per machine: AVX2 + FMA (8-lane
-//! fused multiply-adds, when the CPU has them and the head size is a multiple of 8) and
-//! portable Rust (separate multiplies and adds); they differ in the last bits only.
+//! on. The arithmetic comes in three flavours, picked once per machine: AVX-512 (16-lane
+//! fused multiply-adds, scores 16 keys at a time, when the CPU has it and the head size is a
+//! multiple of 16), AVX2 + FMA (8-lane, when the head size is a multiple of 8) and portable
+//! Rust (separate multiplies and adds); they differ in the last bits only.
 
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
@@ -98,6 +99,15 @@ fn writable(t: &FlexTensor) -> bool {
 trait Math {
     /// `sum(a[i] * b[i])`.
     fn dot(a: &[f32], b: &[f32]) -> f32;
+    /// `out[l] = dot(q, keys[l]) * scale` for the (at most 16) keys of a group whose first
+    /// key index is a multiple of 16. A flavour may compute the group at once, but each
+    /// element's operations depend only on `q`, its key and its position in the group.
+    #[inline(always)]
+    fn dot_many(q: &[f32], keys: &[&[f32]], scale: f32, out: &mut [f32]) {
+        for (o, k) in out.iter_mut().zip(keys) {
+            *o = Self::dot(q, k) * scale;
+        }
+    }
     /// `out = sum_j p[j] * v_j` over `j < p.len()`, keys in order.
     fn weighted_sum<'v>(out: &mut [f32], p: &[f32], value: impl Fn(usize) -> &'v [f32]);
 }
@@ -199,6 +209,130 @@ impl Math for Avx2 {
     }
 }
 
+/// AVX-512, 16 lanes; only used when the CPU has it and `d` is a multiple of 16. Scores come
+/// 16 keys at a time: one 16-lane FMA chain over `d` per key, then one transposing reduction
+/// that sums each key's lanes (the same tree for every key position) into a single register.
+#[cfg(target_arch = "x86_64")]
+struct Avx512;
+
+#[cfg(target_arch = "x86_64")]
+impl Math for Avx512 {
+    #[inline(always)]
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let mut out = [0f32];
+        Self::dot_many(a, &[b], 1.0, &mut out);
+        out[0]
+    }
+
+    #[inline(always)]
+    fn dot_many(q: &[f32], keys: &[&[f32]], scale: f32, out: &mut [f32]) {
+        use std::arch::x86_64::*;
+        debug_assert!(q.len() % 16 == 0 && keys.len() <= 16 && out.len() == keys.len());
+        // SAFETY: only reached from a function with avx512f enabled (see `run_avx512`);
+        // every key has q.len() elements; the store is masked to out.len() lanes.
+        unsafe {
+            // Always 16 chains (a fixed, unrolled loop that keeps them in registers): the
+            // missing keys of a short group repeat its first key, and are not stored.
+            let mut ptrs = [keys[0].as_ptr(); 16];
+            for (p, k) in ptrs.iter_mut().zip(keys) {
+                *p = k.as_ptr();
+            }
+            let mut acc = [_mm512_setzero_ps(); 16];
+            let mut c = 0;
+            while c < q.len() {
+                let qv = _mm512_loadu_ps(q.as_ptr().add(c));
+                for l in 0..16 {
+                    acc[l] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(ptrs[l].add(c)), acc[l]);
+                }
+                c += 16;
+            }
+            let sums = _mm512_mul_ps(reduce16(&acc), _mm512_set1_ps(scale));
+            let mask = (((1u32 << out.len()) - 1) & 0xffff) as u16;
+            _mm512_mask_storeu_ps(out.as_mut_ptr(), mask, sums);
+        }
+    }
+
+    #[inline(always)]
+    fn weighted_sum<'v>(out: &mut [f32], p: &[f32], value: impl Fn(usize) -> &'v [f32]) {
+        debug_assert!(out.len() % 16 == 0);
+        // SAFETY: as in `dot_many`; every value row has `out.len()` elements.
+        unsafe {
+            // 64 outputs (4 registers) at a time, then 16 at a time; keys in order inside.
+            let mut c0 = 0;
+            while c0 + 64 <= out.len() {
+                weighted_chunk::<4>(out, c0, p, &value);
+                c0 += 64;
+            }
+            while c0 < out.len() {
+                weighted_chunk::<1>(out, c0, p, &value);
+                c0 += 16;
+            }
+        }
+    }
+}
+
+/// `out[c0..c0 + 16 W] = sum_j p[j] * value(j)[c0..c0 + 16 W]`, keys in order.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn weighted_chunk<'v, const W: usize>(
+    out: &mut [f32],
+    c0: usize,
+    p: &[f32],
+    value: &impl Fn(usize) -> &'v [f32],
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller (with avx512f enabled) keeps c0 + 16 W <= out.len(), and every value
+    // row has out.len() elements.
+    unsafe {
+        let mut acc = [_mm512_setzero_ps(); W];
+        for (j, &w) in p.iter().enumerate() {
+            let wv = _mm512_set1_ps(w);
+            let v = value(j).as_ptr().add(c0);
+            for (l, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(wv, _mm512_loadu_ps(v.add(16 * l)), *a);
+            }
+        }
+        for (l, a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(out.as_mut_ptr().add(c0 + 16 * l), *a);
+        }
+    }
+}
+
+/// Lane `l` of the result is the sum of the 16 lanes of `v[l]`, by the same tree for every
+/// `l`: pairs of lanes within 128-bit quarters, then pairs of pairs, then the four quarters.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn reduce16(v: &[std::arch::x86_64::__m512; 16]) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    unsafe {
+        // Level 1: [a0+a2, b0+b2, a1+a3, b1+b3] per quarter, for the pairs (a, b).
+        let mut l1 = [_mm512_setzero_ps(); 8];
+        for (i, x) in l1.iter_mut().enumerate() {
+            let (a, b) = (v[2 * i], v[2 * i + 1]);
+            *x = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+        }
+        // Level 2: [a, b, c, d] quarter sums, for the quadruples (a, b, c, d).
+        let mut l2 = [_mm512_setzero_ps(); 4];
+        for (i, x) in l2.iter_mut().enumerate() {
+            let (a, b) = (_mm512_castps_pd(l1[2 * i]), _mm512_castps_pd(l1[2 * i + 1]));
+            *x = _mm512_add_ps(
+                _mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+                _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)),
+            );
+        }
+        // Level 3: quarters 0 + 1 and 2 + 3 of two quadruples side by side.
+        let pair = |x: __m512, y: __m512| {
+            _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y),
+                _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y),
+            )
+        };
+        let (w0, w1) = (pair(l2[0], l2[1]), pair(l2[2], l2[3]));
+        // Level 4: the two halves of each quadruple's sum; quarter i holds vectors 4i..4i+4.
+        pair(w0, w1)
+    }
+}
+
 /// Sum of the 8 lanes, in a fixed order.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
@@ -255,6 +389,12 @@ unsafe fn run_avx2(ctx: &Ctx<'_>, task: &Task) {
     run_task::<Avx2>(ctx, task);
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn run_avx512(ctx: &Ctx<'_>, task: &Task) {
+    run_task::<Avx512>(ctx, task);
+}
+
 /// One task: scores of its queries against every key they see, softmax, weighted values.
 #[inline(always)]
 fn run_task<M: Math>(ctx: &Ctx<'_>, task: &Task) {
@@ -265,7 +405,14 @@ fn run_task<M: Math>(ctx: &Ctx<'_>, task: &Task) {
     let rows = task.q1 - task.q0;
     let first_slot = seq.past + task.q0; // slot of the task's first query
     let t_end = seq.past + task.q1; // keys visible to its last query
-    let key = |pool, j| slot_row(pool, &seq.blocks, [bs, nkv, d], task.kv_head, j);
+    // Every key and value row the task reads, looked up in the block table once (not once
+    // per query row: a division and two loads per key otherwise).
+    let rows_of = |pool| -> Vec<&[f32]> {
+        (0..t_end)
+            .map(|j| slot_row(pool, &seq.blocks, [bs, nkv, d], task.kv_head, j))
+            .collect()
+    };
+    let (key_rows, value_rows) = (rows_of(ctx.keys), rows_of(ctx.values));
     // scores[(gi * rows + r) * t_end + j]; row r sees keys 0..=first_slot + r.
     let mut scores = vec![0f32; g * rows * t_end];
     let queries: Vec<&[f32]> = (0..g * rows)
@@ -274,13 +421,21 @@ fn run_task<M: Math>(ctx: &Ctx<'_>, task: &Task) {
                 .row(task.kv_head * g + i / rows, offset + task.q0 + i % rows)
         })
         .collect();
-    for j in 0..t_end {
-        let kj = key(ctx.keys, j);
-        let r0 = j.saturating_sub(first_slot);
+    // Keys in groups of 16 from key 0, so a key's place in its group never depends on the
+    // task; a group's keys no query of the task sees are skipped, the rest computed for
+    // every query that sees its first key (scores past a row's last visible key are unused).
+    let mut group: [&[f32]; 16] = [&[]; 16];
+    for j0 in (0..t_end).step_by(16) {
+        let n = (t_end - j0).min(16);
+        for (l, slot) in group.iter_mut().enumerate().take(n) {
+            *slot = key_rows[j0 + l];
+        }
+        let r0 = j0.saturating_sub(first_slot);
         for gi in 0..g {
             for r in r0..rows {
                 let i = gi * rows + r;
-                scores[i * t_end + j] = M::dot(queries[i], kj) * ctx.scale;
+                let at = i * t_end + j0;
+                M::dot_many(queries[i], &group[..n], ctx.scale, &mut scores[at..at + n]);
             }
         }
     }
@@ -295,7 +450,7 @@ fn run_task<M: Math>(ctx: &Ctx<'_>, task: &Task) {
         let out = unsafe {
             std::slice::from_raw_parts_mut(ctx.out.0.add((head * ctx.tokens + token) * d), d)
         };
-        M::weighted_sum(out, visible, |j| key(ctx.values, j));
+        M::weighted_sum(out, visible, |j| value_rows[j]);
     }
 }
 
@@ -396,7 +551,15 @@ pub fn paged_attention(
         && std::arch::is_x86_feature_detected!("fma");
     #[cfg(not(target_arch = "x86_64"))]
     let avx2 = false;
+    #[cfg(target_arch = "x86_64")]
+    let avx512 = d % 16 == 0 && super::cpu_quant_avx512::available();
     let run = |task: &Task| {
+        #[cfg(target_arch = "x86_64")]
+        if avx512 {
+            // SAFETY: the features were detected (`available` checks AVX-512 F and FMA).
+            unsafe { run_avx512(&ctx, task) };
+            return;
+        }
         #[cfg(target_arch = "x86_64")]
         if avx2 {
             // SAFETY: the features were detected above.

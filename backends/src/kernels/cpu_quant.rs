@@ -114,6 +114,11 @@ struct Dst(*mut f32);
 unsafe impl Send for Dst {}
 unsafe impl Sync for Dst {}
 
+/// How far ahead of the rows being decoded the kernels prefetch weight bytes into L2. The
+/// hardware prefetcher alone left a batch-1 decoding step waiting on memory between rows;
+/// the same hint took the f32 decoding kernel from half the read bandwidth to all of it.
+const PREFETCH_BYTES: usize = 8 << 10;
+
 /// `out[r, o] = dot(x[r], dequantize(weight[o])) + bias[o]` for up to [`SKINNY_MAX_ROWS`] rows.
 pub(crate) fn matvec(
     x: &[f32],
@@ -163,6 +168,20 @@ pub(crate) fn matvec(
             let mut o = run.start;
             while o < run.end {
                 let g = group.min(run.end - o);
+                // The rows PREFETCH_BYTES ahead, into L2 (a hint; see `PREFETCH_BYTES`).
+                #[cfg(target_arch = "x86_64")]
+                {
+                    let from = (o - run.start) * row_bytes + PREFETCH_BYTES;
+                    let to = (from + g * row_bytes).min(data.len());
+                    for at in (from..to).step_by(64) {
+                        // SAFETY: SSE is part of x86_64; `at` is inside `data`.
+                        unsafe {
+                            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(
+                                data.as_ptr().add(at) as *const i8,
+                            )
+                        };
+                    }
+                }
                 let mut wrows: [&[u8]; ROW_GROUP] = [row(o); ROW_GROUP];
                 for (i, w) in wrows.iter_mut().enumerate().take(g).skip(1) {
                     *w = row(o + i);
