@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Our quantized CPU inference against llama.cpp, side by side in one run: for each format, the
 # same model shape (benches/internlm2-140m.json, random weights), prompt 512, 64 new tokens,
-# 2 threads, batch 1 and 8; llama.cpp and our `bench` alternate format by format so that both
+# 2 threads, batch 1 and 8 (our prefill timed after a whole warm-up prefill, as llama-bench
+# times pp512 after its warm-up run; the cold first prefill is printed beside it); llama.cpp and our `bench` alternate format by format so that both
 # see the same machine. Prints a markdown table with ratios (ours / llama.cpp) and the
 # machine's measured limits (`bench --limits`).
 #
@@ -88,17 +89,18 @@ if lim:
     print(f"Machine: {os.cpu_count()} cores; read bandwidth {l['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, "
           f"matmul peak {l['matmul_flops'] / 1e12:.3f} TFLOP/s (f32), measured by `bench --limits` in this run.")
     print()
-print("| format (ours / llama.cpp) | weights MB read per token (ours) | prefill tok/s ours | llama.cpp pp512 | ratio | decode tok/s ours | llama.cpp tg64 @ depth 512 | ratio | llama.cpp tg64 @ depth 0 | ratio | batch 8 decode ours | llama.cpp 8 seqs | ratio |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("| format (ours / llama.cpp) | weights MB read per token (ours) | first prefill tok/s ours (cold process) | prefill tok/s ours | llama.cpp pp512 | ratio | decode tok/s ours | llama.cpp tg64 @ depth 512 | ratio | llama.cpp tg64 @ depth 0 | ratio | batch 8 decode ours | llama.cpp 8 seqs | ratio |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for pair in formats:
     ours, theirs = pair.split(":")
     b1, b8, bb = jl(f"sdk_{ours}_b1.jsonl"), jl(f"sdk_{ours}_b8.jsonl"), jl(f"bb_{theirs}.jsonl")
     pf, dc = mean([r["prefill_tokens_per_s"] for r in b1]), mean([r["decode_tokens_per_s"] for r in b1])
     d8 = mean([r["decode_tokens_per_s"] for r in b8])
+    cold = mean([r["first_prefill_tokens_per_s"] for r in b1 if "first_prefill_tokens_per_s" in r])
     mb = b1[0]["weight_bytes_per_token"] / 1e6 if b1 else None
     pp, tg, tgd = lb(f"lb_{theirs}.jsonl", 512, 0), lb(f"lb_{theirs}.jsonl", 0, 64), lb(f"lbd_{theirs}.jsonl", 0, 64, 512)
     tg8 = mean([r["speed_tg"] for r in bb])
-    print(f"| {ours} / {theirs} | {f(mb)} | {f(pf)} | {f(pp)} | {ratio(pf, pp)} | {f(dc)} | {f(tgd)} | {ratio(dc, tgd)} | {f(tg)} | {ratio(dc, tg)} | {f(d8)} | {f(tg8)} | {ratio(d8, tg8)} |")
+    print(f"| {ours} / {theirs} | {f(mb)} | {f(cold)} | {f(pf)} | {f(pp)} | {ratio(pf, pp)} | {f(dc)} | {f(tgd)} | {ratio(dc, tgd)} | {f(tg)} | {ratio(dc, tg)} | {f(d8)} | {f(tg8)} | {ratio(d8, tg8)} |")
 if lim:
     bw, fl = lim[0]["read_bandwidth_bytes_per_s"], lim[0]["matmul_flops"]
     print()
