@@ -12,6 +12,7 @@ use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
 use super::cpu_quant::{Inputs, ROW_GROUP};
+use super::cpu_simd::hsum256;
 use crate::packed::WeightFormat;
 use crate::packed::blocks::q4k_scale_min;
 
@@ -23,17 +24,6 @@ pub(crate) fn available() -> bool {
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c")
     })
-}
-
-/// Horizontal sum of the 8 lanes.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn hsum(v: __m256) -> f32 {
-    let hi = _mm256_extractf128_ps(v, 1);
-    let s4 = _mm_add_ps(_mm256_castps256_ps128(v), hi);
-    let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-    let s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
-    _mm_cvtss_f32(s1)
 }
 
 /// The little-endian f16 at `p` as f32.
@@ -193,7 +183,7 @@ macro_rules! half_kernel {
                 }
             }
             for j in 0..R {
-                let mut s = hsum(_mm256_add_ps(acc0[j], acc1[j]));
+                let mut s = hsum256(_mm256_add_ps(acc0[j], acc1[j]));
                 for t in body..k {
                     let w: f32 = $scalar([row[2 * t], row[2 * t + 1]]);
                     s += w * inp.x[j * k + t];
@@ -233,7 +223,7 @@ unsafe fn dot_q8_0<const R: usize>(row: &[u8], inp: Inputs<'_>, dots: &mut [f32;
         }
     }
     for j in 0..R {
-        dots[j] = hsum(acc[j]);
+        dots[j] = hsum256(acc[j]);
     }
 }
 
@@ -259,7 +249,7 @@ unsafe fn dot_q4_0<const R: usize>(row: &[u8], inp: Inputs<'_>, dots: &mut [f32;
         }
     }
     for j in 0..R {
-        dots[j] = hsum(acc[j]);
+        dots[j] = hsum256(acc[j]);
     }
 }
 
@@ -298,7 +288,7 @@ unsafe fn dot_q4_k<const R: usize>(row: &[u8], inp: Inputs<'_>, dots: &mut [f32;
         }
     }
     for j in 0..R {
-        dots[j] = hsum(acc[j]) - mins[j];
+        dots[j] = hsum256(acc[j]) - mins[j];
     }
 }
 
@@ -358,7 +348,7 @@ unsafe fn dot_q6_k<const R: usize>(row: &[u8], inp: Inputs<'_>, dots: &mut [f32;
         }
     }
     for j in 0..R {
-        dots[j] = hsum(acc[j]);
+        dots[j] = hsum256(acc[j]);
     }
 }
 
@@ -385,7 +375,7 @@ unsafe fn dot_awq4<const R: usize>(row: &[u8], inp: Inputs<'_>, dots: &mut [f32;
         }
     }
     for j in 0..R {
-        dots[j] = hsum(acc[j]);
+        dots[j] = hsum256(acc[j]);
     }
 }
 

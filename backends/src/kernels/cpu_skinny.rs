@@ -21,6 +21,9 @@
 //! for batch-independent decoding). The two instruction sets differ from each other in the
 //! last bits; a process uses one of them throughout (`INTERNLM2_NO_AVX512` selects AVX2).
 
+#[cfg(target_arch = "x86_64")]
+use super::cpu_simd::hsum256;
+
 /// How many blocks of weight rows ahead the kernels prefetch into L2. The hardware
 /// prefetcher alone kept a batch of 8 rows at half the read bandwidth: the loads of one block
 /// wait on memory while the FMAs of the block before are long done.
@@ -165,10 +168,7 @@ unsafe fn hsum512(a: std::arch::x86_64::__m512) -> f32 {
     use std::arch::x86_64::*;
     let lo = _mm512_castps512_ps256(a);
     let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1));
-    let s8 = _mm256_add_ps(lo, hi);
-    let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
-    let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-    _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)))
+    hsum256(_mm256_add_ps(lo, hi))
 }
 
 /// Dots weight rows `o..o + C` with input rows `r..r + R`, 16 lanes at a time.
@@ -269,11 +269,7 @@ unsafe fn block<const R: usize, const C: usize>(
         }
         for (j, row) in acc.iter().enumerate() {
             for (c, a) in row.iter().enumerate() {
-                let hi = _mm256_extractf128_ps(*a, 1);
-                let sum4 = _mm_add_ps(_mm256_castps256_ps128(*a), hi);
-                let sum2 = _mm_add_ps(sum4, _mm_movehl_ps(sum4, sum4));
-                let sum1 = _mm_add_ss(sum2, _mm_shuffle_ps(sum2, sum2, 1));
-                let mut s = _mm_cvtss_f32(sum1);
+                let mut s = hsum256(*a);
                 let (wrow, xrow) = ((o + c) * k, (r + j) * k);
                 for t in body..k {
                     s += w[wrow + t] * x[xrow + t];
@@ -303,11 +299,7 @@ mod tests {
                 a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x.as_ptr().add(i)), a);
                 i += 8;
             }
-            let hi = _mm256_extractf128_ps(a, 1);
-            let sum4 = _mm_add_ps(_mm256_castps256_ps128(a), hi);
-            let sum2 = _mm_add_ps(sum4, _mm_movehl_ps(sum4, sum4));
-            let sum1 = _mm_add_ss(sum2, _mm_shuffle_ps(sum2, sum2, 1));
-            let mut s = _mm_cvtss_f32(sum1);
+            let mut s = hsum256(a);
             for t in body..k {
                 s += w[t] * x[t];
             }
