@@ -11,8 +11,10 @@
 #
 # usage (from the project root): scripts/quant-vs-llamacpp.sh
 # env:   W=/tmp/llamacpp  REPS=3 (llama-bench repetitions and our runs per format)
-#        FORMATS="f32:f32 f16:f16 q8_0:Q8_0 q4_0:Q4_0 q4_k:Q4_K_M" (ours:llama.cpp; the GGUF
-#        file names setup.sh writes)
+#        FORMATS="f32:f32 f16:f16 q8_0:Q8_0 q4_0:Q4_0 q4_k:Q4_K_M q4_0+q6_k:Q4_0 q4_k+q6_k:Q4_K_M"
+#        (ours:llama.cpp; the GGUF file names setup.sh writes; `ours+h` adds `--head-format h`:
+#        llama.cpp's Q4_0 and Q4_K_M files keep the output head at Q6_K, our 4-bit default
+#        keeps it at Q8_0, so `+q6_k` reads the same bytes per token as llama.cpp)
 #        THREADS=2  IDLE_LOAD=0.6 (wait below this 1-minute load before each measurement;
 #        NO_WAIT=1 skips the wait: figures then only valid as ratios)
 set -euo pipefail
@@ -20,7 +22,7 @@ W="${W:-/tmp/llamacpp}"
 REPS="${REPS:-3}"
 THREADS="${THREADS:-2}"
 IDLE_LOAD="${IDLE_LOAD:-0.6}"
-FORMATS="${FORMATS:-f32:f32 f16:f16 q8_0:Q8_0 q4_0:Q4_0 q4_k:Q4_K_M}"
+FORMATS="${FORMATS:-f32:f32 f16:f16 q8_0:Q8_0 q4_0:Q4_0 q4_k:Q4_K_M q4_0+q6_k:Q4_0 q4_k+q6_k:Q4_K_M}"
 CONFIG="benches/internlm2-140m.json"
 BIN="$W/build/bin"
 SDK="target/release/examples/bench"
@@ -55,17 +57,19 @@ run "limits" "$RES/limits.jsonl" env RAYON_NUM_THREADS="$THREADS" "$SDK" --confi
     --prompt-len 512 --new-tokens 16 --batch 1 --limits --json
 for pair in $FORMATS; do
     ours="${pair%%:*}"; theirs="${pair##*:}"
+    quant=(--quant "${ours%%+*}")
+    [[ "$ours" == *+* ]] && quant+=(--head-format "${ours#*+}")
     M="$W/gguf/internlm2-100m-$theirs.gguf"
     run "llama-bench $theirs" "$RES/lb_$theirs.jsonl" "$BIN/llama-bench" -m "$M" -p 512 -n 64 -t "$THREADS" -r "$REPS" -o jsonl
     run "llama-bench $theirs @d512" "$RES/lbd_$theirs.jsonl" "$BIN/llama-bench" -m "$M" -p 0 -n 64 -d 512 -t "$THREADS" -r "$REPS" -o jsonl
     for i in $(seq 1 "$REPS"); do
         run "ours $ours b1 run $i" "$RES/sdk_${ours}_b1.jsonl" env RAYON_NUM_THREADS="$THREADS" "$SDK" \
-            --config "$CONFIG" --prompt-len 512 --new-tokens 64 --batch 1 --quant "$ours" --json
+            --config "$CONFIG" --prompt-len 512 --new-tokens 64 --batch 1 "${quant[@]}" --json
     done
     run "llama-batched-bench $theirs npl=8" "$RES/bb_$theirs.jsonl" "$BIN/llama-batched-bench" -m "$M" \
         -c 4608 -b 2048 -ub 512 -npp 512 -ntg 64 -npl 8 -t "$THREADS" -tb "$THREADS" --output-format jsonl
     run "ours $ours b8" "$RES/sdk_${ours}_b8.jsonl" env RAYON_NUM_THREADS="$THREADS" "$SDK" \
-        --config "$CONFIG" --prompt-len 512 --new-tokens 64 --batch 8 --quant "$ours" --json
+        --config "$CONFIG" --prompt-len 512 --new-tokens 64 --batch 8 "${quant[@]}" --json
 done
 
 python3 - "$RES" "$FORMATS" <<'PY' | tee "$RES/table.md"

@@ -1,5 +1,6 @@
 //! Packed weights end to end on the reference fixtures: quantize on load for every format
-//! (logit error and top-1 agreement against the f32 model, within each format's bound), our
+//! (logit error and top-1 agreement against the f32 model, within each format's bound, for
+//! prefill-sized and decoding-sized calls, the latter with 8-bit activations), our
 //! quantized checkpoint round trip (loads without re-quantizing, identical logits), the typed
 //! error for training a quantized model, and the HF save of a quantized model.
 
@@ -95,6 +96,46 @@ fn quantize_on_load_stays_within_each_formats_error() {
             );
             assert!(err < bound, "{format}: {err} >= {bound}");
             assert!(agree >= top1, "{format}: top-1 agreement {agree}");
+        }
+    }
+}
+
+/// Decoding-sized calls (up to 16 rows take the CPU mat-vec): with 8-bit activations (on by
+/// default; they change results only where the AVX2 integer kernels run) the logits stay within
+/// each format's bound of the f32 model, and within a Q8_0-sized step of the same quantized
+/// model with f32 activations.
+#[test]
+fn decoding_with_8_bit_activations_stays_within_each_formats_error() {
+    use internlm2::backends::kernels::{int8_activations, set_int8_activations};
+    let before = int8_activations();
+    for dir in common::model_fixtures() {
+        // One row of 8 tokens: 8 rows through every linear layer.
+        let ids = prompt(&dir).slice([0..1, 0..8]);
+        let reference = InternLM2::<Cpu>::load(&dir, DType::F32, &Default::default()).unwrap();
+        let (want, vocab) = logits(&reference, ids.clone());
+        for (format, bound, top1) in BOUNDS {
+            let q = QuantConfig::new(format)
+                .with_embedding(Some(format))
+                .with_head(Some(format));
+            let model = load(&dir, q);
+            set_int8_activations(true);
+            let (int8, _) = logits(&model, ids.clone());
+            set_int8_activations(false);
+            let (f32s, _) = logits(&model, ids.clone());
+            set_int8_activations(before);
+            let (err, agree) = compare(&int8, &want, vocab);
+            let (step, _) = compare(&int8, &f32s, vocab);
+            eprintln!(
+                "{} {format}: 8-bit activations: error {err:.5} (top-1 {agree:.3}) against f32, \
+                 {step:.5} against f32 activations",
+                dir.display()
+            );
+            assert!(err < bound, "{format}: {err} >= {bound}");
+            assert!(agree >= top1, "{format}: top-1 agreement {agree}");
+            assert!(
+                step < 0.03,
+                "{format}: 8-bit activations moved the logits by {step}"
+            );
         }
     }
 }

@@ -8,6 +8,8 @@
 //!   and a portable kernel (decode one block to the stack, dot it) elsewhere. Output features are
 //!   split across cores. A row's result depends only on that row and the weight, never on how
 //!   many rows share the call (the serving engine relies on this for batch-invariant tokens).
+//!   On AVX2 machines without the AVX-512 kernels, `Q8_0`, `Q4_0`, `Q4_K` and `Q6_K` rows
+//!   multiply 8-bit activations instead ([`super::cpu_quant_int8`]).
 //! - **Prefill (more rows)**: the panel-parallel GEMM of [`super::cpu_gemm`], each panel of
 //!   output features dequantized into a per-thread f32 buffer that stays in cache.
 //!
@@ -20,6 +22,7 @@ use rayon::prelude::*;
 use super::composite;
 use super::cpu::{SKINNY_MAX_ROWS, contiguous, primitive, wrap};
 use super::cpu_gemm::{Panel, gemm_panels};
+use super::cpu_quant_int8 as int8;
 use crate::packed::{PackedWeight, WeightFormat, blocks};
 
 /// Work (rows x outputs x inputs) below which the mat-vec stays on the calling thread.
@@ -129,21 +132,61 @@ pub(crate) fn matvec(
     out: &mut [f32],
 ) {
     let n = weight.rows();
-    let sums = if weight.uses(WeightFormat::Q4K) {
-        chunk_sums(x, m, k)
-    } else {
-        Vec::new()
-    };
     #[cfg(target_arch = "x86_64")]
     let avx2 = super::cpu_quant_avx2::available();
     #[cfg(target_arch = "x86_64")]
     let avx512 = super::cpu_quant_avx512::available();
+    // 8-bit activations for the integer kernels (AVX2 machines the AVX-512 kernels do not
+    // serve; see `cpu_quant_int8`).
+    #[cfg(target_arch = "x86_64")]
+    let use_int8 = avx2
+        && !avx512
+        && super::int8_activations()
+        && k % int8::BLOCK == 0
+        && weight.segments().any(|(f, _)| int8::handles(f));
+    #[cfg(not(target_arch = "x86_64"))]
+    let use_int8 = false;
+    let acts = use_int8.then(|| int8::quantize_rows(x, m, k));
+    let sums = if weight.uses(WeightFormat::Q4K) && !use_int8 {
+        chunk_sums(x, m, k)
+    } else {
+        Vec::new()
+    };
     let dst = Dst(out.as_mut_ptr());
     let chunks = k / 32;
     let task = |(o0, o1): (usize, usize)| {
         let dst = dst;
         weight.for_row_runs(o0, o1, |run, format, data| {
             let row_bytes = data.len() / run.len();
+            #[cfg(target_arch = "x86_64")]
+            if let Some(acts) = acts.as_ref().filter(|_| int8::handles(format)) {
+                // The whole run through one kernel call per group of input rows (the run's
+                // bytes stay in L2 for the next group).
+                for r in (0..m).step_by(ROW_GROUP) {
+                    let rows = (m - r).min(ROW_GROUP);
+                    let emit = |i: usize, dots: &[f32; ROW_GROUP]| {
+                        let o = run.start + i;
+                        for (j, &d) in dots[..rows].iter().enumerate() {
+                            let v = d + bias.map_or(0.0, |b| b[o]);
+                            // SAFETY: this task alone writes columns o0..o1; row r + j < m.
+                            unsafe { *dst.0.add((r + j) * n + o) = v };
+                        }
+                    };
+                    // SAFETY: the features were detected; `data` holds whole packed rows.
+                    unsafe {
+                        super::cpu_quant_avx2::dot_run_int8(
+                            format,
+                            data,
+                            row_bytes,
+                            acts.rows(r, r + rows),
+                            rows,
+                            PREFETCH_BYTES,
+                            emit,
+                        )
+                    };
+                }
+                return;
+            }
             let row =
                 |o: usize| &data[(o - run.start) * row_bytes..(o - run.start + 1) * row_bytes];
             #[cfg(target_arch = "x86_64")]

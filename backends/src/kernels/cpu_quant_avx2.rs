@@ -12,6 +12,7 @@ use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
 use super::cpu_quant::{Inputs, ROW_GROUP};
+use super::cpu_quant_int8::Q8Inputs;
 use super::cpu_simd::hsum256;
 use crate::packed::WeightFormat;
 use crate::packed::blocks::q4k_scale_min;
@@ -107,6 +108,18 @@ unsafe fn dot16(q0: __m256, q1: __m256, x: *const f32) -> __m256 {
     }
 }
 
+/// `$f::<R>(args)` with the const `R` equal to `rows` (1 to 4; more counts as 4).
+macro_rules! for_rows {
+    ($rows:expr, $f:ident($($arg:expr),*)) => {
+        match $rows {
+            1 => $f::<1>($($arg),*),
+            2 => $f::<2>($($arg),*),
+            3 => $f::<3>($($arg),*),
+            _ => $f::<4>($($arg),*),
+        }
+    };
+}
+
 /// Dots one packed row with `rows` (1..=4) input rows.
 ///
 /// # Safety
@@ -122,14 +135,7 @@ pub(crate) unsafe fn dot_rows(
     macro_rules! by_rows {
         ($f:ident) => {
             // SAFETY: forwarded from the caller.
-            unsafe {
-                match rows {
-                    1 => $f::<1>(row, inputs, dots),
-                    2 => $f::<2>(row, inputs, dots),
-                    3 => $f::<3>(row, inputs, dots),
-                    _ => $f::<4>(row, inputs, dots),
-                }
-            }
+            unsafe { for_rows!(rows, $f(row, inputs, dots)) }
         };
     }
     match format {
@@ -292,10 +298,11 @@ unsafe fn dot_q4_k<const R: usize>(row: &[u8], inp: Inputs<'_>, dots: &mut [f32;
     }
 }
 
-/// The four 32-value groups of one 128-value half of a `Q6_K` super-block, minus 32.
+/// The four 32-value groups of one 128-value half of a `Q6_K` super-block (6-bit values
+/// `0..64`), minus `offset`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q6k_half(blk: *const u8, n: usize) -> [__m256i; 4] {
+unsafe fn q6k_half(blk: *const u8, n: usize, offset: i8) -> [__m256i; 4] {
     // SAFETY: the caller guarantees a whole 210-byte block at `blk`.
     unsafe {
         let ql_a = _mm256_loadu_si256(blk.add(64 * n) as *const __m256i);
@@ -303,7 +310,7 @@ unsafe fn q6k_half(blk: *const u8, n: usize) -> [__m256i; 4] {
         let qh = _mm256_loadu_si256(blk.add(128 + 32 * n) as *const __m256i);
         let m4 = _mm256_set1_epi8(0x0F);
         let m3 = _mm256_set1_epi8(3);
-        let off = _mm256_set1_epi8(32);
+        let off = _mm256_set1_epi8(offset);
         // Bits 2s..2s+2 of every qh byte, moved to bits 4..6.
         let h0 = _mm256_slli_epi16(_mm256_and_si256(qh, m3), 4);
         let h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m3), 4);
@@ -332,7 +339,7 @@ unsafe fn dot_q6_k<const R: usize>(row: &[u8], inp: Inputs<'_>, dots: &mut [f32;
             let blk = p.add(210 * sb);
             let d = f16_at(blk.add(208));
             for n in 0..2 {
-                let groups = q6k_half(blk, n);
+                let groups = q6k_half(blk, n, 32);
                 for (g, v) in groups.iter().enumerate() {
                     let q = i8x32(*v);
                     let sc = blk.add(192 + 8 * n + 2 * g);
@@ -376,6 +383,338 @@ unsafe fn dot_awq4<const R: usize>(row: &[u8], inp: Inputs<'_>, dots: &mut [f32;
     }
     for j in 0..R {
         dots[j] = hsum256(acc[j]);
+    }
+}
+
+/// Unsigned bytes `u` times signed bytes `x`, summed in fours: 8 i32. Neither operand
+/// pair overflows the 16-bit intermediate: `2 * 128 * 127 < 2^15`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn sum4_u8i8(u: __m256i, x: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1))
+}
+
+/// The 32 signed weights of a `Q8_0` block.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_0_weights(blk: *const u8) -> __m256i {
+    // SAFETY: the caller guarantees a whole 34-byte block at `blk`.
+    unsafe { _mm256_loadu_si256(blk.add(2) as *const __m256i) }
+}
+
+/// The 32 signed weights of a `Q4_0` block (nibble minus 8; low nibbles first).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_0_weights(blk: *const u8) -> __m256i {
+    // SAFETY: the caller guarantees a whole 18-byte block at `blk`.
+    let bytes = unsafe { _mm_loadu_si128(blk.add(2) as *const __m128i) };
+    let both = _mm256_set_m128i(_mm_srli_epi16(bytes, 4), bytes);
+    _mm256_sub_epi8(
+        _mm256_and_si256(both, _mm256_set1_epi8(0x0F)),
+        _mm256_set1_epi8(8),
+    )
+}
+
+/// Dots one `Q8_0`, `Q4_0`, `Q4_K` or `Q6_K` row with `rows` (1..=4) input rows quantized to 8 bits
+/// ([`super::cpu_quant_int8`]); the tests' single-row form of [`dot_run_int8`].
+///
+/// # Safety
+/// [`available`] must be true; `row` must be one packed row of `inputs.k` values of `format`
+/// and `inputs` must hold `rows` rows.
+#[cfg(test)]
+pub(crate) unsafe fn dot_rows_int8(
+    format: WeightFormat,
+    row: &[u8],
+    inputs: Q8Inputs<'_>,
+    rows: usize,
+    dots: &mut [f32; ROW_GROUP],
+) {
+    macro_rules! by_rows {
+        ($f:ident) => {
+            // SAFETY: forwarded from the caller.
+            unsafe { for_rows!(rows, $f(row, inputs, dots)) }
+        };
+    }
+    match format {
+        WeightFormat::Q8_0 => by_rows!(dot_q8_0_int8),
+        WeightFormat::Q4_0 => by_rows!(dot_q4_0_int8),
+        WeightFormat::Q4K => by_rows!(dot_q4_k_int8),
+        WeightFormat::Q6K => by_rows!(dot_q6_k_int8),
+        _ => unreachable!("no 8-bit-activation kernel for {format}"),
+    }
+}
+
+/// Dots every row of a run of consecutive `Q8_0`, `Q4_0`, `Q4_K` or `Q6_K` packed rows of one format
+/// (`data`, `row_bytes` each) with `rows` (1..=4) input rows quantized to 8 bits
+/// ([`super::cpu_quant_int8`]), calling `emit(i, dots)` for the run's `i`-th row. One call per
+/// run instead of one per row keeps the per-row work to the kernel itself (the decoding
+/// head has 92,544 rows of 544 bytes), and weight bytes `prefetch` ahead are hinted into L2.
+/// Each (weight row, input row) pair goes through the same operations whatever `rows` is.
+///
+/// # Safety
+/// [`available`] must be true; `data` must be whole packed rows of `inputs.k` values of
+/// `format`, and `inputs` must hold `rows` rows.
+pub(crate) unsafe fn dot_run_int8(
+    format: WeightFormat,
+    data: &[u8],
+    row_bytes: usize,
+    inputs: Q8Inputs<'_>,
+    rows: usize,
+    prefetch: usize,
+    emit: impl FnMut(usize, &[f32; ROW_GROUP]),
+) {
+    macro_rules! by_rows {
+        ($f:ident) => {
+            // SAFETY: forwarded from the caller.
+            unsafe { for_rows!(rows, $f(data, row_bytes, inputs, prefetch, emit)) }
+        };
+    }
+    match format {
+        WeightFormat::Q8_0 => by_rows!(run_q8_0_int8),
+        WeightFormat::Q4_0 => by_rows!(run_q4_0_int8),
+        WeightFormat::Q4K => by_rows!(run_q4_k_int8),
+        WeightFormat::Q6K => by_rows!(run_q6_k_int8),
+        _ => unreachable!("no 8-bit-activation kernel for {format}"),
+    }
+}
+
+/// The row loop of [`dot_run_int8`] around one kernel (a function per kernel, so that the
+/// kernel inlines into it).
+macro_rules! int8_run {
+    ($name:ident, $kernel:ident) => {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn $name<const R: usize>(
+            data: &[u8],
+            row_bytes: usize,
+            inputs: Q8Inputs<'_>,
+            prefetch: usize,
+            mut emit: impl FnMut(usize, &[f32; ROW_GROUP]),
+        ) {
+            let mut dots = [0f32; ROW_GROUP];
+            let mut hinted = prefetch.min(data.len());
+            for (i, row) in data.chunks_exact(row_bytes).enumerate() {
+                let ahead = ((i + 1) * row_bytes + prefetch).min(data.len());
+                while hinted < ahead {
+                    // SAFETY: `hinted` is inside `data`.
+                    unsafe { _mm_prefetch::<_MM_HINT_T1>(data.as_ptr().add(hinted) as *const i8) };
+                    hinted += 64;
+                }
+                // SAFETY: forwarded from the caller.
+                unsafe { $kernel::<R>(row, inputs, &mut dots) };
+                emit(i, &dots);
+            }
+        }
+    };
+}
+
+int8_run!(run_q8_0_int8, dot_q8_0_int8);
+int8_run!(run_q4_0_int8, dot_q4_0_int8);
+int8_run!(run_q4_k_int8, dot_q4_k_int8);
+int8_run!(run_q6_k_int8, dot_q6_k_int8);
+
+/// A kernel for the formats whose 32-value blocks are an f16 scale and 32 signed weights:
+/// `|w| * (x with the sign of w)` makes the unsigned-by-signed `maddubs` multiply two signed
+/// operands. Even and odd blocks go to separate accumulators, so that consecutive blocks do
+/// not wait on one FMA chain.
+macro_rules! int8_block_kernel {
+    ($name:ident, $bytes:literal, $weights:ident) => {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn $name<const R: usize>(
+            row: &[u8],
+            inp: Q8Inputs<'_>,
+            dots: &mut [f32; ROW_GROUP],
+        ) {
+            let (k, chunks, p) = (inp.k, inp.k / 32, row.as_ptr());
+            let (xq, xd) = (inp.q.as_ptr(), inp.d.as_ptr());
+            let mut even = [_mm256_setzero_ps(); R];
+            let mut odd = [_mm256_setzero_ps(); R];
+            // SAFETY: `chunks` blocks of $bytes bytes in the row; `k` values and `k / 32`
+            // scales per input row.
+            unsafe {
+                macro_rules! block {
+                    ($b:expr, $acc:ident) => {{
+                        let b = $b;
+                        let blk = p.add($bytes * b);
+                        let dw = f16_splat(blk);
+                        let w = $weights(blk);
+                        let aw = _mm256_sign_epi8(w, w);
+                        for j in 0..R {
+                            let x = _mm256_loadu_si256(xq.add(j * k + 32 * b) as *const __m256i);
+                            let ints = sum4_u8i8(aw, _mm256_sign_epi8(x, w));
+                            let d =
+                                _mm256_mul_ps(dw, _mm256_broadcast_ss(&*xd.add(j * chunks + b)));
+                            $acc[j] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(ints), $acc[j]);
+                        }
+                    }};
+                }
+                let mut b = 0;
+                while b + 2 <= chunks {
+                    block!(b, even);
+                    block!(b + 1, odd);
+                    b += 2;
+                }
+                if b < chunks {
+                    block!(b, even);
+                }
+            }
+            for j in 0..R {
+                dots[j] = hsum256(_mm256_add_ps(even[j], odd[j]));
+            }
+        }
+    };
+}
+
+int8_block_kernel!(dot_q8_0_int8, 34, q8_0_weights);
+int8_block_kernel!(dot_q4_0_int8, 18, q4_0_weights);
+
+/// `Q4_K` with 8-bit activations: per 32-value sub-block, the unsigned nibbles times the
+/// activations (`maddubs` directly), scaled by `d * scale * d_x`; the mins times each
+/// sub-block's activation sum are subtracted at the end.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q4_k_int8<const R: usize>(
+    row: &[u8],
+    inp: Q8Inputs<'_>,
+    dots: &mut [f32; ROW_GROUP],
+) {
+    let (k, chunks, p) = (inp.k, inp.k / 32, row.as_ptr());
+    let (xq, xd, xs) = (inp.q.as_ptr(), inp.d.as_ptr(), inp.s.as_ptr());
+    let m4 = _mm256_set1_epi8(0x0F);
+    let mut acc_lo = [_mm256_setzero_ps(); R];
+    let mut acc_hi = [_mm256_setzero_ps(); R];
+    let mut mins = [0f32; R];
+    // SAFETY: k / 256 super-blocks of 144 bytes in the row; `k` values and `k / 32` scales
+    // and sums per input row.
+    unsafe {
+        for sb in 0..k / 256 {
+            let blk = p.add(144 * sb);
+            let (d, dmin) = (f16_at(blk), f16_at(blk.add(2)));
+            let scales = std::slice::from_raw_parts(blk.add(4), 12);
+            for i in 0..4 {
+                let (sc1, m1) = q4k_scale_min(scales, 2 * i);
+                let (sc2, m2) = q4k_scale_min(scales, 2 * i + 1);
+                let bytes = _mm256_loadu_si256(blk.add(16 + 32 * i) as *const __m256i);
+                let lo = _mm256_and_si256(bytes, m4);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), m4);
+                let (d1, d2) = (
+                    _mm256_set1_ps(d * sc1 as f32),
+                    _mm256_set1_ps(d * sc2 as f32),
+                );
+                let (min1, min2) = (dmin * m1 as f32, dmin * m2 as f32);
+                let c = sb * 8 + 2 * i; // 32-value chunk of the first sub-block
+                for j in 0..R {
+                    let xp = xq.add(j * k + 32 * c);
+                    let i1 = sum4_u8i8(lo, _mm256_loadu_si256(xp as *const __m256i));
+                    let i2 = sum4_u8i8(hi, _mm256_loadu_si256(xp.add(32) as *const __m256i));
+                    let s1 = _mm256_mul_ps(d1, _mm256_broadcast_ss(&*xd.add(j * chunks + c)));
+                    let s2 = _mm256_mul_ps(d2, _mm256_broadcast_ss(&*xd.add(j * chunks + c + 1)));
+                    acc_lo[j] = _mm256_fmadd_ps(s1, _mm256_cvtepi32_ps(i1), acc_lo[j]);
+                    acc_hi[j] = _mm256_fmadd_ps(s2, _mm256_cvtepi32_ps(i2), acc_hi[j]);
+                    let s = xs.add(j * chunks + c);
+                    mins[j] += min1 * *s + min2 * *s.add(1);
+                }
+            }
+        }
+    }
+    for j in 0..R {
+        dots[j] = hsum256(_mm256_add_ps(acc_lo[j], acc_hi[j])) - mins[j];
+    }
+}
+
+/// `Q6_K` with 8-bit activations. The unsigned 6-bit values (`0..64`) multiply the
+/// activations directly (`maddubs`), and `madd` applies the two 16-value scales of each 32
+/// values (picked from the half's 8 scales by one byte shuffle), so the integer sum of each
+/// 32 values already carries them; then `d * d_x` per 32 values. The values' offset of 32 is
+/// taken off once per super-block: `32 * d * sum_g d_x,g * sum_{16-blocks} scale * sum(q_x)`,
+/// the integer part for all 8 groups in one `madd` of the 16 scales with the activations'
+/// 16-value sums.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q6_k_int8<const R: usize>(
+    row: &[u8],
+    inp: Q8Inputs<'_>,
+    dots: &mut [f32; ROW_GROUP],
+) {
+    let (k, chunks, p) = (inp.k, inp.k / 32, row.as_ptr());
+    let (xq, xd, xb) = (inp.q.as_ptr(), inp.d.as_ptr(), inp.b16.as_ptr());
+    // Shuffles that spread i16 scale 2g over the low 128-bit lane and 2g + 1 over the high.
+    let pick = |g: i8| {
+        let (a, b) = (4 * g, 4 * g + 2);
+        _mm256_setr_epi8(
+            a,
+            a + 1,
+            a,
+            a + 1,
+            a,
+            a + 1,
+            a,
+            a + 1,
+            a,
+            a + 1,
+            a,
+            a + 1,
+            a,
+            a + 1,
+            a,
+            a + 1,
+            b,
+            b + 1,
+            b,
+            b + 1,
+            b,
+            b + 1,
+            b,
+            b + 1,
+            b,
+            b + 1,
+            b,
+            b + 1,
+            b,
+            b + 1,
+            b,
+            b + 1,
+        )
+    };
+    let picks = [pick(0), pick(1), pick(2), pick(3)];
+    let mut even = [_mm256_setzero_ps(); R];
+    let mut odd = [_mm256_setzero_ps(); R];
+    // SAFETY: k / 256 super-blocks of 210 bytes in the row; `k` values, `k / 32` scales and
+    // `k / 16` sums per input row.
+    unsafe {
+        for sb in 0..k / 256 {
+            let blk = p.add(210 * sb);
+            let d = f16_at(blk.add(208));
+            for n in 0..2 {
+                let groups = q6k_half(blk, n, 0);
+                let half =
+                    _mm_cvtepi8_epi16(_mm_loadl_epi64(blk.add(192 + 8 * n) as *const __m128i));
+                let half = _mm256_broadcastsi128_si256(half);
+                for (g, &w) in groups.iter().enumerate() {
+                    let scales = _mm256_shuffle_epi8(half, picks[g]);
+                    let c = sb * 8 + 4 * n + g;
+                    for j in 0..R {
+                        let x = _mm256_loadu_si256(xq.add(j * k + 32 * c) as *const __m256i);
+                        let ints = _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), scales);
+                        let dd = _mm256_set1_ps(d * *xd.add(j * chunks + c));
+                        if g % 2 == 0 {
+                            even[j] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(ints), even[j]);
+                        } else {
+                            odd[j] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(ints), odd[j]);
+                        }
+                    }
+                }
+            }
+            // The offset: lane g of `madd(scales, sums)` is group g's sum of scale * sum(q_x).
+            let all = _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(192) as *const __m128i));
+            let d32 = _mm256_set1_ps(32.0 * d);
+            for j in 0..R {
+                let sums = _mm256_loadu_si256(xb.add(j * 2 * chunks + 16 * sb) as *const __m256i);
+                let per_group = _mm256_cvtepi32_ps(_mm256_madd_epi16(all, sums));
+                let dx = _mm256_loadu_ps(xd.add(j * chunks + 8 * sb));
+                even[j] = _mm256_fnmadd_ps(_mm256_mul_ps(per_group, dx), d32, even[j]);
+            }
+        }
+    }
+    for j in 0..R {
+        dots[j] = hsum256(_mm256_add_ps(even[j], odd[j]));
     }
 }
 
@@ -452,7 +791,7 @@ pub(crate) unsafe fn decode_row(format: WeightFormat, row: &[u8], out: &mut [f32
                     let blk = p.add(210 * sb);
                     let d = f16_at(blk.add(208));
                     for n in 0..2 {
-                        for (g, v) in q6k_half(blk, n).iter().enumerate() {
+                        for (g, v) in q6k_half(blk, n, 32).iter().enumerate() {
                             let q = i8x32(*v);
                             let sc = blk.add(192 + 8 * n + 2 * g);
                             let da = _mm256_set1_ps(d * (*sc as i8) as f32);
