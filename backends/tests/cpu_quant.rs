@@ -3,13 +3,14 @@
 //! dequantize, then matmul) for every format, odd shapes, mixed-format stacks and biases;
 //! and the decoding kernels' batch invariance (a row's result is bit-identical whatever else
 //! is in the call). Tolerance: 2e-4 relative to the size of the dot products (f32 results
-//! differing only in summation order).
+//! differing only in summation order), plus, for decoding-sized calls that may quantize their
+//! activations to 8 bits, that rounding's worst case per element.
 
 #![cfg(feature = "flex")]
 
 use burn::tensor::{Distribution, Tensor, TensorData};
 use half::{bf16, f16};
-use internlm2_backends::kernels::composite;
+use internlm2_backends::kernels::{composite, int8_activations};
 use internlm2_backends::packed::{PackedWeight, WeightFormat};
 use internlm2_backends::{Cpu, Kernels};
 
@@ -76,6 +77,57 @@ fn relative_diff(a: &[f32], b: &[f32]) -> f32 {
         / scale
 }
 
+/// Whether the CPU mat-vec may have multiplied 8-bit activations for this call (see
+/// `kernels::set_int8_activations`; it does so only on AVX2 machines without the AVX-512
+/// kernels, but a looser check where it did not is still a check).
+fn may_use_int8(format: WeightFormat, m: usize) -> bool {
+    int8_activations()
+        && m <= 16
+        && matches!(
+            format,
+            WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q4K | WeightFormat::Q6K
+        )
+}
+
+/// `fused` against `reference` for `x [m, k] @ w^T`: each element within 2e-4 of the largest
+/// reference magnitude (summation order), plus, where the activations may have been rounded
+/// to 8 bits per 32 values, that rounding's worst case for the element: half a step
+/// (`amax / 254` of each block) times the block's weight magnitudes.
+fn assert_close(
+    fused: &[f32],
+    reference: &[f32],
+    x: &[f32],
+    w: &PackedWeight,
+    m: usize,
+    int8: bool,
+    what: &str,
+) {
+    let (n, k) = (w.rows(), w.cols());
+    let dense = w.dequantize();
+    let scale = reference.iter().fold(1e-6f32, |a, v| a.max(v.abs()));
+    for r in 0..m {
+        for o in 0..n {
+            let mut bound = 2e-4 * scale;
+            if int8 {
+                for b in 0..k / 32 {
+                    let xs = &x[r * k + 32 * b..r * k + 32 * b + 32];
+                    let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
+                    let wsum: f32 = dense[o * k + 32 * b..o * k + 32 * b + 32]
+                        .iter()
+                        .map(|v| v.abs())
+                        .sum();
+                    bound += amax / 254.0 * wsum * 1.001;
+                }
+            }
+            let (got, want) = (fused[r * n + o], reference[r * n + o]);
+            assert!(
+                (got - want).abs() <= bound,
+                "{what} row {r} output {o}: {got} vs {want} (bound {bound})"
+            );
+        }
+    }
+}
+
 const FORMATS: [WeightFormat; 7] = [
     WeightFormat::F16,
     WeightFormat::BF16,
@@ -104,9 +156,18 @@ fn fused_matches_composite_for_every_format_and_row_count() {
             let x = random([1, m, cols]);
             let bias = bias.then(|| random([n]));
             let fused = values(Cpu::dense_packed(x.clone(), &w, bias.clone()));
+            let xs = values(x.clone());
             let reference = values(composite::dense_packed(x, &w, bias));
-            let d = relative_diff(&fused, &reference);
-            assert!(d < 2e-4, "{format} m={m} n={n}: {d}");
+            let int8 = may_use_int8(format, m);
+            assert_close(
+                &fused,
+                &reference,
+                &xs,
+                &w,
+                m,
+                int8,
+                &format!("{format} m={m} n={n}"),
+            );
         }
     }
 }
@@ -138,11 +199,12 @@ fn mixed_format_stacks() {
     let w = PackedWeight::stack(&parts).unwrap();
     for m in [1, 2, 9, 33] {
         let x = random([1, m, 256]);
-        let d = relative_diff(
-            &values(Cpu::dense_packed(x.clone(), &w, None)),
-            &values(composite::dense_packed(x, &w, None)),
-        );
-        assert!(d < 2e-4, "m={m}: {d}");
+        let xs = values(x.clone());
+        let fused = values(Cpu::dense_packed(x.clone(), &w, None));
+        let reference = values(composite::dense_packed(x, &w, None));
+        // Every part of this stack has an 8-bit-activation kernel.
+        let int8 = may_use_int8(WeightFormat::Q4K, m);
+        assert_close(&fused, &reference, &xs, &w, m, int8, &format!("m={m}"));
     }
 }
 
