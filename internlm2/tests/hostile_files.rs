@@ -191,6 +191,28 @@ fn tokenizer_json() -> &'static [u8] {
     })
 }
 
+/// A `Strip` decoder that cuts more characters than a token has (the `tokenizers` library
+/// subtracts past zero there): decoding gives a typed result, never a panic.
+#[test]
+fn a_strip_decoder_longer_than_its_tokens_decodes_typed() {
+    let mut json: serde_json::Value = serde_json::from_slice(tokenizer_json()).unwrap();
+    json["decoder"] = serde_json::json!({"type": "Strip", "content": "x", "start": 0, "stop": 64});
+    let bytes = serde_json::to_vec(&json).unwrap();
+    let tokenizer = Tokenizer::from_json_bytes(&bytes, "strip").expect("a valid tokenizer.json");
+    // "x" is a one-character piece: cutting 64 trailing "x" from it runs past its start.
+    let ids = tokenizer.encode("x", false).unwrap();
+    assert!(!ids.is_empty());
+    let result = tokenizer.decode(&ids);
+    assert!(
+        matches!(result, Err(internlm2::TokenizerError::Backend(_))),
+        "{result:?}"
+    );
+    let mut stream = tokenizer.incremental_decoder();
+    for &id in &ids {
+        let _ = stream.push(id);
+    }
+}
+
 /// Encodes, decodes and stream-decodes with a tokenizer that loaded: typed errors only, and
 /// (`strict`, SentencePiece models) ids inside the vocabulary always decode.
 fn exercise(tokenizer: &Tokenizer, text: &str, strict: bool) {

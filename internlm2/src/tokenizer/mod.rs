@@ -221,7 +221,20 @@ impl Tokenizer {
                     .copied()
                     .filter(|&id| Some(id) != self.bos && Some(id) != self.eos)
                     .collect();
-                self.inner.decode(&kept, false).map_err(tok_err)
+                // The library's decoders index without checks in places (a `Strip` decoder
+                // whose `stop` exceeds a token's length underflows): a panic there is a typed
+                // error, not a crash.
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.inner.decode(&kept, false)
+                }))
+                .map_err(|_| {
+                    TokenizerError::Backend(
+                        "the tokenizer's decoder failed on these ids (the tokenizers library \
+                         panicked)"
+                            .into(),
+                    )
+                })?
+                .map_err(tok_err)
             }
         }
     }
