@@ -22,6 +22,7 @@
 pub mod device;
 pub mod kernels;
 pub mod limits;
+pub mod memory;
 pub mod packed;
 pub mod program;
 mod threads;
@@ -97,6 +98,21 @@ macro_rules! kernel_method {
                 residual,
                 weight,
                 eps
+            )
+        }
+    };
+    ($module:ident, split_qkv) => {
+        fn split_qkv(
+            qkv: Tensor<Self, 3>,
+            heads: usize,
+            kv_heads: usize,
+        ) -> (Tensor<Self, 4>, Tensor<Self, 4>, Tensor<Self, 4>) {
+            fused_or_composite!(
+                kernels::$module::split_qkv,
+                kernels::composite::split_qkv,
+                qkv,
+                heads,
+                kv_heads
             )
         }
     };
@@ -222,7 +238,7 @@ macro_rules! kernel_methods {
 /// Flex runs the fused f32 CPU kernels of [`kernels::cpu`].
 #[cfg(feature = "flex")]
 impl Kernels for burn::backend::Flex {
-    kernel_methods!(cpu: rms_norm, add_rms_norm, rope, causal_attention, swiglu, cache_write, dense);
+    kernel_methods!(cpu: rms_norm, add_rms_norm, split_qkv, rope, causal_attention, swiglu, cache_write, dense);
     kernel_method_packed!(cpu_quant);
     kernel_method!(cpu_paged, paged_attention);
 

@@ -44,6 +44,43 @@ fn rms_norm_and_add_rms_norm() {
 }
 
 #[test]
+fn split_qkv_copies_exactly_what_the_composite_views_hold() {
+    // (batch, seq, heads, kv_heads, head_dim): one token, GQA ratios 1, 2, 4 and 6, and a
+    // prefill-sized call that takes the parallel path.
+    for (b, s, nh, nkv, d) in [
+        (1, 1, 8, 2, 4),
+        (2, 7, 3, 3, 6),
+        (2, 5, 8, 2, 10),
+        (1, 3, 12, 2, 8),
+        (2, 300, 8, 2, 64),
+    ] {
+        let qkv = random([b, s, (nh + 2 * nkv) * d]);
+        let (q1, k1, v1) = Cpu::split_qkv(qkv.clone(), nh, nkv);
+        let (q2, k2, v2) = composite::split_qkv(qkv.clone(), nh, nkv);
+        assert_eq!(q1.dims(), [b, nh, s, d]);
+        assert_eq!(k1.dims(), [b, nkv, s, d]);
+        assert_eq!(v1.dims(), [b, nkv, s, d]);
+        for (name, got, want) in [("q", q1, q2), ("k", k1, k2), ("v", v1, v2)] {
+            assert_eq!(max_diff(got, want), 0.0, "{name} {b}x{s} {nh}/{nkv}x{d}");
+        }
+        // Spot-check one value against the layout itself: query head h of KV group h / G at
+        // token 0 starts at (h / G) * (G + 2) * d + (h % G) * d of the row.
+        let g = nh / nkv;
+        let h = nh - 1;
+        let row = qkv.clone().slice([0..1, 0..1, 0..(nh + 2 * nkv) * d]);
+        let row = row.into_data().into_vec::<f32>().unwrap();
+        let q = Cpu::split_qkv(qkv, nh, nkv).0;
+        let q = q
+            .slice([0..1, h..h + 1, 0..1, 0..d])
+            .into_data()
+            .into_vec::<f32>()
+            .unwrap();
+        let start = (h / g) * (g + 2) * d + (h % g) * d;
+        assert_eq!(q, row[start..start + d].to_vec());
+    }
+}
+
+#[test]
 fn rope_on_strided_views() {
     for [b, h, s, d] in [[1, 1, 1, 4], [2, 3, 5, 6], [2, 8, 67, 64]] {
         // The layout the model produces: [b, s, h, d] viewed as [b, h, s, d].

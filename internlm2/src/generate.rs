@@ -341,12 +341,18 @@ impl<'a, B: Kernels> Generation<'a, B> {
         .with_positions(positions)
         .with_padding(padding)
         .with_last_logits_only(true);
-        let logits = (max_new_tokens > 0).then(|| match config.prefill_chunk {
-            Some(chunk) => crate::prefill::prefill(model, input, &mut cache, chunk),
-            None => {
-                let logits = model.forward_cache(input, &mut cache);
-                logits.reshape([batch, model.config().vocab_size])
-            }
+        // On the CPU backend the prefill runs on a thread of the kernels' pool, as the steps
+        // do: the work between kernels (reshapes, allocations) then runs there too, and each
+        // kernel starts at once instead of handing its tasks over and waiting.
+        let prefill_chunk = config.prefill_chunk;
+        let logits = (max_new_tokens > 0).then(|| {
+            crate::backends::on_cpu_threads(|| match prefill_chunk {
+                Some(chunk) => crate::prefill::prefill(model, input, &mut cache, chunk),
+                None => {
+                    let logits = model.forward_cache(input, &mut cache);
+                    logits.reshape([batch, model.config().vocab_size])
+                }
+            })
         });
         let mut generation = Self {
             model,

@@ -29,6 +29,44 @@ pub fn add_rms_norm<B: Backend>(
     (sum, normed)
 }
 
+/// The head size of a fused QKV projection `width` wide (see [`super::Kernels::split_qkv`]).
+///
+/// # Panics
+/// If the shapes do not fit together.
+pub(crate) fn qkv_head_dim(width: usize, heads: usize, kv_heads: usize) -> usize {
+    assert!(
+        kv_heads > 0 && heads % kv_heads == 0,
+        "{kv_heads} KV heads do not divide {heads} heads"
+    );
+    let parts = heads + 2 * kv_heads;
+    assert!(
+        width % parts == 0,
+        "a QKV projection {width} wide is not {parts} heads of one size"
+    );
+    width / parts
+}
+
+/// See [`super::Kernels::split_qkv`]: views of the projection (the query heads' reshape
+/// copies them, as their per-KV-head groups are not evenly spaced).
+pub fn split_qkv<B: Backend>(
+    qkv: Tensor<B, 3>,
+    heads: usize,
+    kv_heads: usize,
+) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+    let [b, s, width] = qkv.dims();
+    let d = qkv_head_dim(width, heads, kv_heads);
+    let g = heads / kv_heads;
+    let qkv = qkv.reshape([b, s, kv_heads, g + 2, d]);
+    let q = qkv.clone().slice([0..b, 0..s, 0..kv_heads, 0..g, 0..d]);
+    let k = qkv.clone().slice([0..b, 0..s, 0..kv_heads, g..g + 1, 0..d]);
+    let v = qkv.slice([0..b, 0..s, 0..kv_heads, g + 1..g + 2, 0..d]);
+    (
+        q.reshape([b, s, heads, d]).swap_dims(1, 2),
+        k.reshape([b, s, kv_heads, d]).swap_dims(1, 2),
+        v.reshape([b, s, kv_heads, d]).swap_dims(1, 2),
+    )
+}
+
 /// See [`super::Kernels::rope`].
 pub fn rope<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 3>, sin: Tensor<B, 3>) -> Tensor<B, 4> {
     let [b, h, s, d] = x.dims();

@@ -34,6 +34,9 @@ pub(crate) fn primitive<const D: usize>(t: Tensor<Flex, D>) -> FlexTensor {
 }
 
 pub(crate) fn wrap<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> Tensor<Flex, D> {
+    // Every fused CPU kernel's output passes here: from the first one on, freed activation
+    // buffers stay in the process (see `crate::memory`).
+    crate::memory::keep_freed_memory();
     Tensor::from_primitive(TensorPrimitive::Float(FlexTensor::from_data(
         TensorData::new(values, shape),
     )))
@@ -148,13 +151,77 @@ pub fn add_rms_norm(
     let h = dims[2];
     let (x, r, w) = (primitive(x), primitive(residual), primitive(weight));
     let (x, r, w) = (contiguous(&x), contiguous(&r), contiguous(&w));
-    let mut sum: Vec<f32> = x.iter().zip(r.iter()).map(|(a, b)| a + b).collect();
+    let mut sum = vec![0f32; x.len()];
     let mut normed = vec![0f32; x.len()];
-    for_rows(&mut normed, h, |i, row| {
-        rms_row(&sum[i * h..(i + 1) * h], &w, eps as f32, row)
-    });
-    let sum = std::mem::take(&mut sum);
+    let row = |i: usize, (s, n): (&mut [f32], &mut [f32])| {
+        let (x, r) = (&x[i * h..(i + 1) * h], &r[i * h..(i + 1) * h]);
+        for ((s, a), b) in s.iter_mut().zip(x).zip(r) {
+            *s = a + b;
+        }
+        rms_row(s, &w, eps as f32, n)
+    };
+    if x.len() >= PARALLEL_MIN {
+        sum.par_chunks_mut(h.max(1))
+            .zip(normed.par_chunks_mut(h.max(1)))
+            .enumerate()
+            .for_each(|(i, pair)| row(i, pair));
+    } else {
+        sum.chunks_mut(h.max(1))
+            .zip(normed.chunks_mut(h.max(1)))
+            .enumerate()
+            .for_each(|(i, pair)| row(i, pair));
+    }
     (wrap(sum, dims), wrap(normed, dims))
+}
+
+/// See [`super::Kernels::split_qkv`]. burn-flex's reshape copies any non-contiguous view on
+/// the calling thread alone (the composite path gathers the query heads, and the key and value
+/// heads, that way); this copies each token's heads on the pool, into `[batch, seq, heads,
+/// head_dim]` memory returned as `[batch, heads, seq, head_dim]` views (RoPE, attention and
+/// the cache write read strided views).
+pub fn split_qkv(
+    qkv: Tensor<Flex, 3>,
+    heads: usize,
+    kv_heads: usize,
+) -> (Tensor<Flex, 4>, Tensor<Flex, 4>, Tensor<Flex, 4>) {
+    let [b, s, width] = qkv.dims();
+    let d = composite::qkv_head_dim(width, heads, kv_heads);
+    if qkv.dtype() != DType::F32 || d == 0 || b * s == 0 {
+        return composite::split_qkv(qkv, heads, kv_heads);
+    }
+    let g = heads / kv_heads;
+    let xp = primitive(qkv);
+    let x = contiguous(&xp);
+    let mut q = vec![0f32; b * s * heads * d];
+    let mut k = vec![0f32; b * s * kv_heads * d];
+    let mut v = vec![0f32; b * s * kv_heads * d];
+    let token = |row: usize, ((q, k), v): ((&mut [f32], &mut [f32]), &mut [f32])| {
+        let src = &x[row * width..(row + 1) * width];
+        for (h, part) in src.chunks_exact((g + 2) * d).enumerate() {
+            q[h * g * d..(h + 1) * g * d].copy_from_slice(&part[..g * d]);
+            k[h * d..(h + 1) * d].copy_from_slice(&part[g * d..(g + 1) * d]);
+            v[h * d..(h + 1) * d].copy_from_slice(&part[(g + 1) * d..]);
+        }
+    };
+    let (qw, kw) = (heads * d, kv_heads * d);
+    if x.len() >= PARALLEL_MIN {
+        q.par_chunks_mut(qw)
+            .zip(k.par_chunks_mut(kw))
+            .zip(v.par_chunks_mut(kw))
+            .enumerate()
+            .for_each(|(row, parts)| token(row, parts));
+    } else {
+        q.chunks_mut(qw)
+            .zip(k.chunks_mut(kw))
+            .zip(v.chunks_mut(kw))
+            .enumerate()
+            .for_each(|(row, parts)| token(row, parts));
+    }
+    (
+        wrap(q, [b, s, heads, d]).swap_dims(1, 2),
+        wrap(k, [b, s, kv_heads, d]).swap_dims(1, 2),
+        wrap(v, [b, s, kv_heads, d]).swap_dims(1, 2),
+    )
 }
 
 /// See [`super::Kernels::rope`].
@@ -293,11 +360,11 @@ pub fn dense(
     let (xs, ws) = (contiguous(&xp), contiguous(&wp));
     let bias = bias.map(primitive);
     let bias = bias.as_ref().map(contiguous);
-    let mut out = vec![0f32; m * n];
     if m > SKINNY_MAX_ROWS {
-        super::cpu_gemm::gemm_f32_weight(&xs, m, k, &ws, n, bias.as_deref(), &mut out);
+        let out = super::cpu_gemm::gemm_f32_weight(&xs, m, k, &ws, n, bias.as_deref());
         return wrap(out, [b, s, n]);
     }
+    let mut out = vec![0f32; m * n];
     let out_ptr = OutPtr(out.as_mut_ptr());
     let task = |chunk: usize| {
         let out_ptr = out_ptr;

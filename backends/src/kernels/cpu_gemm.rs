@@ -58,26 +58,30 @@ thread_local! {
     static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// `out[m, n] = x[m, k] @ w^T + bias`, where `fill(o0, o1, buf)` provides rows `o0..o1` of the
-/// `[n, k]` weight: either borrowed (`Panel::Borrowed`) or written into `buf`
+/// Returns `out[m, n] = x[m, k] @ w^T + bias`, where `fill(o0, o1, buf)` provides rows
+/// `o0..o1` of the `[n, k]` weight: either borrowed (`Panel::Borrowed`) or written into `buf`
 /// (`(o1 - o0) * k` elements, `Panel::Decoded`).
 ///
+/// The output is allocated without being zeroed first (a prefill's outputs are 1-3 MiB each;
+/// `vec![0.0; _]` cleared them on the calling thread while the pool waited): every panel's
+/// GEMM writes all of its columns of every row without reading them.
+///
 /// # Panics
-/// If `x`, `out` or `bias` are shorter than `m * k`, `m * n` or `n`.
+/// If `x` or `bias` are shorter than `m * k` or `n`.
 pub(crate) fn gemm_panels<'w>(
     x: &[f32],
     m: usize,
     k: usize,
     n: usize,
     bias: Option<&[f32]>,
-    out: &mut [f32],
     fill: impl Fn(usize, usize, &mut [f32]) -> Panel<'w> + Sync,
-) {
-    assert!(x.len() >= m * k && out.len() >= m * n);
+) -> Vec<f32> {
+    assert!(x.len() >= m * k);
     assert!(bias.is_none_or(|b| b.len() >= n));
     if m == 0 || n == 0 {
-        return;
+        return vec![0.0; m * n];
     }
+    let mut out = Vec::<f32>::with_capacity(m * n);
     let width = panel_width(n, k);
     let panels = n.div_ceil(width);
     let dst = Dst(out.as_mut_ptr());
@@ -139,9 +143,13 @@ pub(crate) fn gemm_panels<'w>(
     } else {
         task(0);
     }
+    // SAFETY: the panels cover columns 0..n, and each panel's GEMM (`read_dst` false) wrote
+    // its columns of all m rows.
+    unsafe { out.set_len(m * n) };
+    out
 }
 
-/// `out = x @ w^T + bias` for an f32 `[n, k]` weight (panels borrowed in place).
+/// `x @ w^T + bias` for an f32 `[n, k]` weight (panels borrowed in place).
 pub(crate) fn gemm_f32_weight(
     x: &[f32],
     m: usize,
@@ -149,12 +157,11 @@ pub(crate) fn gemm_f32_weight(
     w: &[f32],
     n: usize,
     bias: Option<&[f32]>,
-    out: &mut [f32],
-) {
+) -> Vec<f32> {
     assert!(w.len() >= n * k);
-    gemm_panels(x, m, k, n, bias, out, |o0, o1, _| {
+    gemm_panels(x, m, k, n, bias, |o0, o1, _| {
         Panel::Borrowed(&w[o0 * k..o1 * k])
-    });
+    })
 }
 
 #[cfg(test)]
@@ -185,8 +192,7 @@ mod tests {
                 .map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0)
                 .collect();
             let bias: Vec<f32> = (0..n).map(|i| i as f32 * 0.01).collect();
-            let mut out = vec![0f32; m * n];
-            gemm_f32_weight(&x, m, k, &w, n, Some(&bias), &mut out);
+            let out = gemm_f32_weight(&x, m, k, &w, n, Some(&bias));
             let want = naive(&x, m, k, &w, n, Some(&bias));
             let worst = out
                 .iter()

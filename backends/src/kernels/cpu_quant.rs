@@ -48,15 +48,16 @@ pub fn dense_packed(
     let xs = contiguous(&xp);
     let bias = bias.map(primitive);
     let bias = bias.as_ref().map(contiguous);
-    let mut out = vec![0f32; m * n];
-    if m <= SKINNY_MAX_ROWS {
+    let out = if m <= SKINNY_MAX_ROWS {
+        let mut out = vec![0f32; m * n];
         matvec(&xs, m, k, weight, bias.as_deref(), &mut out);
+        out
     } else {
-        gemm_panels(&xs, m, k, n, bias.as_deref(), &mut out, |o0, o1, buf| {
+        gemm_panels(&xs, m, k, n, bias.as_deref(), |o0, o1, buf| {
             decode_rows(weight, o0, o1, buf);
             Panel::Decoded
-        });
-    }
+        })
+    };
     wrap(out, [b, s, n])
 }
 

@@ -415,35 +415,6 @@ unsafe fn q4_0_weights(blk: *const u8) -> __m256i {
     )
 }
 
-/// Dots one `Q8_0`, `Q4_0`, `Q4_K` or `Q6_K` row with `rows` (1..=4) input rows quantized to 8 bits
-/// ([`super::cpu_quant_int8`]); the tests' single-row form of [`dot_run_int8`].
-///
-/// # Safety
-/// [`available`] must be true; `row` must be one packed row of `inputs.k` values of `format`
-/// and `inputs` must hold `rows` rows.
-#[cfg(test)]
-pub(crate) unsafe fn dot_rows_int8(
-    format: WeightFormat,
-    row: &[u8],
-    inputs: Q8Inputs<'_>,
-    rows: usize,
-    dots: &mut [f32; ROW_GROUP],
-) {
-    macro_rules! by_rows {
-        ($f:ident) => {
-            // SAFETY: forwarded from the caller.
-            unsafe { for_rows!(rows, $f(row, inputs, dots)) }
-        };
-    }
-    match format {
-        WeightFormat::Q8_0 => by_rows!(dot_q8_0_int8),
-        WeightFormat::Q4_0 => by_rows!(dot_q4_0_int8),
-        WeightFormat::Q4K => by_rows!(dot_q4_k_int8),
-        WeightFormat::Q6K => by_rows!(dot_q6_k_int8),
-        _ => unreachable!("no 8-bit-activation kernel for {format}"),
-    }
-}
-
 /// Dots every row of a run of consecutive `Q8_0`, `Q4_0`, `Q4_K` or `Q6_K` packed rows of one format
 /// (`data`, `row_bytes` each) with `rows` (1..=4) input rows quantized to 8 bits
 /// ([`super::cpu_quant_int8`]), calling `emit(i, dots)` for the run's `i`-th row. One call per

@@ -308,14 +308,21 @@ mod tests {
             let dense = w.dequantize();
             let x = inputs(4, k);
             let acts = quantize_rows(&x, 4, k);
+            // One weight row alone: a run of length one.
+            let one_row = |row: &[u8], inputs: Q8Inputs<'_>, m: usize| {
+                let mut dots = [0f32; ROW_GROUP];
+                // SAFETY: detected; one whole row, `m` input rows.
+                unsafe {
+                    avx2::dot_run_int8(format, row, row.len(), inputs, m, 0, |_, d| dots = *d)
+                };
+                dots
+            };
             for m in 1..=4 {
                 for o in 0..n {
                     let (f, row) = w.row(o);
                     let mut want = [0f32; ROW_GROUP];
                     dot_rows_reference(f, row, acts.rows(0, m), m, &mut want);
-                    let mut got = [0f32; ROW_GROUP];
-                    // SAFETY: detected; whole rows.
-                    unsafe { avx2::dot_rows_int8(f, row, acts.rows(0, m), m, &mut got) };
+                    let got = one_row(row, acts.rows(0, m), m);
                     let mut run = vec![[0f32; ROW_GROUP]; n];
                     let data = (0..n)
                         .flat_map(|o| w.row(o).1.to_vec())
@@ -333,10 +340,8 @@ mod tests {
                             "{format} run {o}/{r}"
                         );
                     }
-                    let mut alone = [0f32; ROW_GROUP];
                     for r in 0..m {
-                        // SAFETY: as above.
-                        unsafe { avx2::dot_rows_int8(f, row, acts.rows(r, r + 1), 1, &mut alone) };
+                        let alone = one_row(row, acts.rows(r, r + 1), 1);
                         assert_eq!(
                             got[r].to_bits(),
                             alone[0].to_bits(),

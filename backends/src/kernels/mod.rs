@@ -192,6 +192,25 @@ pub trait Kernels: Backend {
         composite::add_rms_norm(x, residual, weight, eps)
     }
 
+    /// Splits InternLM2's fused QKV projection, laid out per KV head as `group` query heads,
+    /// then the key head, then the value head (`group = heads / kv_heads`), into query, key
+    /// and value heads.
+    ///
+    /// # Shapes
+    /// `qkv`: `[batch, seq, (heads + 2 * kv_heads) * head_dim]` -> q `[batch, heads, seq,
+    /// head_dim]`, k and v `[batch, kv_heads, seq, head_dim]`
+    ///
+    /// # Panics
+    /// If `kv_heads` does not divide `heads`, or the width is not `(heads + 2 * kv_heads)`
+    /// times a head size.
+    fn split_qkv(
+        qkv: Tensor<Self, 3>,
+        heads: usize,
+        kv_heads: usize,
+    ) -> (Tensor<Self, 4>, Tensor<Self, 4>, Tensor<Self, 4>) {
+        composite::split_qkv(qkv, heads, kv_heads)
+    }
+
     /// rotate_half RoPE: `x * cos + rotate_half(x) * sin`, with per-row positions already
     /// folded into `cos` and `sin`.
     ///

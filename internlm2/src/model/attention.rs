@@ -69,18 +69,11 @@ impl<B: Kernels> Attention<B> {
     ) -> Tensor<B, 3> {
         let [b, s, _] = x.dims();
         let (nh, nkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let g = nh / nkv;
 
-        // Split the interleaved projection: [b, s, kv_heads, G + 2, d].
-        let qkv = rows
-            .apply(x, |x| self.wqkv.forward(x))
-            .reshape([b, s, nkv, g + 2, d]);
-        let q = qkv.clone().slice([0..b, 0..s, 0..nkv, 0..g, 0..d]);
-        let k = qkv.clone().slice([0..b, 0..s, 0..nkv, g..g + 1, 0..d]);
-        let v = qkv.slice([0..b, 0..s, 0..nkv, g + 1..g + 2, 0..d]);
-        let q = q.reshape([b, s, nh, d]).swap_dims(1, 2); // [b, heads, s, d]
-        let k = k.reshape([b, s, nkv, d]).swap_dims(1, 2); // [b, kv_heads, s, d]
-        let v = v.reshape([b, s, nkv, d]).swap_dims(1, 2);
+        // Split the interleaved projection ([b, s, kv_heads, G + 2, d]) into
+        // q [b, heads, s, d] and k, v [b, kv_heads, s, d].
+        let qkv = rows.apply(x, |x| self.wqkv.forward(x));
+        let (q, k, v) = B::split_qkv(qkv, nh, nkv);
 
         let q = B::rope(q, rope.cos.clone(), rope.sin.clone());
         let k = B::rope(k, rope.cos.clone(), rope.sin.clone());
