@@ -109,15 +109,43 @@ fn rms_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
+/// Runs `f(i, row)` for every row `i` of `out` (rows of `width` values), on the pool when the
+/// call is large.
 fn for_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
-    if out.len() >= PARALLEL_MIN {
-        out.par_chunks_mut(width)
+    let work = out.len();
+    for_rows_of([out], [width], work, |i, [row]| f(i, row));
+}
+
+/// Runs `f(i, parts)` for every row `i`, where `parts[j]` is row `i` of `outs[j]` (rows of
+/// `widths[j]` values; the row count is `outs[0]`'s), on the pool when `work` (values the
+/// call touches) reaches [`PARALLEL_MIN`], else on the calling thread.
+fn for_rows_of<const N: usize>(
+    outs: [&mut [f32]; N],
+    widths: [usize; N],
+    work: usize,
+    f: impl Fn(usize, [&mut [f32]; N]) + Sync,
+) {
+    let rows = outs.first().map_or(0, |o| o.len() / widths[0].max(1));
+    let mut j = 0;
+    let mut chunks = outs.map(|o| {
+        let width = widths[j].max(1);
+        j += 1;
+        o.chunks_mut(width)
+    });
+    let items: Vec<[&mut [f32]; N]> = (0..rows)
+        .map_while(|_| {
+            let parts = chunks.each_mut().map(Iterator::next);
+            let whole = parts.iter().all(Option::is_some);
+            whole.then(|| parts.map(Option::unwrap_or_default))
+        })
+        .collect();
+    if work >= PARALLEL_MIN && items.len() > 1 {
+        items
+            .into_par_iter()
             .enumerate()
-            .for_each(|(i, row)| f(i, row));
+            .for_each(|(i, parts)| f(i, parts));
     } else {
-        out.chunks_mut(width)
-            .enumerate()
-            .for_each(|(i, row)| f(i, row));
+        items.into_iter().enumerate().for_each(|(i, parts)| f(i, parts));
     }
 }
 
@@ -153,24 +181,14 @@ pub fn add_rms_norm(
     let (x, r, w) = (contiguous(&x), contiguous(&r), contiguous(&w));
     let mut sum = vec![0f32; x.len()];
     let mut normed = vec![0f32; x.len()];
-    let row = |i: usize, (s, n): (&mut [f32], &mut [f32])| {
+    let work = x.len();
+    for_rows_of([&mut sum, &mut normed], [h, h], work, |i, [s, n]| {
         let (x, r) = (&x[i * h..(i + 1) * h], &r[i * h..(i + 1) * h]);
         for ((s, a), b) in s.iter_mut().zip(x).zip(r) {
             *s = a + b;
         }
         rms_row(s, &w, eps as f32, n)
-    };
-    if x.len() >= PARALLEL_MIN {
-        sum.par_chunks_mut(h.max(1))
-            .zip(normed.par_chunks_mut(h.max(1)))
-            .enumerate()
-            .for_each(|(i, pair)| row(i, pair));
-    } else {
-        sum.chunks_mut(h.max(1))
-            .zip(normed.chunks_mut(h.max(1)))
-            .enumerate()
-            .for_each(|(i, pair)| row(i, pair));
-    }
+    });
     (wrap(sum, dims), wrap(normed, dims))
 }
 
@@ -195,28 +213,16 @@ pub fn split_qkv(
     let mut q = vec![0f32; b * s * heads * d];
     let mut k = vec![0f32; b * s * kv_heads * d];
     let mut v = vec![0f32; b * s * kv_heads * d];
-    let token = |row: usize, ((q, k), v): ((&mut [f32], &mut [f32]), &mut [f32])| {
+    let (qw, kw) = (heads * d, kv_heads * d);
+    let work = x.len();
+    for_rows_of([&mut q, &mut k, &mut v], [qw, kw, kw], work, |row, [q, k, v]| {
         let src = &x[row * width..(row + 1) * width];
         for (h, part) in src.chunks_exact((g + 2) * d).enumerate() {
             q[h * g * d..(h + 1) * g * d].copy_from_slice(&part[..g * d]);
             k[h * d..(h + 1) * d].copy_from_slice(&part[g * d..(g + 1) * d]);
             v[h * d..(h + 1) * d].copy_from_slice(&part[(g + 1) * d..]);
         }
-    };
-    let (qw, kw) = (heads * d, kv_heads * d);
-    if x.len() >= PARALLEL_MIN {
-        q.par_chunks_mut(qw)
-            .zip(k.par_chunks_mut(kw))
-            .zip(v.par_chunks_mut(kw))
-            .enumerate()
-            .for_each(|(row, parts)| token(row, parts));
-    } else {
-        q.chunks_mut(qw)
-            .zip(k.chunks_mut(kw))
-            .zip(v.chunks_mut(kw))
-            .enumerate()
-            .for_each(|(row, parts)| token(row, parts));
-    }
+    });
     (
         wrap(q, [b, s, heads, d]).swap_dims(1, 2),
         wrap(k, [b, s, kv_heads, d]).swap_dims(1, 2),

@@ -1,22 +1,25 @@
 //! The prefill GEMM of the CPU (Flex) backend: `out[m, n] = x[m, k] @ w[n, k]^T (+ bias)` for
-//! many rows, split over panels of output features that run on rayon's pool.
+//! many rows, split into blocks (a panel of output features x a range of rows) that run on
+//! rayon's pool.
 //!
 //! Each task takes a panel of `w`'s rows (output features), gets it as f32 — borrowed from an
 //! f32 weight, or dequantized from packed storage into a per-thread buffer that stays in the
-//! core's L2 cache — and runs one single-threaded GEMM of the `gemm` crate (its AVX-512 or
-//! AVX2 kernels, chosen at run time) for the columns of `out` it owns. Every weight value is
-//! read (or dequantized) once per call; no task materialises more than one panel.
+//! core's L2 cache (a thread that runs several row blocks of one panel decodes it once) — and
+//! runs one single-threaded GEMM of the `gemm` crate (its AVX-512 or AVX2 kernels, chosen at
+//! run time) for the block of `out` it owns. No task materialises more than one panel.
 //!
 //! Why not `gemm`'s own threading (what Flex's matmul uses): on the prefill shapes of a small
 //! model (`512 x 512 x 768`, ...) it splits each `k` block into jobs and joins after each, and
-//! the second core added 18% at best; independent panels scale with the cores.
+//! the second core added 18% at best; independent blocks scale with the cores.
 //!
 //! Numerics: an output element is one `gemm` dot product over `k`, blocked along `k` by an
 //! amount `gemm` derives from `k` and the caches only (panels are kept wider than 64 outputs,
-//! see [`MIN_PANEL`]), so a row's result does not depend on how many rows the call has or on
-//! the thread count; it does differ in the last bits from the skinny decoding kernels.
+//! see [`MIN_PANEL`]), so a row's result does not depend on how many rows the call has, how
+//! they are split or the thread count; it does differ in the last bits from the skinny
+//! decoding kernels.
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rayon::prelude::*;
 
@@ -24,25 +27,77 @@ use rayon::prelude::*;
 /// `gemm`'s packed copy of the input).
 const PANEL_BUDGET: usize = 1 << 16;
 
-/// Output features of a panel: a multiple of 16 (the `gemm` kernels' column step), at least
-/// [`MIN_PANEL`] and at most 512.
-pub(crate) fn panel_width(n: usize, k: usize) -> usize {
-    let threads = rayon::current_num_threads().max(1);
-    let by_cache = (PANEL_BUDGET / k.max(1)).clamp(MIN_PANEL, 512);
-    // At least two panels per thread when `n` allows it, for balance.
-    let by_balance = n.div_ceil(2 * threads).max(MIN_PANEL);
-    by_cache.min(by_balance).div_ceil(16) * 16
-}
-
 /// Narrowest panel. `gemm` picks its `k` blocking from `k` alone, except for products of at
 /// most 64 x 64 outputs, where it takes `min(k, 512)`: panels wider than 64 keep every row's
-/// summation order independent of how many rows the call has (for `k <= 512` it is anyway).
+/// summation order independent of how many rows the call (or its row block) has (for
+/// `k <= 512` it is anyway).
 const MIN_PANEL: usize = 80;
 
-/// A raw output pointer shared by tasks that write disjoint columns.
+/// Fewest rows in a row block (see [`Grid`]); a call with fewer rows is not split by rows.
+const MIN_ROWS: usize = 128;
+
+/// Tasks per pool thread a call aims for: enough that the last task to finish is short
+/// (a core that finishes early idles for at most about one task), few enough that each task
+/// still multiplies a large block.
+const TASKS_PER_THREAD: usize = 4;
+
+/// How one call's `m x n` output is split into tasks: `panels` ranges of output features
+/// (widths within 16 of each other, multiples of 16 but the last, at least [`MIN_PANEL`] when
+/// `n` allows), times `row_blocks` ranges of rows (at least [`MIN_ROWS`] each).
+///
+/// Why rows too: with panels alone (at most `n / 80` of them) a small model's prefill GEMMs
+/// had 4-12 tasks, so a pool of 16 threads left most of them idle. Why not rows alone: every
+/// task packs its rows of `x` again, so the panel count sets how often `x` is copied, and the
+/// row-block count how often a panel is dequantized (a thread that runs consecutive row blocks
+/// of one panel decodes it once). On 2 threads the split changes nothing measurable
+/// (a scratch benchmark of the five GEMMs of one layer, interleaved: same median time).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Grid {
+    m: usize,
+    n: usize,
+    panels: usize,
+    row_blocks: usize,
+}
+
+impl Grid {
+    /// The split for `threads` pool threads.
+    pub(crate) fn new(m: usize, n: usize, k: usize, threads: usize) -> Self {
+        let threads = threads.max(1);
+        let units = n.div_ceil(16);
+        let by_cache = (PANEL_BUDGET / k.max(1)).clamp(MIN_PANEL, 512);
+        let panels = n
+            .div_ceil(by_cache)
+            .min(units / (MIN_PANEL / 16))
+            .max(1);
+        let wanted = TASKS_PER_THREAD * threads;
+        let row_blocks = wanted.div_ceil(panels).min(m / MIN_ROWS).max(1);
+        Self {
+            m,
+            n,
+            panels,
+            row_blocks,
+        }
+    }
+
+    /// Number of tasks (`panels x row_blocks`).
+    pub(crate) fn tasks(&self) -> usize {
+        self.panels * self.row_blocks
+    }
+
+    /// Task `t`'s output features and rows; consecutive tasks share a panel.
+    pub(crate) fn task(&self, t: usize) -> (usize, std::ops::Range<usize>, std::ops::Range<usize>) {
+        let (p, r) = (t / self.row_blocks, t % self.row_blocks);
+        let units = self.n.div_ceil(16);
+        let col = |p: usize| (units * p / self.panels * 16).min(self.n);
+        let row = |r: usize| self.m * r / self.row_blocks;
+        (p, col(p)..col(p + 1), row(r)..row(r + 1))
+    }
+}
+
+/// A raw output pointer shared by tasks that write disjoint blocks.
 #[derive(Clone, Copy)]
 struct Dst(*mut f32);
-// SAFETY: tasks write disjoint column ranges of the output (see `gemm_panels`).
+// SAFETY: tasks write disjoint blocks of the output (see `gemm_panels`).
 unsafe impl Send for Dst {}
 unsafe impl Sync for Dst {}
 
@@ -54,17 +109,29 @@ pub(crate) enum Panel<'a> {
     Decoded,
 }
 
-thread_local! {
-    static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+/// A thread's panel buffer and which call's panel it holds.
+#[derive(Default)]
+struct PanelBuf {
+    values: Vec<f32>,
+    /// `(call, panel)` whose decoded rows `values` holds.
+    holds: Option<(u64, usize)>,
 }
+
+thread_local! {
+    static PANEL: RefCell<PanelBuf> = RefCell::new(PanelBuf::default());
+}
+
+/// Numbers calls, so that a thread's buffer is known to hold this call's panel.
+static CALLS: AtomicU64 = AtomicU64::new(0);
 
 /// Returns `out[m, n] = x[m, k] @ w^T + bias`, where `fill(o0, o1, buf)` provides rows
 /// `o0..o1` of the `[n, k]` weight: either borrowed (`Panel::Borrowed`) or written into `buf`
-/// (`(o1 - o0) * k` elements, `Panel::Decoded`).
+/// (`(o1 - o0) * k` elements, `Panel::Decoded`). `fill` is called at least once per panel
+/// (once per panel and thread that runs one of its row blocks).
 ///
 /// The output is allocated without being zeroed first (a prefill's outputs are 1-3 MiB each;
-/// `vec![0.0; _]` cleared them on the calling thread while the pool waited): every panel's
-/// GEMM writes all of its columns of every row without reading them.
+/// `vec![0.0; _]` cleared them on the calling thread while the pool waited): every task's
+/// GEMM writes all of its block without reading it.
 ///
 /// # Panics
 /// If `x` or `bias` are shorter than `m * k` or `n`.
@@ -82,37 +149,46 @@ pub(crate) fn gemm_panels<'w>(
         return vec![0.0; m * n];
     }
     let mut out = Vec::<f32>::with_capacity(m * n);
-    let width = panel_width(n, k);
-    let panels = n.div_ceil(width);
+    let grid = Grid::new(m, n, k, rayon::current_num_threads());
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
     let dst = Dst(out.as_mut_ptr());
-    let task = |p: usize| {
+    let task = |t: usize| {
         let dst = dst;
-        let (o0, o1) = (p * width, ((p + 1) * width).min(n));
-        let cols = o1 - o0;
+        let (p, cols, rows) = grid.task(t);
+        let (o0, o1) = (cols.start, cols.end);
+        let width = o1 - o0;
         PANEL.with(|buf| {
             let mut buf = buf.borrow_mut();
-            if buf.len() < cols * k {
-                buf.resize(cols * k, 0.0);
+            let buf = &mut *buf;
+            if buf.values.len() < width * k {
+                buf.values.resize(width * k, 0.0);
             }
-            let panel = fill(o0, o1, &mut buf[..cols * k]);
-            let w: &[f32] = match panel {
-                Panel::Borrowed(rows) => rows,
-                Panel::Decoded => &buf[..cols * k],
+            let w: &[f32] = if buf.holds == Some((call, p)) {
+                &buf.values[..width * k]
+            } else {
+                buf.holds = None;
+                match fill(o0, o1, &mut buf.values[..width * k]) {
+                    Panel::Borrowed(rows) => rows,
+                    Panel::Decoded => {
+                        buf.holds = Some((call, p));
+                        &buf.values[..width * k]
+                    }
+                }
             };
-            assert!(w.len() >= cols * k, "panel {o0}..{o1} is short");
-            // SAFETY: `x` holds m x k, `w` holds cols x k (row-major, so w^T has row stride 1
-            // and column stride k), and this task alone writes columns o0..o1 of every row of
-            // the m x n output.
+            assert!(w.len() >= width * k, "panel {o0}..{o1} is short");
+            // SAFETY: `x` holds m x k, `w` holds width x k (row-major, so w^T has row stride 1
+            // and column stride k), and this task alone writes columns o0..o1 of rows
+            // `rows` of the m x n output.
             unsafe {
                 gemm::gemm(
-                    m,
-                    cols,
+                    rows.len(),
+                    width,
                     k,
-                    dst.0.add(o0),
+                    dst.0.add(rows.start * n + o0),
                     1,
                     n as isize,
                     false,
-                    x.as_ptr(),
+                    x.as_ptr().add(rows.start * k),
                     1,
                     k as isize,
                     w.as_ptr(),
@@ -127,10 +203,10 @@ pub(crate) fn gemm_panels<'w>(
                 );
             }
             if let Some(bias) = bias {
-                for r in 0..m {
+                for r in rows {
                     // SAFETY: as above, columns o0..o1 of row r belong to this task.
                     let row =
-                        unsafe { std::slice::from_raw_parts_mut(dst.0.add(r * n + o0), cols) };
+                        unsafe { std::slice::from_raw_parts_mut(dst.0.add(r * n + o0), width) };
                     for (y, b) in row.iter_mut().zip(&bias[o0..o1]) {
                         *y += b;
                     }
@@ -138,13 +214,13 @@ pub(crate) fn gemm_panels<'w>(
             }
         });
     };
-    if panels > 1 {
-        (0..panels).into_par_iter().for_each(task);
+    if grid.tasks() > 1 {
+        (0..grid.tasks()).into_par_iter().for_each(task);
     } else {
         task(0);
     }
-    // SAFETY: the panels cover columns 0..n, and each panel's GEMM (`read_dst` false) wrote
-    // its columns of all m rows.
+    // SAFETY: the tasks cover every row of columns 0..n, and each task's GEMM (`read_dst`
+    // false) wrote its block.
     unsafe { out.set_len(m * n) };
     out
 }
@@ -204,13 +280,78 @@ mod tests {
     }
 
     #[test]
-    fn panel_widths_are_multiples_of_16_above_64() {
-        for (n, k) in [(1, 1), (768, 512), (92544, 512), (100, 4096)] {
-            let w = panel_width(n, k);
-            assert!(
-                w % 16 == 0 && (MIN_PANEL..=512).contains(&w),
-                "{n} {k}: {w}"
-            );
+    fn grids_cover_the_output_once_with_wide_panels_and_tall_blocks() {
+        for (m, n, k, threads) in [
+            (1, 1, 1, 2),
+            (512, 768, 512, 2),
+            (512, 512, 1536, 2),
+            (512, 92544, 512, 16),
+            (100, 4096, 100, 4),
+            (300, 70, 64, 8),
+            (2048, 1536, 512, 1),
+        ] {
+            let grid = Grid::new(m, n, k, threads);
+            let mut seen = vec![0u8; m * n];
+            for t in 0..grid.tasks() {
+                let (_, cols, rows) = grid.task(t);
+                let width = cols.len();
+                assert!(
+                    width == n || (width >= MIN_PANEL && width <= 512 + 16),
+                    "{m}x{n}x{k}: panel {cols:?}"
+                );
+                assert!(cols.start % 16 == 0, "{m}x{n}x{k}: panel {cols:?}");
+                assert!(rows.len() == m || rows.len() >= MIN_ROWS, "{m}x{n}x{k}: {rows:?}");
+                for r in rows {
+                    for c in cols.clone() {
+                        seen[r * n + c] += 1;
+                    }
+                }
+            }
+            assert!(seen.iter().all(|&v| v == 1), "{m}x{n}x{k}: {grid:?}");
         }
+        // A small model's prefill shapes keep every thread of a large pool busy (panels alone
+        // gave 4-12 tasks), and a 2-thread pool at least 4 tasks per thread.
+        for (n, k) in [(768, 512), (512, 512), (1536, 512), (512, 1536)] {
+            assert!(Grid::new(2048, n, k, 16).tasks() >= 16, "{n} {k}");
+            assert!(Grid::new(512, n, k, 2).tasks() >= 8, "{n} {k}");
+        }
+    }
+
+    /// Calls of more than 16 rows (the only ones the prefill GEMM gets: fewer go to the skinny
+    /// kernels) give every row the same bits whatever rows share the call and however it is
+    /// split. (A 1-row call does not: `gemm` sums it in another order.)
+    #[test]
+    fn a_row_does_not_depend_on_how_the_call_is_split() {
+        let (k, n) = (1536, 512);
+        let x: Vec<f32> = (0..600 * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
+        let all = gemm_f32_weight(&x, 600, k, &w, n, None);
+        for (start, rows) in [(0, 17), (5, 40), (300, 130), (583, 17), (0, 300)] {
+            let part = gemm_f32_weight(&x[start * k..], rows, k, &w, n, None);
+            assert_eq!(part[..], all[start * n..(start + rows) * n], "rows {start}+{rows}");
+        }
+    }
+
+    #[test]
+    fn decoded_panels_are_filled_once_per_thread_and_panel() {
+        let (m, k, n) = (1024, 64, 320);
+        let x = vec![1.0f32; m * k];
+        let calls = AtomicU64::new(0);
+        let out = gemm_panels(&x, m, k, n, None, |o0, o1, buf| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            for (i, v) in buf.iter_mut().enumerate() {
+                *v = (o0 + i / k) as f32;
+            }
+            assert_eq!(buf.len(), (o1 - o0) * k);
+            Panel::Decoded
+        });
+        for r in [0, 511, 1023] {
+            for c in [0, 100, 319] {
+                assert_eq!(out[r * n + c], (c * k) as f32, "{r} {c}");
+            }
+        }
+        let grid = Grid::new(m, n, k, rayon::current_num_threads());
+        let fills = calls.load(Ordering::Relaxed) as usize;
+        assert!(fills >= grid.panels && fills <= grid.tasks(), "{fills} fills, {grid:?}");
     }
 }
