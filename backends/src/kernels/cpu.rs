@@ -117,22 +117,24 @@ fn for_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync)
 }
 
 /// Runs `f(i, parts)` for every row `i`, where `parts[j]` is row `i` of `outs[j]` (rows of
-/// `widths[j]` values; the row count is `outs[0]`'s), on the pool when `work` (values the
-/// call touches) reaches [`PARALLEL_MIN`], else on the calling thread.
+/// `widths[j]` values; as many rows as the shortest of `outs` holds), on the pool when `work`
+/// (values the call touches) reaches [`PARALLEL_MIN`], else on the calling thread.
 fn for_rows_of<const N: usize>(
     outs: [&mut [f32]; N],
     widths: [usize; N],
     work: usize,
     f: impl Fn(usize, [&mut [f32]; N]) + Sync,
 ) {
-    let rows = outs.first().map_or(0, |o| o.len() / widths[0].max(1));
+    if N == 0 {
+        return;
+    }
     let mut j = 0;
     let mut chunks = outs.map(|o| {
         let width = widths[j].max(1);
         j += 1;
         o.chunks_mut(width)
     });
-    let items: Vec<[&mut [f32]; N]> = (0..rows)
+    let items: Vec<[&mut [f32]; N]> = std::iter::repeat(())
         .map_while(|_| {
             let parts = chunks.each_mut().map(Iterator::next);
             let whole = parts.iter().all(Option::is_some);

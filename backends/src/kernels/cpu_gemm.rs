@@ -4,7 +4,7 @@
 //!
 //! Each task takes a panel of `w`'s rows (output features), gets it as f32 — borrowed from an
 //! f32 weight, or dequantized from packed storage into a per-thread buffer that stays in the
-//! core's L2 cache (a thread that runs several row blocks of one panel decodes it once) — and
+//! core's L2 cache (a thread that runs consecutive row blocks of one panel decodes it once) — and
 //! runs one single-threaded GEMM of the `gemm` crate (its AVX-512 or AVX2 kernels, chosen at
 //! run time) for the block of `out` it owns. No task materialises more than one panel.
 //!
@@ -63,12 +63,8 @@ impl Grid {
     /// The split for `threads` pool threads.
     pub(crate) fn new(m: usize, n: usize, k: usize, threads: usize) -> Self {
         let threads = threads.max(1);
-        let units = n.div_ceil(16);
         let by_cache = (PANEL_BUDGET / k.max(1)).clamp(MIN_PANEL, 512);
-        let panels = n
-            .div_ceil(by_cache)
-            .min(units / (MIN_PANEL / 16))
-            .max(1);
+        let panels = n.div_ceil(by_cache).min(n / MIN_PANEL).max(1);
         let wanted = TASKS_PER_THREAD * threads;
         let row_blocks = wanted.div_ceil(panels).min(m / MIN_ROWS).max(1);
         Self {
@@ -126,8 +122,9 @@ static CALLS: AtomicU64 = AtomicU64::new(0);
 
 /// Returns `out[m, n] = x[m, k] @ w^T + bias`, where `fill(o0, o1, buf)` provides rows
 /// `o0..o1` of the `[n, k]` weight: either borrowed (`Panel::Borrowed`) or written into `buf`
-/// (`(o1 - o0) * k` elements, `Panel::Decoded`). `fill` is called at least once per panel
-/// (once per panel and thread that runs one of its row blocks).
+/// (`(o1 - o0) * k` elements, `Panel::Decoded`). `fill` is called at least once per panel and
+/// at most once per task: a thread that runs consecutive row blocks of a decoded panel
+/// decodes it once.
 ///
 /// The output is allocated without being zeroed first (a prefill's outputs are 1-3 MiB each;
 /// `vec![0.0; _]` cleared them on the calling thread while the pool waited): every task's
@@ -148,7 +145,8 @@ pub(crate) fn gemm_panels<'w>(
     if m == 0 || n == 0 {
         return vec![0.0; m * n];
     }
-    let mut out = Vec::<f32>::with_capacity(m * n);
+    let len = m.checked_mul(n).expect("the output's size overflows usize");
+    let mut out = Vec::<f32>::with_capacity(len);
     let grid = Grid::new(m, n, k, rayon::current_num_threads());
     let call = CALLS.fetch_add(1, Ordering::Relaxed);
     let dst = Dst(out.as_mut_ptr());
@@ -221,7 +219,7 @@ pub(crate) fn gemm_panels<'w>(
     }
     // SAFETY: the tasks cover every row of columns 0..n, and each task's GEMM (`read_dst`
     // false) wrote its block.
-    unsafe { out.set_len(m * n) };
+    unsafe { out.set_len(len) };
     out
 }
 
@@ -288,6 +286,9 @@ mod tests {
             (512, 92544, 512, 16),
             (100, 4096, 100, 4),
             (300, 70, 64, 8),
+            (512, 145, 512, 2),
+            (512, 177, 1024, 4),
+            (1000, 239, 2048, 3),
             (2048, 1536, 512, 1),
         ] {
             let grid = Grid::new(m, n, k, threads);
@@ -325,33 +326,43 @@ mod tests {
         let (k, n) = (1536, 512);
         let x: Vec<f32> = (0..600 * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
         let w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
-        let all = gemm_f32_weight(&x, 600, k, &w, n, None);
+        // Four pool threads, so that the 600-row call is split into row blocks on any machine.
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
+        assert!(Grid::new(600, n, k, 4).row_blocks > 1);
+        let all = pool.install(|| gemm_f32_weight(&x, 600, k, &w, n, None));
         for (start, rows) in [(0, 17), (5, 40), (300, 130), (583, 17), (0, 300)] {
-            let part = gemm_f32_weight(&x[start * k..], rows, k, &w, n, None);
+            let part = pool.install(|| gemm_f32_weight(&x[start * k..], rows, k, &w, n, None));
             assert_eq!(part[..], all[start * n..(start + rows) * n], "rows {start}+{rows}");
         }
     }
 
     #[test]
     fn decoded_panels_are_filled_once_per_thread_and_panel() {
-        let (m, k, n) = (1024, 64, 320);
+        // One pool thread runs the tasks in order: 2 panels x 2 row blocks, 2 fills per call,
+        // and a second call (other values) must not reuse the first call's panels.
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let (m, k, n) = (1024, 1024, 160);
+        let grid = Grid::new(m, n, k, 1);
+        assert_eq!((grid.panels, grid.row_blocks), (2, 2), "{grid:?}");
         let x = vec![1.0f32; m * k];
-        let calls = AtomicU64::new(0);
-        let out = gemm_panels(&x, m, k, n, None, |o0, o1, buf| {
-            calls.fetch_add(1, Ordering::Relaxed);
-            for (i, v) in buf.iter_mut().enumerate() {
-                *v = (o0 + i / k) as f32;
-            }
-            assert_eq!(buf.len(), (o1 - o0) * k);
-            Panel::Decoded
-        });
-        for r in [0, 511, 1023] {
-            for c in [0, 100, 319] {
-                assert_eq!(out[r * n + c], (c * k) as f32, "{r} {c}");
+        for scale in [1.0f32, 3.0] {
+            let fills = AtomicU64::new(0);
+            let out = pool.install(|| {
+                gemm_panels(&x, m, k, n, None, |o0, o1, buf| {
+                    fills.fetch_add(1, Ordering::Relaxed);
+                    assert_eq!(buf.len(), (o1 - o0) * k);
+                    for (i, v) in buf.iter_mut().enumerate() {
+                        *v = scale * (o0 + i / k) as f32;
+                    }
+                    Panel::Decoded
+                })
+            });
+            assert_eq!(fills.load(Ordering::Relaxed), 2, "scale {scale}");
+            for r in [0, 511, 512, 1023] {
+                for c in [0, 79, 80, 159] {
+                    assert_eq!(out[r * n + c], scale * (c * k) as f32, "{r} {c}");
+                }
             }
         }
-        let grid = Grid::new(m, n, k, rayon::current_num_threads());
-        let fills = calls.load(Ordering::Relaxed) as usize;
-        assert!(fills >= grid.panels && fills <= grid.tasks(), "{fills} fills, {grid:?}");
     }
 }

@@ -10,8 +10,8 @@
 //!   lanes (8 x 3 would spill accumulators to the stack: 2.3x slower). Each element: a 16-lane FMA chain over `k` whose last step is a zero-masked load
 //!   of the `k % 16` remaining values, then a fixed horizontal sum.
 //! - AVX + FMA: 4 input rows x 3 weight rows = 12 accumulators, so 7 loads feed 12 FMAs; more
-//!   than 4 rows take each block of 3 weight rows from memory once, then from L1 for the
-//!   other groups of 4. Each element:
+//!   than 4 rows take each block of 3 weight rows from memory once, then from cache (L1 at
+//!   k = 512, L2 for long rows) for the other groups of 4. Each element:
 //!   an 8-lane FMA chain over `k`, a fixed horizontal sum, then the scalar tail.
 //!
 //! Both prefetch the weight rows a few blocks ahead into L2 ([`PREFETCH_BLOCKS`]).
@@ -91,7 +91,8 @@ unsafe fn skinny_avx(
     n: usize,
 ) {
     // Weight blocks outside, row groups inside: a block of 3 weight rows (6 KiB at k = 512)
-    // comes from memory for the first group of 4 input rows and from L1 for the others, so
+    // comes from memory for the first group of 4 input rows and from L1 (L2 for long rows)
+    // for the others, so
     // the weights stream while every group computes. (Row groups outside left memory idle
     // while the later groups re-read the task's weight rows from L2: a decoding step's dense
     // layers at 8 rows took 10-17% longer that way on the 2-core AMD Zen 3 VM.)
