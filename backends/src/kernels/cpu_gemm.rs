@@ -297,7 +297,7 @@ mod tests {
                 let (_, cols, rows) = grid.task(t);
                 let width = cols.len();
                 assert!(
-                    width == n || (width >= MIN_PANEL && width <= 512 + 16),
+                    width == n || (MIN_PANEL..=512 + 16).contains(&width),
                     "{m}x{n}x{k}: panel {cols:?}"
                 );
                 assert!(cols.start % 16 == 0, "{m}x{n}x{k}: panel {cols:?}");
