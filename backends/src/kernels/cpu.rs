@@ -147,7 +147,10 @@ fn for_rows_of<const N: usize>(
             .enumerate()
             .for_each(|(i, parts)| f(i, parts));
     } else {
-        items.into_iter().enumerate().for_each(|(i, parts)| f(i, parts));
+        items
+            .into_iter()
+            .enumerate()
+            .for_each(|(i, parts)| f(i, parts));
     }
 }
 
@@ -217,14 +220,19 @@ pub fn split_qkv(
     let mut v = vec![0f32; b * s * kv_heads * d];
     let (qw, kw) = (heads * d, kv_heads * d);
     let work = x.len();
-    for_rows_of([&mut q, &mut k, &mut v], [qw, kw, kw], work, |row, [q, k, v]| {
-        let src = &x[row * width..(row + 1) * width];
-        for (h, part) in src.chunks_exact((g + 2) * d).enumerate() {
-            q[h * g * d..(h + 1) * g * d].copy_from_slice(&part[..g * d]);
-            k[h * d..(h + 1) * d].copy_from_slice(&part[g * d..(g + 1) * d]);
-            v[h * d..(h + 1) * d].copy_from_slice(&part[(g + 1) * d..]);
-        }
-    });
+    for_rows_of(
+        [&mut q, &mut k, &mut v],
+        [qw, kw, kw],
+        work,
+        |row, [q, k, v]| {
+            let src = &x[row * width..(row + 1) * width];
+            for (h, part) in src.chunks_exact((g + 2) * d).enumerate() {
+                q[h * g * d..(h + 1) * g * d].copy_from_slice(&part[..g * d]);
+                k[h * d..(h + 1) * d].copy_from_slice(&part[g * d..(g + 1) * d]);
+                v[h * d..(h + 1) * d].copy_from_slice(&part[(g + 1) * d..]);
+            }
+        },
+    );
     (
         wrap(q, [b, s, heads, d]).swap_dims(1, 2),
         wrap(k, [b, s, kv_heads, d]).swap_dims(1, 2),

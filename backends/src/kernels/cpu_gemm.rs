@@ -301,7 +301,10 @@ mod tests {
                     "{m}x{n}x{k}: panel {cols:?}"
                 );
                 assert!(cols.start % 16 == 0, "{m}x{n}x{k}: panel {cols:?}");
-                assert!(rows.len() == m || rows.len() >= MIN_ROWS, "{m}x{n}x{k}: {rows:?}");
+                assert!(
+                    rows.len() == m || rows.len() >= MIN_ROWS,
+                    "{m}x{n}x{k}: {rows:?}"
+                );
                 for r in rows {
                     for c in cols.clone() {
                         seen[r * n + c] += 1;
@@ -324,15 +327,26 @@ mod tests {
     #[test]
     fn a_row_does_not_depend_on_how_the_call_is_split() {
         let (k, n) = (1536, 512);
-        let x: Vec<f32> = (0..600 * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0).collect();
+        let x: Vec<f32> = (0..600 * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+            .collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0)
+            .collect();
         // Four pool threads, so that the 600-row call is split into row blocks on any machine.
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(4)
+            .build()
+            .unwrap();
         assert!(Grid::new(600, n, k, 4).row_blocks > 1);
         let all = pool.install(|| gemm_f32_weight(&x, 600, k, &w, n, None));
         for (start, rows) in [(0, 17), (5, 40), (300, 130), (583, 17), (0, 300)] {
             let part = pool.install(|| gemm_f32_weight(&x[start * k..], rows, k, &w, n, None));
-            assert_eq!(part[..], all[start * n..(start + rows) * n], "rows {start}+{rows}");
+            assert_eq!(
+                part[..],
+                all[start * n..(start + rows) * n],
+                "rows {start}+{rows}"
+            );
         }
     }
 
@@ -340,7 +354,10 @@ mod tests {
     fn decoded_panels_are_filled_once_per_thread_and_panel() {
         // One pool thread runs the tasks in order: 2 panels x 2 row blocks, 2 fills per call,
         // and a second call (other values) must not reuse the first call's panels.
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
         let (m, k, n) = (1024, 1024, 160);
         let grid = Grid::new(m, n, k, 1);
         assert_eq!((grid.panels, grid.row_blocks), (2, 2), "{grid:?}");
