@@ -140,15 +140,26 @@ pub(crate) fn matvec(
     // 8-bit activations for the integer kernels (AVX2 machines the AVX-512 kernels do not
     // serve; see `cpu_quant_int8`).
     #[cfg(target_arch = "x86_64")]
-    let use_int8 = avx2
-        && !avx512
-        && super::int8_activations()
-        && k % int8::BLOCK == 0
-        && weight.segments().any(|(f, _)| int8::handles(f));
+    let use_int8 = avx2 && !avx512 && super::int8_activations();
     #[cfg(not(target_arch = "x86_64"))]
     let use_int8 = false;
-    let acts = use_int8.then(|| int8::quantize_rows(x, m, k));
-    let sums = if weight.uses(WeightFormat::Q4K) && !use_int8 {
+    // The activations quantized in each block size a segment of this weight asks for.
+    let quantized = |block: usize| {
+        let wanted = use_int8
+            && k % block == 0
+            && weight
+                .segments()
+                .any(|(f, _)| int8::block_of(f) == Some(block));
+        wanted.then(|| int8::quantize_rows(x, m, k, block))
+    };
+    let (acts32, acts256) = (quantized(int8::BLOCK), quantized(int8::SUPER_BLOCK));
+    #[cfg(target_arch = "x86_64")]
+    let acts_for = |format: WeightFormat| match int8::block_of(format) {
+        Some(int8::BLOCK) => acts32.as_ref(),
+        Some(int8::SUPER_BLOCK) => acts256.as_ref(),
+        _ => None,
+    };
+    let sums = if weight.uses(WeightFormat::Q4K) && acts256.is_none() {
         chunk_sums(x, m, k)
     } else {
         Vec::new()
@@ -160,7 +171,7 @@ pub(crate) fn matvec(
         weight.for_row_runs(o0, o1, |run, format, data| {
             let row_bytes = data.len() / run.len();
             #[cfg(target_arch = "x86_64")]
-            if let Some(acts) = acts.as_ref().filter(|_| int8::handles(format)) {
+            if let Some(acts) = acts_for(format) {
                 // The whole run through one kernel call per group of input rows (the run's
                 // bytes stay in L2 for the next group).
                 for r in (0..m).step_by(ROW_GROUP) {

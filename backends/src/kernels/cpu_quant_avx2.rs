@@ -495,6 +495,7 @@ macro_rules! int8_block_kernel {
             inp: Q8Inputs<'_>,
             dots: &mut [f32; ROW_GROUP],
         ) {
+            debug_assert_eq!(inp.block, 32);
             let (k, chunks, p) = (inp.k, inp.k / 32, row.as_ptr());
             let (xq, xd) = (inp.q.as_ptr(), inp.d.as_ptr());
             let mut even = [_mm256_setzero_ps(); R];
@@ -538,121 +539,126 @@ macro_rules! int8_block_kernel {
 int8_block_kernel!(dot_q8_0_int8, 34, q8_0_weights);
 int8_block_kernel!(dot_q4_0_int8, 18, q4_0_weights);
 
-/// `Q4_K` with 8-bit activations: per 32-value sub-block, the unsigned nibbles times the
-/// activations (`maddubs` directly), scaled by `d * scale * d_x`; the mins times each
-/// sub-block's activation sum are subtracted at the end.
+/// The 8 six-bit scales and 8 six-bit mins of a `Q4_K` super-block's 12-byte table at `p`, as
+/// bytes `0..8` (scales) and `8..16` (mins); see [`q4k_scale_min`] for the layout. Bytes 0-3
+/// hold scales 0-3 and the top bits of scales 4-7, bytes 4-7 mins 0-3 and the top bits of
+/// mins 4-7, bytes 8-11 the low nibbles of scales 4-7 (low) and mins 4-7 (high).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4k_scales_mins(p: *const u8) -> __m128i {
+    // SAFETY: the caller guarantees 12 readable bytes at `p`.
+    let [a, b, c] = unsafe { [0, 4, 8].map(|o| (p.add(o) as *const u32).read_unaligned()) };
+    let low6 = 0x3f3f_3f3f;
+    let (nib, top) = (0x0f0f_0f0f, 0x0303_0303);
+    let scales = (a & low6) as u64 | ((((c & nib) | ((a >> 6) & top) << 4) as u64) << 32);
+    let mins = (b & low6) as u64 | (((((c >> 4) & nib) | ((b >> 6) & top) << 4) as u64) << 32);
+    _mm_set_epi64x(mins as i64, scales as i64)
+}
+
+/// Byte shuffles that spread i16 number `t` (of 8, repeated in both 128-bit lanes) over all
+/// 16 i16 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn spread_i16(t: i8) -> __m256i {
+    let (a, b) = (2 * t, 2 * t + 1);
+    _mm256_setr_epi8(
+        a, b, a, b, a, b, a, b, a, b, a, b, a, b, a, b, a, b, a, b, a, b, a, b, a, b, a, b, a, b,
+        a, b,
+    )
+}
+
+/// `Q4_K` with 8-bit activations in blocks of 256 (one scale per super-block). Per 32-value
+/// sub-block, the unsigned nibbles times the activations (`maddubs`), times the sub-block's
+/// 6-bit scale (`madd`), summed in 32-bit integers over the super-block; then converted and
+/// scaled once by `d * d_x`. The mins: `dmin * d_x * sum_s min_s * sum(q_x of s)`, the integer
+/// part one `madd` of the mins with the activations' 16-value sums.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q4_k_int8<const R: usize>(
     row: &[u8],
     inp: Q8Inputs<'_>,
     dots: &mut [f32; ROW_GROUP],
 ) {
-    let (k, chunks, p) = (inp.k, inp.k / 32, row.as_ptr());
-    let (xq, xd, xs) = (inp.q.as_ptr(), inp.d.as_ptr(), inp.s.as_ptr());
+    debug_assert_eq!(inp.block, 256);
+    let (k, p) = (inp.k, row.as_ptr());
+    let supers = k / 256;
+    let (xq, xd, xb) = (inp.q.as_ptr(), inp.d.as_ptr(), inp.b16.as_ptr());
     let m4 = _mm256_set1_epi8(0x0F);
-    let mut acc_lo = [_mm256_setzero_ps(); R];
-    let mut acc_hi = [_mm256_setzero_ps(); R];
-    let mut mins = [0f32; R];
-    // SAFETY: k / 256 super-blocks of 144 bytes in the row; `k` values and `k / 32` scales
-    // and sums per input row.
+    let picks: [__m256i; 8] = std::array::from_fn(|t| spread_i16(t as i8));
+    let mut acc = [_mm256_setzero_ps(); R];
+    // SAFETY: `supers` super-blocks of 144 bytes in the row; `k` values, `k / 256` scales and
+    // `k / 16` sums per input row.
     unsafe {
-        for sb in 0..k / 256 {
+        for sb in 0..supers {
             let blk = p.add(144 * sb);
             let (d, dmin) = (f16_at(blk), f16_at(blk.add(2)));
-            let scales = std::slice::from_raw_parts(blk.add(4), 12);
+            let table = q4k_scales_mins(blk.add(4));
+            let scales = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(table));
+            // min 0, min 0, min 1, min 1, ...: one per 16 values.
+            let mins = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(table, table));
+            let mut ints = [_mm256_setzero_si256(); R];
             for i in 0..4 {
-                let (sc1, m1) = q4k_scale_min(scales, 2 * i);
-                let (sc2, m2) = q4k_scale_min(scales, 2 * i + 1);
                 let bytes = _mm256_loadu_si256(blk.add(16 + 32 * i) as *const __m256i);
                 let lo = _mm256_and_si256(bytes, m4);
                 let hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), m4);
-                let (d1, d2) = (
-                    _mm256_set1_ps(d * sc1 as f32),
-                    _mm256_set1_ps(d * sc2 as f32),
-                );
-                let (min1, min2) = (dmin * m1 as f32, dmin * m2 as f32);
-                let c = sb * 8 + 2 * i; // 32-value chunk of the first sub-block
+                let s_lo = _mm256_shuffle_epi8(scales, picks[2 * i]);
+                let s_hi = _mm256_shuffle_epi8(scales, picks[2 * i + 1]);
                 for j in 0..R {
-                    let xp = xq.add(j * k + 32 * c);
-                    let i1 = sum4_u8i8(lo, _mm256_loadu_si256(xp as *const __m256i));
-                    let i2 = sum4_u8i8(hi, _mm256_loadu_si256(xp.add(32) as *const __m256i));
-                    let s1 = _mm256_mul_ps(d1, _mm256_broadcast_ss(&*xd.add(j * chunks + c)));
-                    let s2 = _mm256_mul_ps(d2, _mm256_broadcast_ss(&*xd.add(j * chunks + c + 1)));
-                    acc_lo[j] = _mm256_fmadd_ps(s1, _mm256_cvtepi32_ps(i1), acc_lo[j]);
-                    acc_hi[j] = _mm256_fmadd_ps(s2, _mm256_cvtepi32_ps(i2), acc_hi[j]);
-                    let s = xs.add(j * chunks + c);
-                    mins[j] += min1 * *s + min2 * *s.add(1);
+                    let xp = xq.add(j * k + 256 * sb + 64 * i);
+                    let x_lo = _mm256_loadu_si256(xp as *const __m256i);
+                    let x_hi = _mm256_loadu_si256(xp.add(32) as *const __m256i);
+                    let a = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, x_lo), s_lo);
+                    let b = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, x_hi), s_hi);
+                    ints[j] = _mm256_add_epi32(ints[j], _mm256_add_epi32(a, b));
                 }
+            }
+            for j in 0..R {
+                let dx = *xd.add(j * supers + sb);
+                let sums = _mm256_loadu_si256(xb.add(j * (k / 16) + 16 * sb) as *const __m256i);
+                let m = _mm256_cvtepi32_ps(_mm256_madd_epi16(sums, mins));
+                acc[j] =
+                    _mm256_fmadd_ps(_mm256_set1_ps(d * dx), _mm256_cvtepi32_ps(ints[j]), acc[j]);
+                acc[j] = _mm256_fnmadd_ps(_mm256_set1_ps(dmin * dx), m, acc[j]);
             }
         }
     }
     for j in 0..R {
-        dots[j] = hsum256(_mm256_add_ps(acc_lo[j], acc_hi[j])) - mins[j];
+        dots[j] = hsum256(acc[j]);
     }
 }
 
-/// `Q6_K` with 8-bit activations. The unsigned 6-bit values (`0..64`) multiply the
-/// activations directly (`maddubs`), and `madd` applies the two 16-value scales of each 32
-/// values (picked from the half's 8 scales by one byte shuffle), so the integer sum of each
-/// 32 values already carries them; then `d * d_x` per 32 values. The values' offset of 32 is
-/// taken off once per super-block: `32 * d * sum_g d_x,g * sum_{16-blocks} scale * sum(q_x)`,
-/// the integer part for all 8 groups in one `madd` of the 16 scales with the activations'
-/// 16-value sums.
+/// `Q6_K` with 8-bit activations in blocks of 256. The unsigned 6-bit values (`0..64`)
+/// multiply the activations directly (`maddubs`), and `madd` applies the two 16-value scales
+/// of each 32 values (picked from the half's 8 scales by one byte shuffle); the integer sums
+/// of the whole super-block add up in 32-bit lanes. The values' offset of 32 is taken off in
+/// integers, `32 * sum_{16-blocks} scale * sum(q_x)` (one `madd` of the 16 scales with the
+/// activations' 16-value sums), and the result is converted and scaled by `d * d_x` once.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q6_k_int8<const R: usize>(
     row: &[u8],
     inp: Q8Inputs<'_>,
     dots: &mut [f32; ROW_GROUP],
 ) {
-    let (k, chunks, p) = (inp.k, inp.k / 32, row.as_ptr());
+    debug_assert_eq!(inp.block, 256);
+    let (k, p) = (inp.k, row.as_ptr());
+    let supers = k / 256;
     let (xq, xd, xb) = (inp.q.as_ptr(), inp.d.as_ptr(), inp.b16.as_ptr());
     // Shuffles that spread i16 scale 2g over the low 128-bit lane and 2g + 1 over the high.
     let pick = |g: i8| {
-        let (a, b) = (4 * g, 4 * g + 2);
+        let (a, b, c, e) = (4 * g, 4 * g + 1, 4 * g + 2, 4 * g + 3);
         _mm256_setr_epi8(
-            a,
-            a + 1,
-            a,
-            a + 1,
-            a,
-            a + 1,
-            a,
-            a + 1,
-            a,
-            a + 1,
-            a,
-            a + 1,
-            a,
-            a + 1,
-            a,
-            a + 1,
-            b,
-            b + 1,
-            b,
-            b + 1,
-            b,
-            b + 1,
-            b,
-            b + 1,
-            b,
-            b + 1,
-            b,
-            b + 1,
-            b,
-            b + 1,
-            b,
-            b + 1,
+            a, b, a, b, a, b, a, b, a, b, a, b, a, b, a, b, c, e, c, e, c, e, c, e, c, e, c, e, c,
+            e, c, e,
         )
     };
     let picks = [pick(0), pick(1), pick(2), pick(3)];
-    let mut even = [_mm256_setzero_ps(); R];
-    let mut odd = [_mm256_setzero_ps(); R];
-    // SAFETY: k / 256 super-blocks of 210 bytes in the row; `k` values, `k / 32` scales and
+    let mut acc = [_mm256_setzero_ps(); R];
+    // SAFETY: `supers` super-blocks of 210 bytes in the row; `k` values, `k / 256` scales and
     // `k / 16` sums per input row.
     unsafe {
-        for sb in 0..k / 256 {
+        for sb in 0..supers {
             let blk = p.add(210 * sb);
             let d = f16_at(blk.add(208));
+            let mut ints = [_mm256_setzero_si256(); R];
             for n in 0..2 {
                 let groups = q6k_half(blk, n, 0);
                 let half =
@@ -660,32 +666,28 @@ unsafe fn dot_q6_k_int8<const R: usize>(
                 let half = _mm256_broadcastsi128_si256(half);
                 for (g, &w) in groups.iter().enumerate() {
                     let scales = _mm256_shuffle_epi8(half, picks[g]);
-                    let c = sb * 8 + 4 * n + g;
+                    let c = 4 * n + g;
                     for j in 0..R {
-                        let x = _mm256_loadu_si256(xq.add(j * k + 32 * c) as *const __m256i);
-                        let ints = _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), scales);
-                        let dd = _mm256_set1_ps(d * *xd.add(j * chunks + c));
-                        if g % 2 == 0 {
-                            even[j] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(ints), even[j]);
-                        } else {
-                            odd[j] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(ints), odd[j]);
-                        }
+                        let x =
+                            _mm256_loadu_si256(xq.add(j * k + 256 * sb + 32 * c) as *const __m256i);
+                        let v = _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), scales);
+                        ints[j] = _mm256_add_epi32(ints[j], v);
                     }
                 }
             }
             // The offset: lane g of `madd(scales, sums)` is group g's sum of scale * sum(q_x).
             let all = _mm256_cvtepi8_epi16(_mm_loadu_si128(blk.add(192) as *const __m128i));
-            let d32 = _mm256_set1_ps(32.0 * d);
             for j in 0..R {
-                let sums = _mm256_loadu_si256(xb.add(j * 2 * chunks + 16 * sb) as *const __m256i);
-                let per_group = _mm256_cvtepi32_ps(_mm256_madd_epi16(all, sums));
-                let dx = _mm256_loadu_ps(xd.add(j * chunks + 8 * sb));
-                even[j] = _mm256_fnmadd_ps(_mm256_mul_ps(per_group, dx), d32, even[j]);
+                let sums = _mm256_loadu_si256(xb.add(j * (k / 16) + 16 * sb) as *const __m256i);
+                let offset = _mm256_slli_epi32(_mm256_madd_epi16(all, sums), 5);
+                let v = _mm256_cvtepi32_ps(_mm256_sub_epi32(ints[j], offset));
+                let dd = _mm256_set1_ps(d * *xd.add(j * supers + sb));
+                acc[j] = _mm256_fmadd_ps(dd, v, acc[j]);
             }
         }
     }
     for j in 0..R {
-        dots[j] = hsum256(_mm256_add_ps(even[j], odd[j]));
+        dots[j] = hsum256(acc[j]);
     }
 }
 

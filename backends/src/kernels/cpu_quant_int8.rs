@@ -1,44 +1,55 @@
 //! Decoding with 8-bit activations: the input rows of a quantized mat-vec quantized to
-//! signed bytes per 32 values (one f32 scale per 32, as GGUF's `Q8_0`), so that `Q8_0`,
-//! `Q4_0`, `Q4_K` and `Q6_K` weight blocks multiply them with integer instructions (AVX2
-//! `maddubs`/`madd`, [`super::cpu_quant_avx2::dot_run_int8`]) instead of unpacking every
-//! weight to f32. llama.cpp decodes these formats the same way (its `vec_dot_type` is `Q8_0`
-//! or `Q8_K`).
+//! signed bytes with one f32 scale per block of values, so that `Q8_0`, `Q4_0`, `Q4_K` and
+//! `Q6_K` weight blocks multiply them with integer instructions (AVX2 `maddubs`/`madd`,
+//! [`super::cpu_quant_avx2::dot_run_int8`]) instead of unpacking every weight to f32.
+//! llama.cpp decodes these formats the same way (its `vec_dot_type` is `Q8_0` or `Q8_K`).
 //!
-//! Numerics. Each activation moves by at most half a step, `amax / 254` of its 32-value block,
-//! so a dot product moves by at most `sum_b amax_b / 254 * sum_{i in b} |w_i|` (checked in the
-//! tests); the integer block dots themselves are exact. A row's result still depends only on
-//! that row and the weight. The path is taken on x86-64 CPUs with AVX2 that the AVX-512
-//! kernels do not serve, unless [`super::set_int8_activations`] turned it off.
+//! Blocks. For `Q8_0` and `Q4_0` weights an activation block is 32 values (as GGUF's `Q8_0`),
+//! the size of a weight block, so each 32-value integer dot is scaled once. For the super-block
+//! formats `Q4_K` and `Q6_K` it is 256 values (as GGUF's `Q8_K`): the integer dots of a whole
+//! super-block, each already multiplied by its 6-bit sub-block scale, add up in 32-bit
+//! integers and are converted and scaled once per 256 values instead of once per 32, which
+//! halved the integer kernels' instructions per weight byte.
+//!
+//! Numerics. Each activation moves by at most half a step, `amax / 254` of its block, so a dot
+//! product moves by at most `sum_b amax_b / 254 * sum_{i in b} |w_i|` (checked in the tests);
+//! the integer block dots themselves are exact. A row's result still depends only on that row
+//! and the weight. The path is taken on x86-64 CPUs with AVX2 that the AVX-512 kernels do not
+//! serve, unless [`super::set_int8_activations`] turned it off.
 
 use crate::packed::WeightFormat;
 #[cfg(test)]
 use crate::packed::blocks::q4k_scale_min;
 
-/// Values sharing one activation scale.
+/// Values per activation block for the 32-value weight formats (`Q8_0`, `Q4_0`).
 pub(crate) const BLOCK: usize = 32;
+/// Values per activation block for the super-block formats (`Q4_K`, `Q6_K`).
+pub(crate) const SUPER_BLOCK: usize = 256;
 
-/// The weight formats with an 8-bit-activation kernel.
-pub(crate) fn handles(format: WeightFormat) -> bool {
-    matches!(
-        format,
-        WeightFormat::Q8_0 | WeightFormat::Q4_0 | WeightFormat::Q4K | WeightFormat::Q6K
-    )
+/// The activation block size of a format with an 8-bit-activation kernel, `None` for the
+/// others.
+pub(crate) fn block_of(format: WeightFormat) -> Option<usize> {
+    match format {
+        WeightFormat::Q8_0 | WeightFormat::Q4_0 => Some(BLOCK),
+        WeightFormat::Q4K | WeightFormat::Q6K => Some(SUPER_BLOCK),
+        _ => None,
+    }
 }
 
-/// Input rows quantized per 32 values.
+/// Input rows quantized per block of [`Q8Rows::block`] values.
 pub(crate) struct Q8Rows {
     /// `[rows, k]` signed bytes in `-127..=127`.
     pub q: Vec<i8>,
-    /// `[rows, k / 32]`: each block's scale (`x ~= d * q`); NaN for a block holding a
+    /// `[rows, k / block]`: each block's scale (`x ~= d * q`); NaN for a block holding a
     /// non-finite value, so that it reaches the output as the f32 path would carry it.
     pub d: Vec<f32>,
-    /// `[rows, k / 32]`: each block's dequantized sum, `d * sum(q)` (for `Q4_K`'s mins).
-    pub s: Vec<f32>,
-    /// `[rows, k / 16]`: the integer sum of every 16 values of `q` (for `Q6_K`'s offset).
+    /// `[rows, k / 16]`: the integer sum of every 16 values of `q` (for the offsets of
+    /// `Q4_K`'s mins and `Q6_K`'s values).
     pub b16: Vec<i16>,
     /// Values per row.
     pub k: usize,
+    /// Values per scale: [`BLOCK`] or [`SUPER_BLOCK`].
+    pub block: usize,
 }
 
 /// A view of some consecutive rows of [`Q8Rows`].
@@ -46,66 +57,72 @@ pub(crate) struct Q8Rows {
 pub(crate) struct Q8Inputs<'a> {
     pub q: &'a [i8],
     pub d: &'a [f32],
-    pub s: &'a [f32],
     pub b16: &'a [i16],
     pub k: usize,
+    pub block: usize,
 }
 
 impl Q8Rows {
     /// Rows `r0..r1`.
     pub fn rows(&self, r0: usize, r1: usize) -> Q8Inputs<'_> {
-        let (k, c) = (self.k, self.k / BLOCK);
+        let (k, c) = (self.k, self.k / self.block);
         Q8Inputs {
             q: &self.q[r0 * k..r1 * k],
             d: &self.d[r0 * c..r1 * c],
-            s: &self.s[r0 * c..r1 * c],
-            b16: &self.b16[2 * r0 * c..2 * r1 * c],
+            b16: &self.b16[r0 * (k / 16)..r1 * (k / 16)],
             k,
+            block: self.block,
         }
     }
 }
 
-/// Quantizes `m` rows of `k` values (`k` a multiple of 32): per block `d = amax / 127` and
-/// `q = round(x / d)`.
-pub(crate) fn quantize_rows(x: &[f32], m: usize, k: usize) -> Q8Rows {
-    debug_assert!(k % BLOCK == 0 && x.len() >= m * k);
-    let chunks = k / BLOCK;
+#[cfg(test)]
+impl Q8Inputs<'_> {
+    /// The scale of row `j`'s values `32 * c..32 * (c + 1)`.
+    fn scale(&self, j: usize, c: usize) -> f32 {
+        self.d[(j * self.k + 32 * c) / self.block]
+    }
+}
+
+/// Quantizes `m` rows of `k` values (`k` a multiple of `block`, itself a multiple of 32): per
+/// block `d = amax / 127` and `q = round(x / d)`.
+pub(crate) fn quantize_rows(x: &[f32], m: usize, k: usize, block: usize) -> Q8Rows {
+    debug_assert!(block % 32 == 0 && k % block == 0 && x.len() >= m * k);
     let mut q = vec![0i8; m * k];
-    let mut d = vec![0f32; m * chunks];
-    let mut s = vec![0f32; m * chunks];
-    for ((xs, qs), (db, sb)) in x[..m * k]
-        .chunks_exact(BLOCK)
-        .zip(q.chunks_exact_mut(BLOCK))
-        .zip(d.iter_mut().zip(s.iter_mut()))
+    let mut d = vec![0f32; m * k / block];
+    for ((xs, qs), db) in x[..m * k]
+        .chunks_exact(block)
+        .zip(q.chunks_exact_mut(block))
+        .zip(d.iter_mut())
     {
         if xs.iter().any(|v| !v.is_finite()) {
             *db = f32::NAN;
-            *sb = f32::NAN;
             continue;
         }
         let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
         if amax == 0.0 {
             continue;
         }
-        let scale = amax / 127.0;
         let inv = 127.0 / amax;
-        let mut sum = 0i32;
         for (qv, &v) in qs.iter_mut().zip(xs) {
             // Round to nearest (ties to even) by adding and removing 1.5 * 2^23, which
             // compiles to two additions instead of a call to `roundf` per value.
             const MAGIC: f32 = 12_582_912.0;
-            let r = (((v * inv) + MAGIC) - MAGIC).clamp(-127.0, 127.0) as i8;
-            *qv = r;
-            sum += r as i32;
+            *qv = (((v * inv) + MAGIC) - MAGIC).clamp(-127.0, 127.0) as i8;
         }
-        *db = scale;
-        *sb = scale * sum as f32;
+        *db = amax / 127.0;
     }
     let b16 = q
         .chunks_exact(16)
         .map(|c| c.iter().map(|&v| v as i16).sum())
         .collect();
-    Q8Rows { q, d, s, b16, k }
+    Q8Rows {
+        q,
+        d,
+        b16,
+        k,
+        block,
+    }
 }
 
 #[cfg(test)]
@@ -177,8 +194,9 @@ pub(crate) fn dot_rows_reference(
             let (wq, scale, offset) = weight_block(format, row, b);
             let xq = &inputs.q[j * k + BLOCK * b..j * k + BLOCK * (b + 1)];
             let int: i32 = wq.iter().zip(xq).map(|(&w, &x)| w * x as i32).sum();
-            acc += (scale * inputs.d[j * chunks + b]) as f64 * int as f64
-                - (offset * inputs.s[j * chunks + b]) as f64;
+            let sum: i32 = xq.iter().map(|&x| x as i32).sum();
+            let dx = inputs.scale(j, b) as f64;
+            acc += scale as f64 * dx * int as f64 - offset as f64 * dx * sum as f64;
         }
         *dot = acc as f32;
     }
@@ -214,32 +232,39 @@ mod tests {
 
     #[test]
     fn quantized_rows_round_to_the_nearest_step() {
-        let x = inputs(2, 64);
-        let q = quantize_rows(&x, 2, 64);
-        for (i, &v) in x.iter().enumerate() {
-            let d = q.d[i / 32];
-            assert!(
-                (d * q.q[i] as f32 - v).abs() <= d / 2.0 * 1.0001,
-                "value {i}"
-            );
-        }
-        for b in 0..4 {
-            let sum: i32 = q.q[32 * b..32 * (b + 1)].iter().map(|&v| v as i32).sum();
-            assert_eq!(q.s[b], q.d[b] * sum as f32);
-            let amax = x[32 * b..32 * (b + 1)]
-                .iter()
-                .fold(0f32, |a, v| a.max(v.abs()));
-            assert_eq!(q.d[b], amax / 127.0);
+        for block in [BLOCK, SUPER_BLOCK] {
+            let x = inputs(2, 512);
+            let q = quantize_rows(&x, 2, 512, block);
+            assert_eq!(q.d.len(), 2 * 512 / block);
+            for (i, &v) in x.iter().enumerate() {
+                let d = q.d[i / block];
+                assert!(
+                    (d * q.q[i] as f32 - v).abs() <= d / 2.0 * 1.0001,
+                    "block {block} value {i}"
+                );
+            }
+            for (b, &d) in q.d.iter().enumerate() {
+                let amax = x[block * b..block * (b + 1)]
+                    .iter()
+                    .fold(0f32, |a, v| a.max(v.abs()));
+                assert_eq!(d, amax / 127.0, "block {block} scale {b}");
+            }
+            for (t, &sum) in q.b16.iter().enumerate() {
+                let want: i32 = q.q[16 * t..16 * (t + 1)].iter().map(|&v| v as i32).sum();
+                assert_eq!(sum as i32, want);
+            }
         }
     }
 
     #[test]
     fn a_zero_block_and_a_non_finite_block() {
-        let mut x = vec![0f32; 64];
-        x[40] = f32::INFINITY;
-        let q = quantize_rows(&x, 1, 64);
-        assert_eq!((q.d[0], q.s[0]), (0.0, 0.0));
-        assert!(q.d[1].is_nan() && q.s[1].is_nan());
+        for block in [BLOCK, SUPER_BLOCK] {
+            let mut x = vec![0f32; 2 * block];
+            x[block + 8] = f32::INFINITY;
+            let q = quantize_rows(&x, 1, 2 * block, block);
+            assert_eq!(q.d[0], 0.0);
+            assert!(q.d[1].is_nan());
+        }
     }
 
     /// The reference is the f32 dot with the dequantized weight, off by no more than half an
@@ -256,7 +281,8 @@ mod tests {
             let w = weight(format, n, k);
             let dense = w.dequantize();
             let x = inputs(m, k);
-            let acts = quantize_rows(&x, m, k);
+            let block = block_of(format).unwrap();
+            let acts = quantize_rows(&x, m, k, block);
             for o in 0..n {
                 let (f, row) = w.row(o);
                 let mut got = [0f32; 4];
@@ -266,7 +292,7 @@ mod tests {
                         .map(|i| dense[o * k + i] as f64 * x[r * k + i] as f64)
                         .sum();
                     let bound: f64 = (0..k)
-                        .map(|i| dense[o * k + i].abs() as f64 * acts.d[r * 16 + i / 32] as f64)
+                        .map(|i| dense[o * k + i].abs() as f64 * acts.d[(r * k + i) / block] as f64)
                         .sum::<f64>()
                         / 2.0
                         * 1.001
@@ -307,7 +333,7 @@ mod tests {
             let w = weight(format, n, k);
             let dense = w.dequantize();
             let x = inputs(4, k);
-            let acts = quantize_rows(&x, 4, k);
+            let acts = quantize_rows(&x, 4, k, block_of(format).unwrap());
             // One weight row alone: a run of length one.
             let one_row = |row: &[u8], inputs: Q8Inputs<'_>, m: usize| {
                 let mut dots = [0f32; ROW_GROUP];

@@ -94,13 +94,14 @@ pub fn kernel_mode() -> KernelMode {
 static INT8_ACTIVATIONS: AtomicU8 = AtomicU8::new(0);
 
 /// Lets the CPU decoding kernels over quantized weights (`Q8_0`, `Q4_0`, `Q4_K`, `Q6_K`)
-/// quantize their f32 activations to 8 bits per 32 values and multiply integers, as llama.cpp
-/// does (on: the default), or keeps the activations in f32 (off: each result is then the f32
-/// dot product with the dequantized weight, up to summation order).
+/// quantize their f32 activations to 8 bits (one scale per 32 values for `Q8_0` and `Q4_0`
+/// weights, per 256 for `Q4_K` and `Q6_K`) and multiply integers, as llama.cpp does (on: the
+/// default), or keeps the activations in f32 (off: each result is then the f32 dot product
+/// with the dequantized weight, up to summation order).
 ///
 /// On x86-64 CPUs with AVX2 that the AVX-512 kernels do not serve, the 8-bit path decoded the
 /// 4-bit formats 20-40% faster on an AMD Zen 3 machine; each dot product then moves by at
-/// most half an activation step (`amax / 254` of a 32-value block) times the weights' sum of
+/// most half an activation step (`amax / 254` of the value's block) times the weights' sum of
 /// magnitudes. Elsewhere the switch changes nothing.
 ///
 /// ```
