@@ -89,10 +89,20 @@ fn may_use_int8(format: WeightFormat, m: usize) -> bool {
         )
 }
 
+/// The values sharing one activation scale when the mat-vec rounds activations to 8 bits for
+/// an output row of this format: 32 for `Q8_0` and `Q4_0`, a 256-value super-block for `Q4_K`
+/// and `Q6_K`.
+fn activation_block(format: WeightFormat) -> usize {
+    match format {
+        WeightFormat::Q4K | WeightFormat::Q6K => 256,
+        _ => 32,
+    }
+}
+
 /// `fused` against `reference` for `x [m, k] @ w^T`: each element within 2e-4 of the largest
 /// reference magnitude (summation order), plus, where the activations may have been rounded
-/// to 8 bits per 32 values, that rounding's worst case for the element: half a step
-/// (`amax / 254` of each block) times the block's weight magnitudes.
+/// to 8 bits, that rounding's worst case for the element: half a step (`amax / 254` of each
+/// activation block, see [`activation_block`]) times the block's weight magnitudes.
 fn assert_close(
     fused: &[f32],
     reference: &[f32],
@@ -109,10 +119,11 @@ fn assert_close(
         for o in 0..n {
             let mut bound = 2e-4 * scale;
             if int8 {
-                for b in 0..k / 32 {
-                    let xs = &x[r * k + 32 * b..r * k + 32 * b + 32];
+                let block = activation_block(w.row(o).0);
+                for b in 0..k / block {
+                    let xs = &x[r * k + block * b..r * k + block * (b + 1)];
                     let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
-                    let wsum: f32 = dense[o * k + 32 * b..o * k + 32 * b + 32]
+                    let wsum: f32 = dense[o * k + block * b..o * k + block * (b + 1)]
                         .iter()
                         .map(|v| v.abs())
                         .sum();
@@ -265,5 +276,33 @@ fn the_reference_decoders_agree_with_the_composite_path() {
     let y = values(composite::dense_packed(x, &w, None));
     for (o, v) in y.iter().enumerate() {
         assert!((v - dense[o * 256 + 100]).abs() < 1e-6);
+    }
+}
+
+/// A NaN input value reaches every output of its own row (it is in every dot product of the
+/// row) and no output of the other rows, on every path: the decoding mat-vec (8-bit
+/// activations included, where a NaN block gets a NaN scale) and the prefill GEMM.
+#[test]
+fn a_nan_input_spoils_its_own_row_only() {
+    for (fi, &format) in FORMATS.iter().enumerate() {
+        for m in [1, 3, 20] {
+            let (n, k) = (40, 512);
+            let w = random_packed(format, n, k, 500 + fi as u64);
+            let mut xs = values(random([1, m, k]));
+            xs[(m - 1) * k + 300] = f32::NAN;
+            let x =
+                Tensor::<Cpu, 3>::from_data(TensorData::new(xs, [1, m, k]), &Default::default());
+            let out = values(Cpu::dense_packed(x, &w, None));
+            for r in 0..m {
+                for o in 0..n {
+                    let v = out[r * n + o];
+                    if r == m - 1 {
+                        assert!(v.is_nan(), "{format} m={m} row {r} output {o}: {v}");
+                    } else {
+                        assert!(v.is_finite(), "{format} m={m} row {r} output {o}: {v}");
+                    }
+                }
+            }
+        }
     }
 }

@@ -146,6 +146,7 @@ pub(crate) fn matvec(
     // The activations quantized in each block size a segment of this weight asks for.
     let quantized = |block: usize| {
         let wanted = use_int8
+            && k > 0
             && k % block == 0
             && weight
                 .segments()

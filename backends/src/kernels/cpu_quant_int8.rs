@@ -13,7 +13,9 @@
 //!
 //! Numerics. Each activation moves by at most half a step, `amax / 254` of its block, so a dot
 //! product moves by at most `sum_b amax_b / 254 * sum_{i in b} |w_i|` (checked in the tests);
-//! the integer block dots themselves are exact. A row's result still depends only on that row
+//! the integer block dots themselves are exact (a `Q6_K` super-block's 32-bit lanes can exceed
+//! 2^24, so their one conversion to f32 may round by a unit of the 25th bit, far below the
+//! activation rounding). A row's result still depends only on that row
 //! and the weight. The path is taken on x86-64 CPUs with AVX2 that the AVX-512 kernels do not
 //! serve, unless [`super::set_int8_activations`] turned it off.
 
@@ -328,8 +330,14 @@ mod tests {
             WeightFormat::Q4K,
             WeightFormat::Q6K,
         ] {
-            // 768 values: an odd number of 32-blocks for the kernels' even/odd accumulators.
-            let (n, k) = (4, 768);
+            // An odd number of blocks: 25 of 32 values for the even/odd accumulators of the
+            // Q8_0 and Q4_0 kernels, 3 super-blocks for Q4_K and Q6_K.
+            let k = if block_of(format) == Some(BLOCK) {
+                800
+            } else {
+                768
+            };
+            let n = 4;
             let w = weight(format, n, k);
             let dense = w.dequantize();
             let x = inputs(4, k);
@@ -384,6 +392,49 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    /// The AVX2 unpacking of a `Q4_K` scale table equals the scalar definition for every
+    /// byte value in every position and for random tables.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_q4_k_scale_table_matches_the_scalar_definition() {
+        use super::super::cpu_quant_avx2 as avx2;
+        if !avx2::available() {
+            return;
+        }
+        let mut tables: Vec<[u8; 12]> = Vec::new();
+        for pos in 0..12 {
+            for v in 0..=255u8 {
+                let mut t = [0x5Au8; 12];
+                t[pos] = v;
+                tables.push(t);
+            }
+        }
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        for _ in 0..2000 {
+            let mut t = [0u8; 12];
+            for b in t.iter_mut() {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                *b = (state >> 24) as u8;
+            }
+            tables.push(t);
+        }
+        for t in tables {
+            // SAFETY: detected; 12 readable bytes.
+            let v = unsafe { avx2::q4k_scales_mins(t.as_ptr()) };
+            let mut got = [0u8; 16];
+            // SAFETY: 16 writable bytes.
+            unsafe {
+                std::arch::x86_64::_mm_storeu_si128(got.as_mut_ptr() as *mut _, v);
+            }
+            for j in 0..8 {
+                let (sc, m) = q4k_scale_min(&t, j);
+                assert_eq!((got[j], got[8 + j]), (sc, m), "table {t:?} sub-block {j}");
             }
         }
     }
