@@ -545,7 +545,7 @@ int8_block_kernel!(dot_q4_0_int8, 18, q4_0_weights);
 /// mins 4-7, bytes 8-11 the low nibbles of scales 4-7 (low) and mins 4-7 (high).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4k_scales_mins(p: *const u8) -> __m128i {
+pub(crate) unsafe fn q4k_scales_mins(p: *const u8) -> __m128i {
     // SAFETY: the caller guarantees 12 readable bytes at `p`.
     let [a, b, c] = unsafe { [0, 4, 8].map(|o| (p.add(o) as *const u32).read_unaligned()) };
     let low6 = 0x3f3f_3f3f;
