@@ -555,15 +555,15 @@ pub(crate) unsafe fn q4k_scales_mins(p: *const u8) -> __m128i {
     _mm_set_epi64x(mins as i64, scales as i64)
 }
 
-/// Byte shuffles that spread i16 number `t` (of 8, repeated in both 128-bit lanes) over all
-/// 16 i16 lanes.
+/// Byte shuffles for `_mm256_shuffle_epi8` that spread i16 number `lo` (of the 8 in a 128-bit
+/// lane) over the low lane's 8 i16 lanes and i16 number `hi` over the high lane's.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn spread_i16(t: i8) -> __m256i {
-    let (a, b) = (2 * t, 2 * t + 1);
+fn spread_i16(lo: i8, hi: i8) -> __m256i {
+    let (a, b, c, e) = (2 * lo, 2 * lo + 1, 2 * hi, 2 * hi + 1);
     _mm256_setr_epi8(
-        a, b, a, b, a, b, a, b, a, b, a, b, a, b, a, b, a, b, a, b, a, b, a, b, a, b, a, b, a, b,
-        a, b,
+        a, b, a, b, a, b, a, b, a, b, a, b, a, b, a, b, c, e, c, e, c, e, c, e, c, e, c, e, c, e,
+        c, e,
     )
 }
 
@@ -583,7 +583,7 @@ unsafe fn dot_q4_k_int8<const R: usize>(
     let supers = k / 256;
     let (xq, xd, xb) = (inp.q.as_ptr(), inp.d.as_ptr(), inp.b16.as_ptr());
     let m4 = _mm256_set1_epi8(0x0F);
-    let picks: [__m256i; 8] = std::array::from_fn(|t| spread_i16(t as i8));
+    let picks: [__m256i; 8] = std::array::from_fn(|t| spread_i16(t as i8, t as i8));
     let mut acc = [_mm256_setzero_ps(); R];
     // SAFETY: `supers` super-blocks of 144 bytes in the row; `k` values, `k / 256` scales and
     // `k / 16` sums per input row.
@@ -642,15 +642,8 @@ unsafe fn dot_q6_k_int8<const R: usize>(
     let (k, p) = (inp.k, row.as_ptr());
     let supers = k / 256;
     let (xq, xd, xb) = (inp.q.as_ptr(), inp.d.as_ptr(), inp.b16.as_ptr());
-    // Shuffles that spread i16 scale 2g over the low 128-bit lane and 2g + 1 over the high.
-    let pick = |g: i8| {
-        let (a, b, c, e) = (4 * g, 4 * g + 1, 4 * g + 2, 4 * g + 3);
-        _mm256_setr_epi8(
-            a, b, a, b, a, b, a, b, a, b, a, b, a, b, a, b, c, e, c, e, c, e, c, e, c, e, c, e, c,
-            e, c, e,
-        )
-    };
-    let picks = [pick(0), pick(1), pick(2), pick(3)];
+    // Scale 2g of the half over the low 128-bit lane, 2g + 1 over the high (16 values each).
+    let picks: [__m256i; 4] = std::array::from_fn(|g| spread_i16(2 * g as i8, 2 * g as i8 + 1));
     let mut acc = [_mm256_setzero_ps(); R];
     // SAFETY: `supers` super-blocks of 210 bytes in the row; `k` values, `k / 256` scales and
     // `k / 16` sums per input row.
