@@ -2,9 +2,12 @@
 # Our quantized CPU inference against llama.cpp, side by side in one run: for each format, the
 # same model shape (benches/internlm2-140m.json, random weights), prompt 512, 64 new tokens,
 # 2 threads, batch 1 and 8 (our prefill timed after a whole warm-up prefill, as llama-bench
-# times pp512 after its warm-up run; the cold first prefill is printed beside it); llama.cpp and our `bench` alternate format by format so that both
-# see the same machine. Prints a markdown table with ratios (ours / llama.cpp) and the
-# machine's measured limits (`bench --limits`).
+# times pp512 after its warm-up run; the cold first prefill is printed beside it). At batch 1,
+# llama.cpp and our `bench` alternate run by run (REPS pairs per format) so that both see the
+# same moment of the machine, and the table gives each pair's ratio (median and range) beside
+# the ratio of the means; batch 8 runs once each, format by format.
+# Prints a markdown table with ratios (ours / llama.cpp) and the machine's measured limits
+# (`bench --limits`).
 #
 # Needs ../shared/tools/llamacpp/setup.sh first (llama.cpp build and the GGUF files of this
 # shape under $W) and `cargo build --release --example bench`.
@@ -60,9 +63,12 @@ for pair in $FORMATS; do
     quant=(--quant "${ours%%+*}")
     [[ "$ours" == *+* ]] && quant+=(--head-format "${ours#*+}")
     M="$W/gguf/internlm2-100m-$theirs.gguf"
-    run "llama-bench $theirs" "$RES/lb_$theirs.jsonl" "$BIN/llama-bench" -m "$M" -p 512 -n 64 -t "$THREADS" -r "$REPS" -o jsonl
-    run "llama-bench $theirs @d512" "$RES/lbd_$theirs.jsonl" "$BIN/llama-bench" -m "$M" -p 0 -n 64 -d 512 -t "$THREADS" -r "$REPS" -o jsonl
+    # Paired batch-1 measurements: llama.cpp and ours alternate run by run (one repetition
+    # each), so that both see the same moment of a machine whose speed drifts; the table
+    # reports each pair's ratio.
     for i in $(seq 1 "$REPS"); do
+        run "llama-bench $theirs run $i" "$RES/lb_${ours}_$theirs.jsonl" "$BIN/llama-bench" -m "$M" -p 512 -n 64 -t "$THREADS" -r 1 -o jsonl
+        run "llama-bench $theirs @d512 run $i" "$RES/lbd_${ours}_$theirs.jsonl" "$BIN/llama-bench" -m "$M" -p 0 -n 64 -d 512 -t "$THREADS" -r 1 -o jsonl
         run "ours $ours b1 run $i" "$RES/sdk_${ours}_b1.jsonl" env RAYON_NUM_THREADS="$THREADS" "$SDK" \
             --config "$CONFIG" --prompt-len 512 --new-tokens 64 --batch 1 "${quant[@]}" --json
     done
@@ -78,9 +84,15 @@ res, formats = sys.argv[1], sys.argv[2].split()
 def jl(name):
     p = os.path.join(res, name)
     return [json.loads(l) for l in open(p) if l.strip().startswith("{")] if os.path.exists(p) else []
-def lb(name, n_prompt, n_gen, depth=0):
-    r = next((r for r in jl(name) if (r["n_prompt"], r["n_gen"], r.get("n_depth", 0)) == (n_prompt, n_gen, depth)), None)
-    return None if r is None else r["avg_ts"]
+def lbs(name, n_prompt, n_gen, depth=0):
+    """Every run's tokens/s of one llama-bench test, in run order."""
+    return [r["avg_ts"] for r in jl(name) if (r["n_prompt"], r["n_gen"], r.get("n_depth", 0)) == (n_prompt, n_gen, depth)]
+def pairs(ours, theirs):
+    """Median and range of the run-by-run ratios (run i of ours against run i of llama.cpp)."""
+    rs = [a / b for a, b in zip(ours, theirs) if b]
+    if not rs:
+        return "-"
+    return f"{statistics.median(rs):.2f}x ({min(rs):.2f}-{max(rs):.2f})"
 def mean(xs):
     return statistics.mean(xs) if xs else None
 def f(x):
@@ -93,8 +105,8 @@ if lim:
     print(f"Machine: {os.cpu_count()} cores; read bandwidth {l['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, "
           f"matmul peak {l['matmul_flops'] / 1e12:.3f} TFLOP/s (f32), measured by `bench --limits` in this run.")
     print()
-print("| format (ours / llama.cpp) | weights MB read per token (ours) | first prefill tok/s ours (cold process) | prefill tok/s ours | llama.cpp pp512 | ratio | decode tok/s ours | llama.cpp tg64 @ depth 512 | ratio | llama.cpp tg64 @ depth 0 | ratio | batch 8 decode ours | llama.cpp 8 seqs | ratio |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("| format (ours / llama.cpp) | weights MB read per token (ours) | first prefill tok/s ours (cold process) | prefill tok/s ours | llama.cpp pp512 | ratio | paired prefill ratio, median (range) | decode tok/s ours | llama.cpp tg64 @ depth 512 | ratio | paired decode ratio, median (range) | llama.cpp tg64 @ depth 0 | ratio | batch 8 decode ours | llama.cpp 8 seqs | ratio |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for pair in formats:
     ours, theirs = pair.split(":")
     b1, b8, bb = jl(f"sdk_{ours}_b1.jsonl"), jl(f"sdk_{ours}_b8.jsonl"), jl(f"bb_{theirs}.jsonl")
@@ -102,9 +114,13 @@ for pair in formats:
     d8 = mean([r["decode_tokens_per_s"] for r in b8])
     cold = mean([r["first_prefill_tokens_per_s"] for r in b1 if "first_prefill_tokens_per_s" in r])
     mb = b1[0]["weight_bytes_per_token"] / 1e6 if b1 else None
-    pp, tg, tgd = lb(f"lb_{theirs}.jsonl", 512, 0), lb(f"lb_{theirs}.jsonl", 0, 64), lb(f"lbd_{theirs}.jsonl", 0, 64, 512)
+    lb, lbd = f"lb_{ours}_{theirs}.jsonl", f"lbd_{ours}_{theirs}.jsonl"
+    pps, tgs, tgds = lbs(lb, 512, 0), lbs(lb, 0, 64), lbs(lbd, 0, 64, 512)
+    pp, tg, tgd = mean(pps), mean(tgs), mean(tgds)
+    ppair = pairs([r["prefill_tokens_per_s"] for r in b1], pps)
+    dpair = pairs([r["decode_tokens_per_s"] for r in b1], tgds)
     tg8 = mean([r["speed_tg"] for r in bb])
-    print(f"| {ours} / {theirs} | {f(mb)} | {f(cold)} | {f(pf)} | {f(pp)} | {ratio(pf, pp)} | {f(dc)} | {f(tgd)} | {ratio(dc, tgd)} | {f(tg)} | {ratio(dc, tg)} | {f(d8)} | {f(tg8)} | {ratio(d8, tg8)} |")
+    print(f"| {ours} / {theirs} | {f(mb)} | {f(cold)} | {f(pf)} | {f(pp)} | {ratio(pf, pp)} | {ppair} | {f(dc)} | {f(tgd)} | {ratio(dc, tgd)} | {dpair} | {f(tg)} | {ratio(dc, tg)} | {f(d8)} | {f(tg8)} | {ratio(d8, tg8)} |")
 if lim:
     bw, fl = lim[0]["read_bandwidth_bytes_per_s"], lim[0]["matmul_flops"]
     print()

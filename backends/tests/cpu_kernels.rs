@@ -119,6 +119,9 @@ fn attention_gqa_ratios_caches_and_padding() {
             (1, 2, 1, 40, 64, vec![0]),
             (3, 1, 7, 9, 24, vec![3, 0, 12]),
             (1, 2, 150, 0, 32, vec![0]),
+            // With 4 and 6 heads per KV head, a score block larger than the scratch a thread
+            // keeps between tasks.
+            (1, 1, 70, 1100, 16, vec![0]),
         ] {
             let nh = nkv * groups;
             let t = past + s;
@@ -148,6 +151,24 @@ fn attention_gqa_ratios_caches_and_padding() {
     }
 }
 
+/// Scores in the thousands: the softmax must subtract each row's true maximum (exp overflows
+/// past 88), so a wrong running maximum shows as inf or NaN here, where random unit inputs
+/// would hide it (the softmax of a row does not depend on the shift otherwise).
+#[test]
+fn attention_with_large_scores_subtracts_the_row_maximum() {
+    let (b, nkv, groups, s, d) = (1, 2, 4, 100, 16);
+    let q = random([b, s, nkv * groups, d]).swap_dims(1, 2) * 60.0;
+    let k = random([b, nkv, s, d]) * 3.0;
+    let v = random([b, nkv, s, d]);
+    let mask = AttentionMask::causal(0);
+    let ours = Cpu::causal_attention(q.clone(), k.clone(), v.clone(), &mask);
+    let reference = composite::causal_attention(q, k, v, &mask);
+    let values = ours.clone().into_data().into_vec::<f32>().unwrap();
+    assert!(values.iter().all(|x| x.is_finite()), "non-finite output");
+    let worst = max_diff(ours, reference);
+    assert!(worst < 1e-4, "{worst}");
+}
+
 fn buffer_address(t: &Tensor<Cpu, 4>) -> *const u8 {
     let p = t.clone().into_primitive().tensor();
     p.bytes().as_ptr()
@@ -160,6 +181,18 @@ fn cache_write_is_in_place_and_matches_slice_assign() {
     let expected = composite::cache_write(buffer.clone(), values.clone(), 5);
     let before = buffer_address(&buffer);
     let written = Cpu::cache_write(buffer, values, 5);
+    assert_eq!(buffer_address(&written), before, "the buffer was copied");
+    assert_eq!(max_diff(written, expected), 0.0);
+    // Values as a strided view (`[b, s, heads, d]` memory seen as `[b, heads, s, d]`, as
+    // `split_qkv` returns them), written twice at different offsets. (Both cases take the f32
+    // row-copy path; the other dtypes' copy is not exercised here.)
+    let buffer = Tensor::<Cpu, 4>::zeros([2, 3, 10, 8], &Default::default());
+    let values = random([2, 4, 3, 8]).swap_dims(1, 2);
+    let more = random([2, 1, 3, 8]).swap_dims(1, 2);
+    let expected = composite::cache_write(buffer.clone(), values.clone(), 1);
+    let expected = composite::cache_write(expected, more.clone(), 9);
+    let before = buffer_address(&buffer);
+    let written = Cpu::cache_write(Cpu::cache_write(buffer, values, 1), more, 9);
     assert_eq!(buffer_address(&written), before, "the buffer was copied");
     assert_eq!(max_diff(written, expected), 0.0);
 }

@@ -7,8 +7,9 @@
 //! - RoPE: reads the strided `[b, h, s, d]` view the QKV split produces, writes contiguous.
 //! - SwiGLU: `silu(gate) * up` in one pass.
 //! - Causal GQA attention: per (batch, KV head, block of queries), the `G` query heads of the
-//!   KV head share the keys and values (never repeated), scores only up to the causal bound of
-//!   the block, softmax in place, two GEMMs from the `gemm` crate (the one Flex uses).
+//!   KV head stacked into one block that meets the keys and values (never repeated) in two
+//!   GEMMs from the `gemm` crate (the one Flex uses), scores only up to the causal bound of
+//!   the block, softmax in place, in per-thread scratch buffers.
 //!
 //! Inputs in another dtype, or shapes a kernel does not cover, take the
 //! [`composite`](super::composite) path.
@@ -90,6 +91,26 @@ impl<'a> View4<'a> {
     }
 }
 
+/// Elements from which [`zeroed`] clears its buffer on the pool.
+const PARALLEL_ZEROING: usize = 1 << 18;
+
+/// A buffer of `len` zeros. A prefill's activations are 1-3 MiB per kernel, and
+/// `vec![0.0; len]` cleared them on the calling thread (glibc reuses freed memory, which it
+/// must clear) while the other cores waited: 3% of a 2-core prefill. Large buffers are cleared
+/// on the pool instead.
+fn zeroed(len: usize) -> Vec<f32> {
+    if len < PARALLEL_ZEROING {
+        return vec![0.0; len];
+    }
+    let mut out = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(1 << 14)
+        .for_each(|c| c.fill(std::mem::MaybeUninit::new(0.0)));
+    // SAFETY: the loop above wrote the first `len` elements of the capacity.
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// `out = x * rsqrt(mean(x^2) + eps) * w` for one row.
 #[inline]
 fn rms_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
@@ -163,7 +184,7 @@ pub fn rms_norm(x: Tensor<Flex, 3>, weight: Tensor<Flex, 1>, eps: f64) -> Tensor
     let h = dims[2];
     let (x, w) = (primitive(x), primitive(weight));
     let (x, w) = (contiguous(&x), contiguous(&w));
-    let mut out = vec![0f32; x.len()];
+    let mut out = zeroed(x.len());
     for_rows(&mut out, h, |i, row| {
         rms_row(&x[i * h..(i + 1) * h], &w, eps as f32, row)
     });
@@ -184,8 +205,8 @@ pub fn add_rms_norm(
     let h = dims[2];
     let (x, r, w) = (primitive(x), primitive(residual), primitive(weight));
     let (x, r, w) = (contiguous(&x), contiguous(&r), contiguous(&w));
-    let mut sum = vec![0f32; x.len()];
-    let mut normed = vec![0f32; x.len()];
+    let mut sum = zeroed(x.len());
+    let mut normed = zeroed(x.len());
     let work = x.len();
     for_rows_of([&mut sum, &mut normed], [h, h], work, |i, [s, n]| {
         let (x, r) = (&x[i * h..(i + 1) * h], &r[i * h..(i + 1) * h]);
@@ -215,9 +236,9 @@ pub fn split_qkv(
     let g = heads / kv_heads;
     let xp = primitive(qkv);
     let x = contiguous(&xp);
-    let mut q = vec![0f32; b * s * heads * d];
-    let mut k = vec![0f32; b * s * kv_heads * d];
-    let mut v = vec![0f32; b * s * kv_heads * d];
+    let mut q = zeroed(b * s * heads * d);
+    let mut k = zeroed(b * s * kv_heads * d);
+    let mut v = zeroed(b * s * kv_heads * d);
     let (qw, kw) = (heads * d, kv_heads * d);
     let work = x.len();
     for_rows_of(
@@ -253,7 +274,7 @@ pub fn rope(x: Tensor<Flex, 4>, cos: Tensor<Flex, 3>, sin: Tensor<Flex, 3>) -> T
     let (cos, sin) = (primitive(cos), primitive(sin));
     let (cos, sin) = (contiguous(&cos), contiguous(&sin));
     let half = d / 2;
-    let mut out = vec![0f32; b * h * s * d];
+    let mut out = zeroed(b * h * s * d);
     for_rows(&mut out, d, |row, o| {
         let (bi, rest) = (row / (h * s), row % (h * s));
         let (hi, si) = (rest / s, rest % s);
@@ -276,7 +297,7 @@ pub fn swiglu(gate: Tensor<Flex, 3>, up: Tensor<Flex, 3>) -> Tensor<Flex, 3> {
     let dims = gate.dims();
     let (g, u) = (primitive(gate), primitive(up));
     let (g, u) = (contiguous(&g), contiguous(&u));
-    let mut out = vec![0f32; g.len()];
+    let mut out = zeroed(g.len());
     let width = dims[2];
     for_rows(&mut out, width, |i, row| {
         let (g, u) = (
@@ -314,7 +335,28 @@ pub fn cache_write(
             start,
         );
     }
-    let vals = primitive(values).to_contiguous();
+    let vals = primitive(values);
+    if buf.dtype() == DType::F32
+        && s > 0
+        && d > 0
+        && let Some(view) = View4::new(&vals)
+    {
+        // Straight from the (often strided: `[b, s, heads, d]` memory seen as
+        // `[b, heads, s, d]`) values into the buffer, one `d`-value row at a time, without
+        // burn-flex's generic strided gather into a contiguous copy first.
+        let dst = buf.try_storage_mut::<f32>().expect("checked unique");
+        for (row, out) in dst.chunks_exact_mut(cap * d).enumerate().take(b * h) {
+            let (bi, hi) = (row / h, row % h);
+            for (t, slot) in out[start * d..(start + s) * d]
+                .chunks_exact_mut(d)
+                .enumerate()
+            {
+                slot.copy_from_slice(view.row(bi, hi, t, d));
+            }
+        }
+        return Tensor::from_primitive(TensorPrimitive::Float(buf));
+    }
+    let vals = vals.to_contiguous();
     fn copy<E: burn::tensor::Element + bytemuck::Pod>(
         buf: &mut FlexTensor,
         vals: &FlexTensor,
@@ -457,6 +499,87 @@ unsafe fn gemm_f32(
     }
 }
 
+/// The largest of `xs` (NaNs ignored, as `f32::max` does; `f32::MIN` for none), in eight
+/// independent lanes: one running maximum over a score row was a chain of dependent `maxss`
+/// and took a fifth of the prefill attention's time. The maximum of a set does not depend on
+/// the order it is taken in, so the result is the same.
+fn max_of(xs: &[f32]) -> f32 {
+    let mut lanes = [f32::MIN; 8];
+    let chunks = xs.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (m, &x) in lanes.iter_mut().zip(c) {
+            *m = m.max(x);
+        }
+    }
+    let mut max = lanes.into_iter().fold(f32::MIN, f32::max);
+    for &x in rest {
+        max = max.max(x);
+    }
+    max
+}
+
+thread_local! {
+    /// A thread's attention buffers (on the pool, or the caller's when a call runs on one
+    /// thread): the stacked query heads (then their outputs) and the score block.
+    static ATTENTION_SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Elements of each scratch buffer a thread keeps from one attention task to the next (1 MiB;
+/// 2 MiB per thread for the two): a 512-token prefill's score blocks fit. A larger block (long
+/// contexts, up to [`SCORE_BUDGET`]) is allocated for its task and freed after it, as every
+/// block was before the scratch.
+const RETAINED_SCRATCH: usize = 1 << 18;
+
+/// Makes `buf` at least `len` long, allocating exactly that much when it grows.
+fn grow(buf: &mut Vec<f32>, len: usize) {
+    if buf.len() < len {
+        buf.reserve_exact(len - buf.len());
+        buf.resize(len, 0.0);
+    }
+}
+
+/// Softmax of one score row in place: keys `0..limit` are causally visible, padded keys
+/// (`pad[j] != 0`) get no weight, the keys after `limit` are zeroed. A row that sees no key at
+/// all (a left-padding query) gets the average over the row's keys.
+fn softmax_row(row: &mut [f32], limit: usize, pad: Option<&[u8]>) {
+    let width = row.len();
+    let (visible, later) = row.split_at_mut(limit);
+    later.fill(0.0);
+    let (max, any) = match pad {
+        None => (max_of(visible), !visible.is_empty()),
+        Some(p) => {
+            let mut max = f32::MIN;
+            let mut any = false;
+            for (j, x) in visible.iter_mut().enumerate() {
+                if p[j] != 0 {
+                    *x = f32::MIN;
+                } else {
+                    max = max.max(*x);
+                    any = true;
+                }
+            }
+            (max, any)
+        }
+    };
+    if !any {
+        row.fill(1.0 / width as f32);
+        return;
+    }
+    let mut sum = super::cpu_simd::exp_sub_sum(visible, max);
+    if let Some(p) = pad {
+        for (j, x) in visible.iter_mut().enumerate() {
+            if p[j] != 0 {
+                sum -= *x;
+                *x = 0.0;
+            }
+        }
+    }
+    let inv = 1.0 / sum;
+    visible.iter_mut().for_each(|x| *x *= inv);
+}
+
 /// See [`super::Kernels::causal_attention`].
 pub fn causal_attention(
     q: Tensor<Flex, 4>,
@@ -473,6 +596,9 @@ pub fn causal_attention(
     }
     let [b, nh, s, d] = q.dims();
     let [_, nkv, t, _] = k.dims();
+    if s == 0 || d == 0 || nkv == 0 || nh % nkv != 0 || nh == 0 {
+        return composite::causal_attention(q, k, v, mask);
+    }
     let g = nh / nkv;
     let (qp, kp, vp) = (primitive(q), primitive(k), primitive(v));
     let (qp, kp, vp) = (
@@ -511,7 +637,7 @@ pub fn causal_attention(
         .min(s)
         .min((SCORE_BUDGET / (g * t.max(1))).max(1));
     let blocks = s.div_ceil(block);
-    let mut out = vec![0f32; b * nh * s * d];
+    let mut out = zeroed(b * nh * s * d);
     let out_ptr = OutPtr(out.as_mut_ptr());
     let task = |index: usize| {
         let out_ptr = out_ptr;
@@ -524,20 +650,32 @@ pub fn causal_attention(
         if t_end == 0 {
             return;
         }
-        let mut scores = vec![0f32; g * rows * t_end];
-        for gi in 0..g {
-            let head = kvh * g + gi;
-            // SAFETY: q rows [q0, q1) of `head` and keys [0, t_end) are inside their buffers;
-            // `scores` has room for rows x t_end.
+        // The g query heads that share this key/value head, stacked into one [g * rows, d]
+        // block (row gi * rows + r), so that one GEMM of g * rows rows multiplies the keys
+        // (packed once instead of once per head) and one multiplies the values.
+        // Both buffers are the thread's scratch, reused from task to task (a fresh 0.5 MiB
+        // score block per task was cleared and page-faulted every time); every element a
+        // task reads it wrote first.
+        ATTENTION_SCRATCH.with_borrow_mut(|(qbuf, sbuf)| {
+            grow(qbuf, g * rows * d);
+            grow(sbuf, g * rows * t_end);
+            let queries = &mut qbuf[..g * rows * d];
+            let scores = &mut sbuf[..g * rows * t_end];
+            for (i, dst) in queries.chunks_exact_mut(d).enumerate() {
+                let (gi, r) = (i / rows, i % rows);
+                dst.copy_from_slice(qv.row(bi, kvh * g + gi, q0 + r, d));
+            }
+            // SAFETY: `queries` holds g * rows rows of d values, keys [0, t_end) are inside k's
+            // buffer, and `scores` has room for g * rows x t_end.
             unsafe {
                 gemm_f32(
-                    rows,
+                    g * rows,
                     t_end,
                     d,
-                    scores[gi * rows * t_end..].as_mut_ptr(),
+                    scores.as_mut_ptr(),
                     t_end as isize,
-                    qv.ptr(bi, head, q0),
-                    qv.strides[2] as isize,
+                    queries.as_ptr(),
+                    d as isize,
                     1,
                     kv.ptr(bi, kvh, 0),
                     1,
@@ -545,55 +683,23 @@ pub fn causal_attention(
                     scale,
                 );
             }
-        }
-        let pad_row = padding.as_ref().map(|p| &p[bi * t..bi * t + t_end]);
-        for (r, row) in scores.chunks_mut(t_end).enumerate() {
-            let slot = past + q0 + r % rows; // key slot of this query
-            let limit = (slot + 1).min(t_end); // keys 0..limit are causally visible
-            let (visible, later) = row.split_at_mut(limit);
-            later.fill(0.0);
-            let mut max = f32::MIN;
-            let mut any = false;
-            for (j, x) in visible.iter_mut().enumerate() {
-                if pad_row.is_some_and(|p| p[j] != 0) {
-                    *x = f32::MIN;
-                } else {
-                    max = max.max(*x);
-                    any = true;
-                }
+            let pad_row = padding.as_ref().map(|p| &p[bi * t..bi * t + t_end]);
+            for (r, row) in scores.chunks_mut(t_end).enumerate() {
+                let slot = past + q0 + r % rows; // key slot of this query
+                softmax_row(row, (slot + 1).min(t_end), pad_row);
             }
-            if !any {
-                // Every key is masked (a left-padding row): the average over the row's keys.
-                row.fill(1.0 / t_end as f32);
-                continue;
-            }
-            let mut sum = super::cpu_simd::exp_sub_sum(visible, max);
-            if let Some(p) = pad_row {
-                for (j, x) in visible.iter_mut().enumerate() {
-                    if p[j] != 0 {
-                        sum -= *x;
-                        *x = 0.0;
-                    }
-                }
-            }
-            let inv = 1.0 / sum;
-            visible.iter_mut().for_each(|x| *x *= inv);
-        }
-        for gi in 0..g {
-            let head = kvh * g + gi;
-            // The output is laid out [b, s, heads, d], so that the model's swap back to
-            // [b, s, heads * d] needs no copy.
-            let dst = ((bi * s + q0) * nh + head) * d;
-            // SAFETY: this task alone writes rows [q0, q1) of `head` in batch `bi`; values
-            // [0, t_end) are inside v's buffer.
+            // The stacked heads' outputs, [g * rows, d] (the query block's layout).
+            let outputs = queries;
+            // SAFETY: `scores` holds g * rows x t_end, values [0, t_end) are inside v's buffer
+            // and `outputs` has room for g * rows x d.
             unsafe {
                 gemm_f32(
-                    rows,
+                    g * rows,
                     d,
                     t_end,
-                    out_ptr.0.add(dst),
-                    (nh * d) as isize,
-                    scores[gi * rows * t_end..].as_ptr(),
+                    outputs.as_mut_ptr(),
+                    d as isize,
+                    scores.as_ptr(),
                     t_end as isize,
                     1,
                     vv.ptr(bi, kvh, 0),
@@ -602,7 +708,21 @@ pub fn causal_attention(
                     1.0,
                 );
             }
-        }
+            for (i, row) in outputs.chunks_exact(d).enumerate() {
+                let (gi, r) = (i / rows, i % rows);
+                // The output is laid out [b, s, heads, d], so that the model's swap back to
+                // [b, s, heads * d] needs no copy.
+                let dst = ((bi * s + q0 + r) * nh + kvh * g + gi) * d;
+                // SAFETY: this task alone writes rows [q0, q1) of the heads of `kvh` in batch
+                // `bi`; `dst..dst + d` is inside `out`.
+                unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), out_ptr.0.add(dst), d) };
+            }
+            for buf in [qbuf, sbuf] {
+                if buf.capacity() > RETAINED_SCRATCH {
+                    *buf = Vec::new();
+                }
+            }
+        });
     };
     let tasks = b * nkv * blocks;
     if tasks > 1 && b * nh * s * t * d >= PARALLEL_MIN {
