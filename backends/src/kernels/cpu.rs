@@ -499,26 +499,6 @@ unsafe fn gemm_f32(
     }
 }
 
-/// The largest of `xs` (NaNs ignored, as `f32::max` does; `f32::MIN` for none), in eight
-/// independent lanes: one running maximum over a score row was a chain of dependent `maxss`
-/// and took a fifth of the prefill attention's time. The maximum of a set does not depend on
-/// the order it is taken in, so the result is the same.
-fn max_of(xs: &[f32]) -> f32 {
-    let mut lanes = [f32::MIN; 8];
-    let chunks = xs.chunks_exact(8);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for (m, &x) in lanes.iter_mut().zip(c) {
-            *m = m.max(x);
-        }
-    }
-    let mut max = lanes.into_iter().fold(f32::MIN, f32::max);
-    for &x in rest {
-        max = max.max(x);
-    }
-    max
-}
-
 thread_local! {
     /// A thread's attention buffers (on the pool, or the caller's when a call runs on one
     /// thread): the stacked query heads (then their outputs) and the score block.
@@ -548,7 +528,10 @@ fn softmax_row(row: &mut [f32], limit: usize, pad: Option<&[u8]>) {
     let (visible, later) = row.split_at_mut(limit);
     later.fill(0.0);
     let (max, any) = match pad {
-        None => (max_of(visible), !visible.is_empty()),
+        None => (
+            super::cpu_simd::max_of(visible, f32::MIN),
+            !visible.is_empty(),
+        ),
         Some(p) => {
             let mut max = f32::MIN;
             let mut any = false;

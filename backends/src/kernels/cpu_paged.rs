@@ -441,7 +441,7 @@ fn run_task<M: Math>(ctx: &Ctx<'_>, task: &Task) {
     }
     for (i, row) in scores.chunks_mut(t_end).enumerate() {
         let visible = &mut row[..first_slot + i % rows + 1];
-        let max = visible.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        let max = super::cpu_simd::max_of(visible, f32::NEG_INFINITY);
         let inv = 1.0 / super::cpu_simd::exp_sub_sum(visible, max);
         visible.iter_mut().for_each(|x| *x *= inv);
         let head = task.kv_head * g + i / rows;
