@@ -22,10 +22,74 @@ fn max_diff<const D: usize>(a: Tensor<Cpu, D>, b: Tensor<Cpu, D>) -> f32 {
         a.into_data().into_vec::<f32>().unwrap(),
         b.into_data().into_vec::<f32>().unwrap(),
     );
+    // A NaN on either side counts as an infinite difference (`f32::max` would skip it).
     a.iter()
         .zip(&b)
         .map(|(x, y)| (x - y).abs())
+        .map(|d| if d.is_nan() { f32::INFINITY } else { d })
         .fold(0f32, f32::max)
+}
+
+/// Fills and frees a few blocks of `len` NaNs, so that the allocation a kernel makes next
+/// likely reuses one of them (glibc keeps freed blocks once a kernel has called
+/// `keep_freed_memory`): an output value the kernel does not write then shows as NaN.
+fn poison(len: usize) {
+    internlm2_backends::memory::keep_freed_memory();
+    let blocks: Vec<Vec<f32>> = (0..4).map(|_| vec![f32::NAN; len]).collect();
+    drop(std::hint::black_box(blocks));
+}
+
+/// The kernels allocate their outputs without clearing them: over freed NaN-filled memory,
+/// every output value must still be written (prefill-sized calls, on the pool, and small ones).
+#[test]
+fn every_output_value_is_written_over_reused_memory() {
+    for [b, s, h] in [[1, 3, 8], [2, 300, 512]] {
+        let (x, r, w) = (random([b, s, h]), random([b, s, h]), random([h]));
+        poison(b * s * h);
+        let d = max_diff(
+            Cpu::rms_norm(x.clone(), w.clone(), 1e-5),
+            composite::rms_norm(x.clone(), w.clone(), 1e-5),
+        );
+        assert!(d < TOLERANCE, "rms_norm {b}x{s}x{h}: {d}");
+        poison(b * s * h);
+        let (s1, n1) = Cpu::add_rms_norm(x.clone(), r.clone(), w.clone(), 1e-5);
+        let (s2, n2) = composite::add_rms_norm(x, r, w, 1e-5);
+        assert!(max_diff(s1, s2) < TOLERANCE && max_diff(n1, n2) < TOLERANCE);
+        let (g, u) = (random([b, s, 3 * h]), random([b, s, 3 * h]));
+        poison(b * s * 3 * h);
+        let d = max_diff(Cpu::swiglu(g.clone(), u.clone()), composite::swiglu(g, u));
+        assert!(d < TOLERANCE, "swiglu {b}x{s}x{h}: {d}");
+    }
+    for (b, s, nh, nkv, d) in [(1, 2, 8, 2, 4), (2, 300, 8, 2, 64)] {
+        let qkv = random([b, s, (nh + 2 * nkv) * d]);
+        poison(b * s * nh * d);
+        poison(b * s * nkv * d);
+        let (q1, k1, v1) = Cpu::split_qkv(qkv.clone(), nh, nkv);
+        let (q2, k2, v2) = composite::split_qkv(qkv, nh, nkv);
+        for (name, got, want) in [("q", q1, q2), ("k", k1, k2), ("v", v1, v2)] {
+            assert_eq!(max_diff(got, want), 0.0, "{name} {b}x{s} {nh}/{nkv}x{d}");
+        }
+        let x = random([b, s, nh, d]).swap_dims(1, 2);
+        let (cos, sin) = (random([b, s, d]), random([b, s, d]));
+        poison(b * s * nh * d);
+        let dd = max_diff(
+            Cpu::rope(x.clone(), cos.clone(), sin.clone()),
+            composite::rope(x, cos, sin),
+        );
+        assert!(dd < TOLERANCE, "rope {b}x{s} {nh}x{d}: {dd}");
+        let (q, k, v) = (
+            random([b, nh, s, d]),
+            random([b, nkv, s, d]),
+            random([b, nkv, s, d]),
+        );
+        let mask = AttentionMask::causal(0);
+        poison(b * s * nh * d);
+        let dd = max_diff(
+            Cpu::causal_attention(q.clone(), k.clone(), v.clone(), &mask),
+            composite::causal_attention(q, k, v, &mask),
+        );
+        assert!(dd < TOLERANCE, "attention {b}x{s} {nh}/{nkv}x{d}: {dd}");
+    }
 }
 
 #[test]
@@ -82,7 +146,8 @@ fn split_qkv_copies_exactly_what_the_composite_views_hold() {
 
 #[test]
 fn rope_on_strided_views() {
-    for [b, h, s, d] in [[1, 1, 1, 4], [2, 3, 5, 6], [2, 8, 67, 64]] {
+    // An odd head size (no model has one) takes the composite path.
+    for [b, h, s, d] in [[1, 1, 1, 4], [2, 3, 5, 6], [2, 8, 67, 64], [1, 2, 3, 5]] {
         // The layout the model produces: [b, s, h, d] viewed as [b, h, s, d].
         let x = random([b, s, h, d]).swap_dims(1, 2);
         let (cos, sin) = (random([b, s, d]), random([b, s, d]));

@@ -14,6 +14,8 @@
 //! Inputs in another dtype, or shapes a kernel does not cover, take the
 //! [`composite`](super::composite) path.
 
+use std::mem::MaybeUninit;
+
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
@@ -91,29 +93,25 @@ impl<'a> View4<'a> {
     }
 }
 
-/// Elements from which [`zeroed`] clears its buffer on the pool.
-const PARALLEL_ZEROING: usize = 1 << 18;
-
-/// A buffer of `len` zeros. A prefill's activations are 1-3 MiB per kernel, and
-/// `vec![0.0; len]` cleared them on the calling thread (glibc reuses freed memory, which it
-/// must clear) while the other cores waited: 3% of a 2-core prefill. Large buffers are cleared
-/// on the pool instead.
-fn zeroed(len: usize) -> Vec<f32> {
-    if len < PARALLEL_ZEROING {
-        return vec![0.0; len];
-    }
+/// A buffer of `len` values that `fill` writes in full, allocated without being cleared: the
+/// kernels that compute every value of their output (norms, the QKV split, RoPE, SwiGLU,
+/// attention) cleared 1-3 MiB per call first (glibc clears the reused memory it returns; on
+/// the pool that was still 2% of a 512-token prefill's time).
+///
+/// # Safety
+/// `fill` must write every element of the slice it is given before returning.
+unsafe fn written(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
     let mut out = Vec::with_capacity(len);
-    out.spare_capacity_mut()[..len]
-        .par_chunks_mut(1 << 14)
-        .for_each(|c| c.fill(std::mem::MaybeUninit::new(0.0)));
-    // SAFETY: the loop above wrote the first `len` elements of the capacity.
+    fill(&mut out.spare_capacity_mut()[..len]);
+    // SAFETY: the caller's `fill` wrote the first `len` elements of the capacity.
     unsafe { out.set_len(len) };
     out
 }
 
-/// `out = x * rsqrt(mean(x^2) + eps) * w` for one row.
+/// `out = x * rsqrt(mean(x^2) + eps) * w` for one row (`out`, `x` and `w` of one length).
 #[inline]
-fn rms_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+fn rms_row(x: &[f32], w: &[f32], eps: f32, out: &mut [MaybeUninit<f32>]) {
+    debug_assert!(x.len() == out.len() && w.len() == out.len());
     let mut acc = [0f32; 8];
     let chunks = x.chunks_exact(8);
     let rest = chunks.remainder();
@@ -126,13 +124,13 @@ fn rms_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     sum += rest.iter().map(|v| v * v).sum::<f32>();
     let r = 1.0 / (sum / x.len() as f32 + eps).sqrt();
     for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
-        *o = v * r * g;
+        o.write(v * r * g);
     }
 }
 
 /// Runs `f(i, row)` for every row `i` of `out` (rows of `width` values), on the pool when the
 /// call is large.
-fn for_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+fn for_rows<T: Send>(out: &mut [T], width: usize, f: impl Fn(usize, &mut [T]) + Sync) {
     let work = out.len();
     for_rows_of([out], [width], work, |i, [row]| f(i, row));
 }
@@ -140,11 +138,11 @@ fn for_rows(out: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync)
 /// Runs `f(i, parts)` for every row `i`, where `parts[j]` is row `i` of `outs[j]` (rows of
 /// `widths[j]` values; as many rows as the shortest of `outs` holds), on the pool when `work`
 /// (values the call touches) reaches [`PARALLEL_MIN`], else on the calling thread.
-fn for_rows_of<const N: usize>(
-    outs: [&mut [f32]; N],
+fn for_rows_of<T: Send, const N: usize>(
+    outs: [&mut [T]; N],
     widths: [usize; N],
     work: usize,
-    f: impl Fn(usize, [&mut [f32]; N]) + Sync,
+    f: impl Fn(usize, [&mut [T]; N]) + Sync,
 ) {
     if N == 0 {
         return;
@@ -155,7 +153,7 @@ fn for_rows_of<const N: usize>(
         j += 1;
         o.chunks_mut(width)
     });
-    let items: Vec<[&mut [f32]; N]> = std::iter::repeat(())
+    let items: Vec<[&mut [T]; N]> = std::iter::repeat(())
         .map_while(|_| {
             let parts = chunks.each_mut().map(Iterator::next);
             let whole = parts.iter().all(Option::is_some);
@@ -182,12 +180,20 @@ pub fn rms_norm(x: Tensor<Flex, 3>, weight: Tensor<Flex, 1>, eps: f64) -> Tensor
     }
     let dims = x.dims();
     let h = dims[2];
+    if weight.dims()[0] != h {
+        return composite::rms_norm(x, weight, eps);
+    }
     let (x, w) = (primitive(x), primitive(weight));
     let (x, w) = (contiguous(&x), contiguous(&w));
-    let mut out = zeroed(x.len());
-    for_rows(&mut out, h, |i, row| {
-        rms_row(&x[i * h..(i + 1) * h], &w, eps as f32, row)
-    });
+    // SAFETY: the rows of `h` values cover the buffer and `rms_row` writes each of them
+    // (`x`'s rows and `w` are `h` long).
+    let out = unsafe {
+        written(x.len(), |out| {
+            for_rows(out, h, |i, row| {
+                rms_row(&x[i * h..(i + 1) * h], &w, eps as f32, row)
+            })
+        })
+    };
     wrap(out, dims)
 }
 
@@ -203,19 +209,38 @@ pub fn add_rms_norm(
     }
     let dims = x.dims();
     let h = dims[2];
+    if residual.dims() != dims || weight.dims()[0] != h {
+        return composite::add_rms_norm(x, residual, weight, eps);
+    }
     let (x, r, w) = (primitive(x), primitive(residual), primitive(weight));
     let (x, r, w) = (contiguous(&x), contiguous(&r), contiguous(&w));
-    let mut sum = zeroed(x.len());
-    let mut normed = zeroed(x.len());
     let work = x.len();
-    for_rows_of([&mut sum, &mut normed], [h, h], work, |i, [s, n]| {
-        let (x, r) = (&x[i * h..(i + 1) * h], &r[i * h..(i + 1) * h]);
-        for ((s, a), b) in s.iter_mut().zip(x).zip(r) {
-            *s = a + b;
-        }
-        rms_row(s, &w, eps as f32, n)
-    });
+    let mut normed = Vec::with_capacity(work);
+    let fill = |sum: &mut [MaybeUninit<f32>]| {
+        let normed = &mut normed.spare_capacity_mut()[..work];
+        for_rows_of([sum, normed], [h, h], work, |i, [s, n]| {
+            let (x, r) = (&x[i * h..(i + 1) * h], &r[i * h..(i + 1) * h]);
+            for ((s, a), b) in s.iter_mut().zip(x).zip(r) {
+                s.write(a + b);
+            }
+            // SAFETY: the loop above wrote every value of `s`.
+            let s = unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<f32>(), s.len()) };
+            rms_row(s, &w, eps as f32, n)
+        });
+    };
+    // SAFETY: the rows of `h` values cover both buffers (`x`, `r` and `w` have the shapes
+    // checked above), and each row of `sum` and of `normed` is written in full.
+    let sum = unsafe { written(work, fill) };
+    // SAFETY: the loop above wrote every row of `normed`.
+    unsafe { normed.set_len(work) };
     (wrap(sum, dims), wrap(normed, dims))
+}
+
+/// Writes `src` into `dst` (of the same length).
+fn copy_into(dst: &mut [MaybeUninit<f32>], src: &[f32]) {
+    assert_eq!(dst.len(), src.len());
+    // SAFETY: both hold `src.len()` values and a `&mut` slot cannot overlap a `&` slice.
+    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr().cast(), src.len()) };
 }
 
 /// See [`super::Kernels::split_qkv`]. burn-flex's reshape copies any non-contiguous view on
@@ -236,24 +261,33 @@ pub fn split_qkv(
     let g = heads / kv_heads;
     let xp = primitive(qkv);
     let x = contiguous(&xp);
-    let mut q = zeroed(b * s * heads * d);
-    let mut k = zeroed(b * s * kv_heads * d);
-    let mut v = zeroed(b * s * kv_heads * d);
     let (qw, kw) = (heads * d, kv_heads * d);
+    let rows = b * s;
+    let (mut k, mut v) = (Vec::with_capacity(rows * kw), Vec::with_capacity(rows * kw));
     let work = x.len();
-    for_rows_of(
-        [&mut q, &mut k, &mut v],
-        [qw, kw, kw],
-        work,
-        |row, [q, k, v]| {
-            let src = &x[row * width..(row + 1) * width];
-            for (h, part) in src.chunks_exact((g + 2) * d).enumerate() {
-                q[h * g * d..(h + 1) * g * d].copy_from_slice(&part[..g * d]);
-                k[h * d..(h + 1) * d].copy_from_slice(&part[g * d..(g + 1) * d]);
-                v[h * d..(h + 1) * d].copy_from_slice(&part[(g + 1) * d..]);
-            }
-        },
-    );
+    // SAFETY: `qkv_head_dim` checked that `width` is `kv_heads` groups of `g` query heads, a
+    // key head and a value head of `d` values (`heads = g * kv_heads`), so each row's
+    // `kv_heads` groups write all `qw`, `kw` and `kw` values of its rows of `q`, `k` and `v`,
+    // and the `rows` rows cover the three buffers.
+    let q = unsafe {
+        written(rows * qw, |q| {
+            let k = &mut k.spare_capacity_mut()[..rows * kw];
+            let v = &mut v.spare_capacity_mut()[..rows * kw];
+            for_rows_of([q, k, v], [qw, kw, kw], work, |row, [q, k, v]| {
+                let src = &x[row * width..(row + 1) * width];
+                for (h, part) in src.chunks_exact((g + 2) * d).enumerate() {
+                    copy_into(&mut q[h * g * d..(h + 1) * g * d], &part[..g * d]);
+                    copy_into(&mut k[h * d..(h + 1) * d], &part[g * d..(g + 1) * d]);
+                    copy_into(&mut v[h * d..(h + 1) * d], &part[(g + 1) * d..]);
+                }
+            });
+        })
+    };
+    // SAFETY: the loop above wrote every row of `k` and `v`.
+    unsafe {
+        k.set_len(rows * kw);
+        v.set_len(rows * kw);
+    }
     (
         wrap(q, [b, s, heads, d]).swap_dims(1, 2),
         wrap(k, [b, s, kv_heads, d]).swap_dims(1, 2),
@@ -267,6 +301,9 @@ pub fn rope(x: Tensor<Flex, 4>, cos: Tensor<Flex, 3>, sin: Tensor<Flex, 3>) -> T
         return composite::rope(x, cos, sin);
     }
     let [b, h, s, d] = x.dims();
+    if d % 2 != 0 {
+        return composite::rope(x, cos, sin);
+    }
     let xp = primitive(x);
     let Some(view) = View4::new(&xp) else {
         return composite::rope(Tensor::from_primitive(TensorPrimitive::Float(xp)), cos, sin);
@@ -274,18 +311,23 @@ pub fn rope(x: Tensor<Flex, 4>, cos: Tensor<Flex, 3>, sin: Tensor<Flex, 3>) -> T
     let (cos, sin) = (primitive(cos), primitive(sin));
     let (cos, sin) = (contiguous(&cos), contiguous(&sin));
     let half = d / 2;
-    let mut out = zeroed(b * h * s * d);
-    for_rows(&mut out, d, |row, o| {
-        let (bi, rest) = (row / (h * s), row % (h * s));
-        let (hi, si) = (rest / s, rest % s);
-        let x = view.row(bi, hi, si, d);
-        let t = (bi * s + si) * d;
-        let (c, sn) = (&cos[t..t + d], &sin[t..t + d]);
-        for i in 0..half {
-            o[i] = x[i] * c[i] - x[i + half] * sn[i];
-            o[i + half] = x[i + half] * c[i + half] + x[i] * sn[i + half];
-        }
-    });
+    // SAFETY: the rows of `d` values cover the buffer, and with `d` even the loop writes
+    // values `0..half` and `half..d` of each.
+    let out = unsafe {
+        written(b * h * s * d, |out| {
+            for_rows(out, d, |row, o| {
+                let (bi, rest) = (row / (h * s), row % (h * s));
+                let (hi, si) = (rest / s, rest % s);
+                let x = view.row(bi, hi, si, d);
+                let t = (bi * s + si) * d;
+                let (c, sn) = (&cos[t..t + d], &sin[t..t + d]);
+                for i in 0..half {
+                    o[i].write(x[i] * c[i] - x[i + half] * sn[i]);
+                    o[i + half].write(x[i + half] * c[i + half] + x[i] * sn[i + half]);
+                }
+            })
+        })
+    };
     wrap(out, [b, h, s, d])
 }
 
@@ -295,17 +337,25 @@ pub fn swiglu(gate: Tensor<Flex, 3>, up: Tensor<Flex, 3>) -> Tensor<Flex, 3> {
         return composite::swiglu(gate, up);
     }
     let dims = gate.dims();
+    if up.dims() != dims {
+        return composite::swiglu(gate, up);
+    }
     let (g, u) = (primitive(gate), primitive(up));
     let (g, u) = (contiguous(&g), contiguous(&u));
-    let mut out = zeroed(g.len());
     let width = dims[2];
-    for_rows(&mut out, width, |i, row| {
-        let (g, u) = (
-            &g[i * width..(i + 1) * width],
-            &u[i * width..(i + 1) * width],
-        );
-        super::cpu_simd::silu_mul(g, u, row);
-    });
+    // SAFETY: the rows of `width` values cover the buffer and `silu_mul` writes every value
+    // of each (its inputs are as long).
+    let out = unsafe {
+        written(g.len(), |out| {
+            for_rows(out, width, |i, row| {
+                let (g, u) = (
+                    &g[i * width..(i + 1) * width],
+                    &u[i * width..(i + 1) * width],
+                );
+                super::cpu_simd::silu_mul(g, u, row);
+            })
+        })
+    };
     wrap(out, dims)
 }
 
@@ -620,7 +670,14 @@ pub fn causal_attention(
         .min(s)
         .min((SCORE_BUDGET / (g * t.max(1))).max(1));
     let blocks = s.div_ceil(block);
-    let mut out = zeroed(b * nh * s * d);
+    let len = b * nh * s * d;
+    // Every task writes all its rows but when there are no keys at all (`t = 0`, each task
+    // returns at once): then the output is zeros.
+    let mut out = if t == 0 {
+        vec![0.0; len]
+    } else {
+        Vec::with_capacity(len)
+    };
     let out_ptr = OutPtr(out.as_mut_ptr());
     let task = |index: usize| {
         let out_ptr = out_ptr;
@@ -713,5 +770,9 @@ pub fn causal_attention(
     } else {
         (0..tasks).for_each(task);
     }
+    // SAFETY: with keys (`t > 0`, so `t_end >= 1` in every task), the tasks cover every batch,
+    // KV head and query block, and each writes all `d` values of its `rows` queries of its
+    // `g` heads (`nh = g * nkv`): every value of the output.
+    unsafe { out.set_len(len) };
     wrap(out, [b, s, nh, d]).swap_dims(1, 2)
 }

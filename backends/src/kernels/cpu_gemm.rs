@@ -14,7 +14,7 @@
 //!
 //! Numerics: an output element is one `gemm` dot product over `k`, blocked along `k` by an
 //! amount `gemm` derives from `k` and the caches only (panels are kept wider than 64 outputs,
-//! see [`MIN_PANEL`]), so a row's result does not depend on how many rows the call has, how
+//! see [`min_panel`]), so a row's result does not depend on how many rows the call has, how
 //! they are split or the thread count; it does differ in the last bits from the skinny
 //! decoding kernels.
 
@@ -27,11 +27,36 @@ use rayon::prelude::*;
 /// `gemm`'s packed copy of the input).
 const PANEL_BUDGET: usize = 1 << 16;
 
-/// Narrowest panel. `gemm` picks its `k` blocking from `k` alone, except for products of at
-/// most 64 x 64 outputs, where it takes `min(k, 512)`: panels wider than 64 keep every row's
-/// summation order independent of how many rows the call (or its row block) has (for
-/// `k <= 512` it is anyway).
-const MIN_PANEL: usize = 80;
+/// Narrowest panel: the narrowest multiple of the panel unit ([`panel_unit`]) wider than 64.
+/// `gemm` picks its `k` blocking from `k` alone, except for products of at most 64 x 64
+/// outputs, where it takes `min(k, 512)`: panels wider than 64 keep every row's summation
+/// order independent of how many rows the call (or its row block) has (for `k <= 512` it is
+/// anyway).
+const fn min_panel(unit: usize) -> usize {
+    (64 / unit + 1) * unit
+}
+
+/// Output features one pass of `gemm`'s f32 microkernel covers, which panel widths are
+/// multiples of: 16 (two AVX2 registers, its `x2x6` kernel), 64 on AVX-512 machines (four
+/// registers, `x4x6`). A panel that is not a multiple runs its last features through a
+/// narrower, slower kernel: with 16-wide units an AVX-512 machine's 80-wide panels of the
+/// down projection (`k = 1536`) spent a fifth of their work in `x1x6`, 4% of a prefill.
+fn panel_unit() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static UNIT: OnceLock<usize> = OnceLock::new();
+        *UNIT.get_or_init(|| {
+            if is_x86_feature_detected!("avx512f") {
+                64
+            } else {
+                16
+            }
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    16
+}
 
 /// Fewest rows in a row block (see [`Grid`]); a call with fewer rows is not split by rows.
 const MIN_ROWS: usize = 128;
@@ -42,8 +67,9 @@ const MIN_ROWS: usize = 128;
 const TASKS_PER_THREAD: usize = 4;
 
 /// How one call's `m x n` output is split into tasks: `panels` ranges of output features
-/// (widths within 16 of each other, multiples of 16 but the last, at least [`MIN_PANEL`] when
-/// `n` allows), times `row_blocks` ranges of rows (at least [`MIN_ROWS`] each).
+/// (widths within one unit of each other, multiples of the unit ([`panel_unit`]) but the
+/// last, at least [`min_panel`] when `n` allows), times `row_blocks` ranges of rows (at least
+/// [`MIN_ROWS`] each).
 ///
 /// Why rows too: with panels alone (at most `n / 80` of them) a small model's prefill GEMMs
 /// had 4-12 tasks, so a pool of 16 threads left most of them idle. Why not rows alone: every
@@ -55,21 +81,29 @@ const TASKS_PER_THREAD: usize = 4;
 pub(crate) struct Grid {
     m: usize,
     n: usize,
+    unit: usize,
     panels: usize,
     row_blocks: usize,
 }
 
 impl Grid {
-    /// The split for `threads` pool threads.
+    /// The split for `threads` pool threads on this CPU.
     pub(crate) fn new(m: usize, n: usize, k: usize, threads: usize) -> Self {
+        Self::with_unit(m, n, k, threads, panel_unit())
+    }
+
+    /// The split for `threads` pool threads with panels in multiples of `unit` features.
+    fn with_unit(m: usize, n: usize, k: usize, threads: usize, unit: usize) -> Self {
         let threads = threads.max(1);
-        let by_cache = (PANEL_BUDGET / k.max(1)).clamp(MIN_PANEL, 512);
-        let panels = n.div_ceil(by_cache).min(n / MIN_PANEL).max(1);
+        let min_panel = min_panel(unit);
+        let by_cache = (PANEL_BUDGET / k.max(1)).clamp(min_panel, 512);
+        let panels = n.div_ceil(by_cache).min(n / min_panel).max(1);
         let wanted = TASKS_PER_THREAD * threads;
         let row_blocks = wanted.div_ceil(panels).min(m / MIN_ROWS).max(1);
         Self {
             m,
             n,
+            unit,
             panels,
             row_blocks,
         }
@@ -83,8 +117,8 @@ impl Grid {
     /// Task `t`'s output features and rows; consecutive tasks share a panel.
     pub(crate) fn task(&self, t: usize) -> (usize, std::ops::Range<usize>, std::ops::Range<usize>) {
         let (p, r) = (t / self.row_blocks, t % self.row_blocks);
-        let units = self.n.div_ceil(16);
-        let col = |p: usize| (units * p / self.panels * 16).min(self.n);
+        let units = self.n.div_ceil(self.unit);
+        let col = |p: usize| (units * p / self.panels * self.unit).min(self.n);
         let row = |r: usize| self.m * r / self.row_blocks;
         (p, col(p)..col(p + 1), row(r)..row(r + 1))
     }
@@ -279,28 +313,38 @@ mod tests {
 
     #[test]
     fn grids_cover_the_output_once_with_wide_panels_and_tall_blocks() {
-        for (m, n, k, threads) in [
-            (1, 1, 1, 2),
-            (512, 768, 512, 2),
-            (512, 512, 1536, 2),
-            (512, 92544, 512, 16),
-            (100, 4096, 100, 4),
-            (300, 70, 64, 8),
-            (512, 145, 512, 2),
-            (512, 177, 1024, 4),
-            (1000, 239, 2048, 3),
-            (2048, 1536, 512, 1),
+        for (m, n, k, threads, unit) in [
+            (1, 1, 1, 2, 16),
+            (512, 768, 512, 2, 16),
+            (512, 512, 1536, 2, 16),
+            (512, 512, 1536, 2, 64),
+            (512, 92544, 512, 16, 16),
+            (512, 92544, 512, 16, 64),
+            (100, 4096, 100, 4, 16),
+            (300, 70, 64, 8, 16),
+            (300, 70, 64, 8, 64),
+            (512, 145, 512, 2, 16),
+            (512, 300, 1536, 2, 64),
+            (512, 177, 1024, 4, 16),
+            (1000, 239, 2048, 3, 16),
+            (1000, 1000, 2048, 3, 64),
+            (2048, 1536, 512, 1, 16),
         ] {
-            let grid = Grid::new(m, n, k, threads);
+            let grid = Grid::with_unit(m, n, k, threads, unit);
             let mut seen = vec![0u8; m * n];
             for t in 0..grid.tasks() {
                 let (_, cols, rows) = grid.task(t);
                 let width = cols.len();
                 assert!(
-                    width == n || (MIN_PANEL..=512 + 16).contains(&width),
-                    "{m}x{n}x{k}: panel {cols:?}"
+                    width == n || (min_panel(unit)..=512 + unit).contains(&width),
+                    "{m}x{n}x{k}/{unit}: panel {cols:?}"
                 );
-                assert!(cols.start % 16 == 0, "{m}x{n}x{k}: panel {cols:?}");
+                assert!(cols.start % unit == 0, "{m}x{n}x{k}/{unit}: panel {cols:?}");
+                // Every panel but the last is whole units.
+                assert!(
+                    cols.end == n || width % unit == 0,
+                    "{m}x{n}x{k}/{unit}: panel {cols:?}"
+                );
                 assert!(
                     rows.len() == m || rows.len() >= MIN_ROWS,
                     "{m}x{n}x{k}: {rows:?}"
@@ -315,10 +359,18 @@ mod tests {
         }
         // A small model's prefill shapes keep every thread of a large pool busy (panels alone
         // gave 4-12 tasks), and a 2-thread pool at least 4 tasks per thread.
-        for (n, k) in [(768, 512), (512, 512), (1536, 512), (512, 1536)] {
-            assert!(Grid::new(2048, n, k, 16).tasks() >= 16, "{n} {k}");
-            assert!(Grid::new(512, n, k, 2).tasks() >= 8, "{n} {k}");
+        for unit in [16, 64] {
+            for (n, k) in [(768, 512), (512, 512), (1536, 512), (512, 1536)] {
+                let grid = |m, threads| Grid::with_unit(m, n, k, threads, unit);
+                assert!(grid(2048, 16).tasks() >= 16, "{n} {k} / {unit}");
+                assert!(grid(512, 2).tasks() >= 8, "{n} {k} / {unit}");
+            }
         }
+        // The down projection of the bench shape on an AVX-512 machine: four 128-wide panels
+        // (not 80- and 96-wide ones, whose last 16 or 32 features took narrower kernels).
+        let grid = Grid::with_unit(512, 512, 1536, 2, 64);
+        let widths: Vec<usize> = (0..grid.tasks()).map(|t| grid.task(t).1.len()).collect();
+        assert!(widths.iter().all(|&w| w == 128), "{widths:?}");
     }
 
     /// Calls of more than 16 rows (the only ones the prefill GEMM gets: fewer go to the skinny
@@ -352,15 +404,16 @@ mod tests {
 
     #[test]
     fn decoded_panels_are_filled_once_per_thread_and_panel() {
-        // One pool thread runs the tasks in order: 2 panels x 2 row blocks, 2 fills per call,
-        // and a second call (other values) must not reuse the first call's panels.
+        // One pool thread runs the tasks in order: one fill per panel (not per task), and a
+        // second call (other values) must not reuse the first call's panels.
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(1)
             .build()
             .unwrap();
-        let (m, k, n) = (1024, 1024, 160);
+        let (m, k, n) = (1024, 1024, 256);
         let grid = Grid::new(m, n, k, 1);
-        assert_eq!((grid.panels, grid.row_blocks), (2, 2), "{grid:?}");
+        // 3 x 2 with 16-wide units, 2 x 2 with 64-wide ones.
+        assert!(grid.panels >= 2 && grid.row_blocks >= 2, "{grid:?}");
         let x = vec![1.0f32; m * k];
         for scale in [1.0f32, 3.0] {
             let fills = AtomicU64::new(0);
@@ -374,9 +427,13 @@ mod tests {
                     Panel::Decoded
                 })
             });
-            assert_eq!(fills.load(Ordering::Relaxed), 2, "scale {scale}");
+            assert_eq!(
+                fills.load(Ordering::Relaxed),
+                grid.panels as u64,
+                "scale {scale}"
+            );
             for r in [0, 511, 512, 1023] {
-                for c in [0, 79, 80, 159] {
+                for c in [0, 79, 80, 127, 128, 255] {
                     assert_eq!(out[r * n + c], scale * (c * k) as f32, "{r} {c}");
                 }
             }

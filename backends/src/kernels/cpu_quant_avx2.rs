@@ -698,6 +698,9 @@ unsafe fn store32(out: *mut f32, q: &[__m256; 4], scale: __m256, min: __m256) {
 ///
 /// # Safety
 /// [`available`] must be true and `row` must be one packed row of `out.len()` values.
+// The features are enabled here, not only on the helpers: without them every intrinsic and
+// helper of the loop stayed an out-of-line call (one `_mm256_storeu_ps` call per 8 values).
+#[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn decode_row(format: WeightFormat, row: &[u8], out: &mut [f32]) {
     let (p, o, k) = (row.as_ptr(), out.as_mut_ptr(), out.len());
     // SAFETY: each arm reads whole blocks of the row and writes their values.

@@ -9,6 +9,7 @@
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
 
 #[cfg(target_arch = "x86_64")]
 fn avx2() -> bool {
@@ -125,7 +126,7 @@ pub(crate) fn exp_sub_sum(row: &mut [f32], max: f32) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn silu_mul_avx2(gate: &[f32], up: &[f32], out: &mut [f32]) {
+fn silu_mul_avx2(gate: &[f32], up: &[f32], out: &mut [MaybeUninit<f32>]) {
     let one = _mm256_set1_ps(1.0);
     let n = out.len() - out.len() % 8;
     for i in (0..n).step_by(8) {
@@ -135,16 +136,17 @@ fn silu_mul_avx2(gate: &[f32], up: &[f32], out: &mut [f32]) {
             let b = _mm256_loadu_ps(up.as_ptr().add(i));
             let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), a));
             let y = _mm256_mul_ps(_mm256_div_ps(a, _mm256_add_ps(one, e)), b);
-            _mm256_storeu_ps(out.as_mut_ptr().add(i), y);
+            _mm256_storeu_ps(out.as_mut_ptr().add(i).cast(), y);
         }
     }
     for i in n..out.len() {
-        out[i] = gate[i] / (1.0 + (-gate[i]).exp()) * up[i];
+        out[i].write(gate[i] / (1.0 + (-gate[i]).exp()) * up[i]);
     }
 }
 
-/// `out = silu(gate) * up` elementwise.
-pub(crate) fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+/// `out = silu(gate) * up` elementwise; writes every value of `out` (which may be
+/// uninitialized).
+pub(crate) fn silu_mul(gate: &[f32], up: &[f32], out: &mut [MaybeUninit<f32>]) {
     assert!(gate.len() >= out.len() && up.len() >= out.len());
     #[cfg(target_arch = "x86_64")]
     if avx2() {
@@ -152,7 +154,7 @@ pub(crate) fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
         return unsafe { silu_mul_avx2(gate, up, out) };
     }
     for ((o, &a), &b) in out.iter_mut().zip(gate).zip(up) {
-        *o = a / (1.0 + (-a).exp()) * b;
+        o.write(a / (1.0 + (-a).exp()) * b);
     }
 }
 
@@ -202,8 +204,10 @@ mod tests {
     fn silu_matches_the_definition() {
         let g: Vec<f32> = (0..37).map(|i| i as f32 * 0.7 - 12.0).collect();
         let u: Vec<f32> = (0..37).map(|i| 1.0 - i as f32 * 0.05).collect();
-        let mut out = vec![0f32; 37];
+        let mut out = vec![MaybeUninit::new(f32::NAN); 37];
         silu_mul(&g, &u, &mut out);
+        // SAFETY: `silu_mul` wrote (and the buffer started with) every value.
+        let out: Vec<f32> = out.iter().map(|v| unsafe { v.assume_init() }).collect();
         for i in 0..37 {
             let want = g[i] / (1.0 + (-g[i]).exp()) * u[i];
             assert!(
