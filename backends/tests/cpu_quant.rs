@@ -78,8 +78,8 @@ fn relative_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Whether the CPU mat-vec may have multiplied 8-bit activations for this call (see
-/// `kernels::set_int8_activations`; it does so only on AVX2 machines without the AVX-512
-/// kernels, but a looser check where it did not is still a check).
+/// `kernels::set_int8_activations`; it does so only on AVX2 machines, but a looser check
+/// where it did not is still a check).
 fn may_use_int8(format: WeightFormat, m: usize) -> bool {
     int8_activations()
         && m <= 16

@@ -16,8 +16,9 @@
 //! the integer block dots themselves are exact (a `Q6_K` super-block's 32-bit lanes can exceed
 //! 2^24, so their one conversion to f32 may round by a unit of the 25th bit, far below the
 //! activation rounding). A row's result still depends only on that row
-//! and the weight. The path is taken on x86-64 CPUs with AVX2 that the AVX-512 kernels do not
-//! serve, unless [`super::set_int8_activations`] turned it off.
+//! and the weight. The path is taken on x86-64 CPUs with AVX2 (AVX-512 ones included: there
+//! it decoded 22-25% faster than the AVX-512 f32 kernels at `Q8_0` and `Q4_0` and 60% at
+//! `Q4_K`), unless [`super::set_int8_activations`] turned it off.
 
 use crate::packed::WeightFormat;
 #[cfg(test)]
