@@ -29,8 +29,20 @@ impl Rng {
     }
 }
 
-/// Random but valid packed rows: random quantized values, sane f16 scales.
+/// Whether this file runs as the suite with 8-bit activations off: `cpu_quant_f32_activations.rs`
+/// includes it as a module, so that the f32 decoding kernels (on AVX-512 machines the grouped
+/// ones for Q8_0, Q4_0 and Q4_K, which the default leaves to the integer kernels) keep the
+/// same tests. The switch is process-wide; that binary only ever turns it off.
+pub(crate) fn f32_activations_suite() -> bool {
+    module_path!().starts_with("cpu_quant_f32_activations")
+}
+
+/// Random but valid packed rows: random quantized values, sane f16 scales. (Every test makes
+/// its weights here first: in the f32-activation suite this turns the 8-bit path off.)
 fn random_packed(format: WeightFormat, rows: usize, cols: usize, seed: u64) -> PackedWeight {
+    if f32_activations_suite() {
+        internlm2_backends::kernels::set_int8_activations(false);
+    }
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let row_bytes = format.row_bytes(cols).expect("whole blocks");
     let mut bytes: Vec<u8> = (0..rows * row_bytes).map(|_| rng.next() as u8).collect();

@@ -255,7 +255,8 @@ pub fn split_qkv(
 ) -> (Tensor<Flex, 4>, Tensor<Flex, 4>, Tensor<Flex, 4>) {
     let [b, s, width] = qkv.dims();
     let d = composite::qkv_head_dim(width, heads, kv_heads);
-    if qkv.dtype() != DType::F32 || d == 0 || b * s == 0 {
+    // (No query heads would leave no rows for the loop below to write keys and values in.)
+    if qkv.dtype() != DType::F32 || d == 0 || b * s == 0 || heads == 0 {
         return composite::split_qkv(qkv, heads, kv_heads);
     }
     let g = heads / kv_heads;
@@ -628,8 +629,17 @@ pub fn causal_attention(
         return composite::causal_attention(q, k, v, mask);
     }
     let [b, nh, s, d] = q.dims();
-    let [_, nkv, t, _] = k.dims();
-    if s == 0 || d == 0 || nkv == 0 || nh % nkv != 0 || nh == 0 {
+    let [kb, nkv, t, kd] = k.dims();
+    // The GEMMs below read keys and values through raw pointers: their shapes must agree with
+    // the queries' (the composite path reports a mismatch).
+    if s == 0
+        || d == 0
+        || nkv == 0
+        || nh % nkv != 0
+        || nh == 0
+        || (kb, kd) != (b, d)
+        || v.dims() != k.dims()
+    {
         return composite::causal_attention(q, k, v, mask);
     }
     let g = nh / nkv;
