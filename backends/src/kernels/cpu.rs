@@ -93,19 +93,29 @@ impl<'a> View4<'a> {
     }
 }
 
-/// A buffer of `len` values that `fill` writes in full, allocated without being cleared: the
-/// kernels that compute every value of their output (norms, the QKV split, RoPE, SwiGLU,
+/// `N` buffers of `lens` values that `fill` writes in full, allocated without being cleared:
+/// the kernels that compute every value of their outputs (norms, the QKV split, RoPE, SwiGLU,
 /// attention) cleared 1-3 MiB per call first (glibc clears the reused memory it returns; on
 /// the pool that was still 2% of a 512-token prefill's time).
 ///
 /// # Safety
-/// `fill` must write every element of the slice it is given before returning.
-unsafe fn written(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
-    let mut out = Vec::with_capacity(len);
-    fill(&mut out.spare_capacity_mut()[..len]);
-    // SAFETY: the caller's `fill` wrote the first `len` elements of the capacity.
-    unsafe { out.set_len(len) };
-    out
+/// `fill` must write every element of every slice it is given before returning.
+unsafe fn written<const N: usize>(
+    lens: [usize; N],
+    fill: impl FnOnce([&mut [MaybeUninit<f32>]; N]),
+) -> [Vec<f32>; N] {
+    let mut outs = lens.map(Vec::with_capacity);
+    let mut i = 0;
+    fill(outs.each_mut().map(|out| {
+        let slots = &mut out.spare_capacity_mut()[..lens[i]];
+        i += 1;
+        slots
+    }));
+    for (out, len) in outs.iter_mut().zip(lens) {
+        // SAFETY: the caller's `fill` wrote the first `len` elements of the capacity.
+        unsafe { out.set_len(len) };
+    }
+    outs
 }
 
 /// `out = x * rsqrt(mean(x^2) + eps) * w` for one row (`out`, `x` and `w` of one length).
@@ -187,8 +197,8 @@ pub fn rms_norm(x: Tensor<Flex, 3>, weight: Tensor<Flex, 1>, eps: f64) -> Tensor
     let (x, w) = (contiguous(&x), contiguous(&w));
     // SAFETY: the rows of `h` values cover the buffer and `rms_row` writes each of them
     // (`x`'s rows and `w` are `h` long).
-    let out = unsafe {
-        written(x.len(), |out| {
+    let [out] = unsafe {
+        written([x.len()], |[out]| {
             for_rows(out, h, |i, row| {
                 rms_row(&x[i * h..(i + 1) * h], &w, eps as f32, row)
             })
@@ -215,10 +225,8 @@ pub fn add_rms_norm(
     let (x, r, w) = (primitive(x), primitive(residual), primitive(weight));
     let (x, r, w) = (contiguous(&x), contiguous(&r), contiguous(&w));
     let work = x.len();
-    let mut normed = Vec::with_capacity(work);
-    let fill = |sum: &mut [MaybeUninit<f32>]| {
-        let normed = &mut normed.spare_capacity_mut()[..work];
-        for_rows_of([sum, normed], [h, h], work, |i, [s, n]| {
+    let fill = |outs: [&mut [MaybeUninit<f32>]; 2]| {
+        for_rows_of(outs, [h, h], work, |i, [s, n]| {
             let (x, r) = (&x[i * h..(i + 1) * h], &r[i * h..(i + 1) * h]);
             for ((s, a), b) in s.iter_mut().zip(x).zip(r) {
                 s.write(a + b);
@@ -230,9 +238,7 @@ pub fn add_rms_norm(
     };
     // SAFETY: the rows of `h` values cover both buffers (`x`, `r` and `w` have the shapes
     // checked above), and each row of `sum` and of `normed` is written in full.
-    let sum = unsafe { written(work, fill) };
-    // SAFETY: the loop above wrote every row of `normed`.
-    unsafe { normed.set_len(work) };
+    let [sum, normed] = unsafe { written([work, work], fill) };
     (wrap(sum, dims), wrap(normed, dims))
 }
 
@@ -264,17 +270,14 @@ pub fn split_qkv(
     let x = contiguous(&xp);
     let (qw, kw) = (heads * d, kv_heads * d);
     let rows = b * s;
-    let (mut k, mut v) = (Vec::with_capacity(rows * kw), Vec::with_capacity(rows * kw));
     let work = x.len();
     // SAFETY: `qkv_head_dim` checked that `width` is `kv_heads` groups of `g` query heads, a
     // key head and a value head of `d` values (`heads = g * kv_heads`), so each row's
     // `kv_heads` groups write all `qw`, `kw` and `kw` values of its rows of `q`, `k` and `v`,
     // and the `rows` rows cover the three buffers.
-    let q = unsafe {
-        written(rows * qw, |q| {
-            let k = &mut k.spare_capacity_mut()[..rows * kw];
-            let v = &mut v.spare_capacity_mut()[..rows * kw];
-            for_rows_of([q, k, v], [qw, kw, kw], work, |row, [q, k, v]| {
+    let [q, k, v] = unsafe {
+        written([rows * qw, rows * kw, rows * kw], |outs| {
+            for_rows_of(outs, [qw, kw, kw], work, |row, [q, k, v]| {
                 let src = &x[row * width..(row + 1) * width];
                 for (h, part) in src.chunks_exact((g + 2) * d).enumerate() {
                     copy_into(&mut q[h * g * d..(h + 1) * g * d], &part[..g * d]);
@@ -284,11 +287,6 @@ pub fn split_qkv(
             });
         })
     };
-    // SAFETY: the loop above wrote every row of `k` and `v`.
-    unsafe {
-        k.set_len(rows * kw);
-        v.set_len(rows * kw);
-    }
     (
         wrap(q, [b, s, heads, d]).swap_dims(1, 2),
         wrap(k, [b, s, kv_heads, d]).swap_dims(1, 2),
@@ -314,8 +312,8 @@ pub fn rope(x: Tensor<Flex, 4>, cos: Tensor<Flex, 3>, sin: Tensor<Flex, 3>) -> T
     let half = d / 2;
     // SAFETY: the rows of `d` values cover the buffer, and with `d` even the loop writes
     // values `0..half` and `half..d` of each.
-    let out = unsafe {
-        written(b * h * s * d, |out| {
+    let [out] = unsafe {
+        written([b * h * s * d], |[out]| {
             for_rows(out, d, |row, o| {
                 let (bi, rest) = (row / (h * s), row % (h * s));
                 let (hi, si) = (rest / s, rest % s);
@@ -346,8 +344,8 @@ pub fn swiglu(gate: Tensor<Flex, 3>, up: Tensor<Flex, 3>) -> Tensor<Flex, 3> {
     let width = dims[2];
     // SAFETY: the rows of `width` values cover the buffer and `silu_mul` writes every value
     // of each (its inputs are as long).
-    let out = unsafe {
-        written(g.len(), |out| {
+    let [out] = unsafe {
+        written([g.len()], |[out]| {
             for_rows(out, width, |i, row| {
                 let (g, u) = (
                     &g[i * width..(i + 1) * width],

@@ -1,6 +1,6 @@
 //! Vectorised elementwise math of the CPU kernels: a row's maximum and `exp` for the attention
-//! softmax, and the SwiGLU gate, with AVX2 + FMA where the CPU has them (chosen at run time) and the standard
-//! library's `exp` elsewhere.
+//! softmax, and the SwiGLU gate, with AVX2 + FMA where the CPU has them (chosen at run time)
+//! and the standard library's `exp` elsewhere.
 //!
 //! The AVX2 `exp` is the classic Cephes scheme: `x = n ln2 + r` with `|r| <= ln2 / 2` (`ln2`
 //! split in two parts), a degree-6 polynomial for `exp(r)`, and `2^n` built in the exponent
